@@ -1,0 +1,210 @@
+"""The dataset registry: what each dataset is, where its files come from, and how to read them.
+
+Reading is pure (bytes or folders in, arrays out); fetching lives in
+`pipeline.download`. Nothing here imports scikit-learn or TensorFlow.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+from pipeline.files import load_npz
+
+KERAS_DATASETS_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
+RAW_MANIFEST = "dataset.json"
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One published file.
+
+    `content_sha256` is the sha256 of the file's content, decompressed first for
+    `.gz` files: a mirror that recompresses the same data (Debian's
+    dataset-fashion-mnist does) passes, a corrupted or different file fails.
+    """
+
+    name: str
+    content_sha256: str
+    max_bytes: int  # refuse anything larger: a hostile mirror must not fill the disk
+
+
+@dataclass(frozen=True)
+class RawDataset:
+    """A dataset as published: integer labels, unscaled features, optional official test split."""
+
+    name: str
+    kind: str  # "image" (N, H, W) pixels, or "tabular" (N, F) features
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray | None
+    y_test: np.ndarray | None
+    class_names: tuple[str, ...]
+    pixel_max: float | None = None  # images: the value that scales to 1.0
+    feature_names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    description: str
+    files: tuple[RemoteFile, ...]  # empty: bundled with scikit-learn, nothing to download
+    read: Callable[[Path], RawDataset]
+
+
+# ----------------------------------------------------------------------------- readers
+
+
+def parse_idx(data: bytes, what: str = "IDX data") -> np.ndarray:
+    """Decode an (uncompressed) IDX file of unsigned bytes, the format of MNIST-style datasets."""
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise PipelineError(f"{what} is not an IDX file (bad magic number); the file is corrupt.")
+    if data[2] != 0x08:
+        raise PipelineError(f"{what} holds IDX type 0x{data[2]:02x}, but only unsigned bytes (0x08) are supported.")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    if ndim == 0 or len(data) < header:
+        raise PipelineError(f"{what} has a truncated IDX header; the file is corrupt.")
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    expected = header + int(np.prod(shape))
+    if len(data) != expected:
+        raise PipelineError(
+            f"{what} holds {len(data)} bytes but its IDX header {shape} needs {expected}; the file is corrupt."
+        )
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def read_gzip(path: Path, max_bytes: int) -> bytes:
+    """Decompress `path`, refusing output beyond `max_bytes` (a gzip bomb) and reporting corruption."""
+    try:
+        with gzip.open(path, "rb") as handle:
+            data = handle.read(max_bytes + 1)
+    except (OSError, EOFError) as err:  # BadGzipFile is an OSError; truncation is an EOFError
+        raise PipelineError(f"{path.name} is not a valid gzip file ({err}); the file is corrupt.") from None
+    if len(data) > max_bytes:
+        raise PipelineError(f"{path.name} decompresses to more than {max_bytes} bytes; the file is not the dataset.")
+    return data
+
+
+def _read_idx_gz(path: Path, max_bytes: int) -> np.ndarray:
+    return parse_idx(read_gzip(path, max_bytes), path.name)
+
+
+def _check_pairs(name: str, x: np.ndarray, y: np.ndarray, split: str, n_classes: int) -> None:
+    if len(x) != len(y):
+        raise PipelineError(f"{name}: {split} has {len(x)} images but {len(y)} labels; the files do not match.")
+    if len(y) and (y.min() < 0 or y.max() >= n_classes):
+        raise PipelineError(f"{name}: {split} labels must lie in 0..{n_classes - 1}; the files are not this dataset.")
+
+
+def _read_idx_dataset(name: str, class_names: tuple[str, ...], max_bytes: int) -> Callable[[Path], RawDataset]:
+    def read(folder: Path) -> RawDataset:
+        x_train = _read_idx_gz(folder / "train-images-idx3-ubyte.gz", max_bytes)
+        y_train = _read_idx_gz(folder / "train-labels-idx1-ubyte.gz", max_bytes)
+        x_test = _read_idx_gz(folder / "t10k-images-idx3-ubyte.gz", max_bytes)
+        y_test = _read_idx_gz(folder / "t10k-labels-idx1-ubyte.gz", max_bytes)
+        for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
+            if x.ndim != 3 or y.ndim != 1:
+                raise PipelineError(
+                    f"{name}: {split} images must be (N, H, W) and labels (N,); the files are not this dataset."
+                )
+            _check_pairs(name, x, y, split, len(class_names))
+        return RawDataset(
+            name, "image", x_train, y_train.astype(np.int64), x_test, y_test.astype(np.int64), class_names, 255.0
+        )
+
+    return read
+
+
+def _read_mnist_npz(folder: Path) -> RawDataset:
+    try:
+        arrays = load_npz(folder / "mnist.npz")
+        x_train, y_train, x_test, y_test = (arrays[k] for k in ("x_train", "y_train", "x_test", "y_test"))
+    except (KeyError, ValueError, OSError) as err:
+        raise PipelineError(f"mnist.npz is not a valid MNIST archive ({err}); the file is corrupt.") from None
+    classes = tuple(str(digit) for digit in range(10))
+    for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
+        _check_pairs("mnist", x, y, split, len(classes))
+    return RawDataset(
+        "mnist", "image", x_train, y_train.astype(np.int64), x_test, y_test.astype(np.int64), classes, 255.0
+    )
+
+
+def _read_bundled(folder: Path, name: str) -> RawDataset:
+    arrays = load_npz(folder / f"{name}.npz")
+    kind = "image" if arrays["x"].ndim == 3 else "tabular"
+    return RawDataset(
+        name=name,
+        kind=kind,
+        x_train=arrays["x"],
+        y_train=arrays["y"].astype(np.int64),
+        x_test=None,
+        y_test=None,
+        class_names=tuple(str(c) for c in arrays["class_names"]),
+        pixel_max=float(arrays["pixel_max"]) if "pixel_max" in arrays else None,
+        feature_names=tuple(str(f) for f in arrays.get("feature_names", ())),
+    )
+
+
+FASHION_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
+
+_FASHION_MAX = 48_000_000
+_MNIST_SHA256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"  # the file as Keras publishes it
+# sha256 of the decompressed IDX files: the published data, whoever compressed it.
+_FASHION_SHA256 = {
+    "train-labels-idx1-ubyte.gz": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "train-images-idx3-ubyte.gz": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "t10k-labels-idx1-ubyte.gz": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+    "t10k-images-idx3-ubyte.gz": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+}  # the largest file, train images, is 47,040,016 bytes decompressed
+
+REGISTRY: dict[str, DatasetSpec] = {
+    "digits": DatasetSpec(
+        "digits", "scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes)", (),
+        lambda folder: _read_bundled(folder, "digits"),
+    ),
+    "iris": DatasetSpec(
+        "iris", "scikit-learn's bundled Iris flowers (150 rows, 4 features, 3 classes)", (),
+        lambda folder: _read_bundled(folder, "iris"),
+    ),
+    "mnist": DatasetSpec(
+        "mnist", "MNIST handwritten digits (70,000 28x28 images), Keras's mnist.npz",
+        (RemoteFile("mnist.npz", _MNIST_SHA256, 20_000_000),),
+        _read_mnist_npz,
+    ),
+    "fashion_mnist": DatasetSpec(
+        "fashion_mnist", "Zalando's Fashion-MNIST (70,000 28x28 images, 10 classes), IDX files",
+        (
+            RemoteFile("train-labels-idx1-ubyte.gz", _FASHION_SHA256["train-labels-idx1-ubyte.gz"], 100_000),
+            RemoteFile("train-images-idx3-ubyte.gz", _FASHION_SHA256["train-images-idx3-ubyte.gz"], 40_000_000),
+            RemoteFile("t10k-labels-idx1-ubyte.gz", _FASHION_SHA256["t10k-labels-idx1-ubyte.gz"], 100_000),
+            RemoteFile("t10k-images-idx3-ubyte.gz", _FASHION_SHA256["t10k-images-idx3-ubyte.gz"], 10_000_000),
+        ),
+        _read_idx_dataset("fashion_mnist", FASHION_CLASSES, _FASHION_MAX),
+    ),
+}  # fmt: skip
+
+
+def get_spec(name: str) -> DatasetSpec:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise PipelineError(f"unknown dataset '{name}'; known datasets: {', '.join(REGISTRY)}.") from None
+
+
+def read_raw(folder: Path) -> RawDataset:
+    """Read whatever the download stage left in `folder` (its manifest names the dataset)."""
+    manifest = folder / RAW_MANIFEST
+    if not manifest.exists():
+        raise PipelineError(f"{manifest} not found; run the download stage first (dvc repro download).")
+    name = json.loads(manifest.read_text(encoding="utf-8"))["dataset"]
+    return get_spec(name).read(folder)

@@ -1,0 +1,75 @@
+"""Pure metric computations and the misclassified-images grid of the evaluate stage."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+
+def confusion_matrix(true_labels: np.ndarray, predicted_labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """counts[i, j] = examples of class i predicted as class j."""
+    counts = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(counts, (true_labels, predicted_labels), 1)
+    return counts
+
+
+def per_class_scores(counts: np.ndarray, class_names: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Precision, recall, F1 and support per class; 0.0 where a ratio has nothing to divide by."""
+    hits = np.diag(counts).astype(np.float64)
+    predicted = counts.sum(axis=0)
+    actual = counts.sum(axis=1)
+    precision = np.divide(hits, predicted, out=np.zeros_like(hits), where=predicted > 0)
+    recall = np.divide(hits, actual, out=np.zeros_like(hits), where=actual > 0)
+    denominator = precision + recall
+    f1 = np.divide(2 * precision * recall, denominator, out=np.zeros_like(hits), where=denominator > 0)
+    return {
+        name: {
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(actual[i]),
+        }
+        for i, name in enumerate(class_names)
+    }
+
+
+def macro_f1(scores: dict[str, dict[str, float]]) -> float:
+    return float(np.mean([row["f1"] for row in scores.values()]))
+
+
+def misclassified_grid(
+    images: np.ndarray,
+    *,
+    true_labels: np.ndarray,
+    predicted_labels: np.ndarray,
+    class_names: Sequence[str],
+    max_images: int,
+    cell: int = 96,
+) -> Image.Image:
+    """A grid of the first `max_images` misclassified images (values in [0, 1]) captioned true/predicted."""
+    wrong = np.flatnonzero(true_labels != predicted_labels)[:max_images]
+    font = ImageFont.load_default()
+    caption = 28
+    columns = max(1, min(5, len(wrong)))
+    rows = max(1, -(-len(wrong) // columns))
+    grid = Image.new("L", (columns * cell, rows * (cell + caption)), color=255)
+    draw = ImageDraw.Draw(grid)
+    if len(wrong) == 0:
+        draw.text((4, 4), "no misclassified test images", fill=0, font=font)
+    for slot, index in enumerate(wrong):
+        pixels = np.clip(images[index].squeeze(-1) * 255.0, 0, 255).astype(np.uint8)
+        tile = Image.fromarray(pixels, mode="L").resize((cell - 8, cell - 8), Image.NEAREST)
+        left, top = (slot % columns) * cell, (slot // columns) * (cell + caption)
+        grid.paste(tile, (left + 4, top + 4))
+        draw.text((left + 4, top + cell - 2), f"true {class_names[true_labels[index]]}", fill=0, font=font)
+        draw.text((left + 4, top + cell + 11), f"pred {class_names[predicted_labels[index]]}", fill=0, font=font)
+    return grid
+
+
+def placeholder_image(message: str) -> Image.Image:
+    """Stands in for the grid where there are no images (tabular data), so the declared plot always exists."""
+    image = Image.new("L", (360, 40), color=255)
+    ImageDraw.Draw(image).text((8, 12), message, fill=0, font=ImageFont.load_default())
+    return image

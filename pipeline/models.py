@@ -1,0 +1,126 @@
+"""Model builders, chosen by name: `build_mlp` (the tutorials' dense nets) and `build_cnn` (the MNIST convnet)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import keras
+from keras import layers
+
+from pipeline.errors import PipelineError
+from pipeline.files import atomic_path
+from pipeline.params import TrainParams
+
+
+def build_mlp(
+    input_shape: Sequence[int],
+    n_classes: int,
+    *,
+    hidden_units: Sequence[int],
+    activation: str,
+    dropout: float,
+) -> keras.Model:
+    """Dense net. Images are flattened by the first layer, so the same prepared data serves mlp and cnn."""
+    inputs = keras.Input(shape=tuple(input_shape))
+    x = layers.Flatten()(inputs) if len(input_shape) > 1 else inputs
+    for units in hidden_units:
+        x = layers.Dense(units, activation=activation)(x)
+        if dropout > 0:
+            x = layers.Dropout(dropout)(x)
+    outputs = layers.Dense(n_classes, activation="softmax")(x)
+    return keras.Model(inputs, outputs, name="mlp")
+
+
+def build_cnn(
+    input_shape: Sequence[int],
+    n_classes: int,
+    *,
+    filters: Sequence[int],
+    kernel_size: int,
+    pool_size: int,
+    dense_units: int,
+    conv_dropout: float,
+    dense_dropout: float,
+) -> keras.Model:
+    """Conv32-Conv64-MaxPool-Dropout-Flatten-Dense128-Dropout-softmax (the Keras MNIST convnet), sizes from params."""
+    if len(input_shape) != 3:
+        raise PipelineError(
+            f"train.model=cnn needs images of shape (H, W, 1), but the prepared data has shape {tuple(input_shape)}; "
+            "use train.model=mlp for tabular data such as iris."
+        )
+    inputs = keras.Input(shape=tuple(input_shape))
+    x = inputs
+    for count in filters:
+        x = layers.Conv2D(count, kernel_size, activation="relu")(x)
+    if pool_size > 1:
+        x = layers.MaxPooling2D(pool_size)(x)
+    x = layers.Dropout(conv_dropout)(x)
+    x = layers.Flatten()(x)
+    x = layers.Dense(dense_units, activation="relu")(x)
+    x = layers.Dropout(dense_dropout)(x)
+    outputs = layers.Dense(n_classes, activation="softmax")(x)
+    return keras.Model(inputs, outputs, name="cnn")
+
+
+MODEL_BUILDERS: dict[str, Callable[[TrainParams, Sequence[int], int], keras.Model]] = {
+    "mlp": lambda p, shape, n: build_mlp(shape, n, **vars(p.mlp)),
+    "cnn": lambda p, shape, n: build_cnn(shape, n, **vars(p.cnn)),
+}
+
+
+def build_model(params: TrainParams, input_shape: Sequence[int], n_classes: int) -> keras.Model:
+    """Build `params.model` and compile it with the optimizer, learning rate and loss from params."""
+    try:
+        builder = MODEL_BUILDERS[params.model]
+    except KeyError:
+        raise PipelineError(f"unknown model '{params.model}'; known models: {', '.join(MODEL_BUILDERS)}.") from None
+    try:
+        model = builder(params, input_shape, n_classes)
+    except ValueError as err:  # e.g. kernels larger than the image
+        raise PipelineError(
+            f"train.{params.model} does not fit input shape {tuple(input_shape)} ({err}); use smaller kernels or pools."
+        ) from None
+    optimizer = keras.optimizers.get(
+        {"class_name": params.optimizer, "config": {"learning_rate": params.learning_rate}}
+    )
+    model.compile(
+        optimizer=optimizer,
+        loss=params.loss,
+        metrics=["accuracy"],
+        jit_compile=params.jit_compile,
+        steps_per_execution=params.steps_per_execution,
+    )
+    return model
+
+
+def save_model_atomic(model: keras.Model, dest: Path) -> None:
+    """Native `.keras` file, written beside `dest` and renamed onto it (Keras itself writes in place)."""
+    with atomic_path(dest) as tmp:
+        model.save(tmp)
+
+
+def load_model(path: Path) -> keras.Model:
+    if not path.exists():
+        raise PipelineError(f"{path} not found; run the train stage first (dvc repro train).")
+    return keras.saving.load_model(path)
+
+
+def summarize_model(model: keras.Model) -> dict:
+    """Architecture and parameter counts as plain data, saved beside the model and shown in metrics."""
+    trainable = sum(int(v.numpy().size) for v in model.trainable_weights)
+    total = sum(int(v.numpy().size) for v in model.weights)
+    return {
+        "name": model.name,
+        "params_total": total,
+        "params_trainable": trainable,
+        "layers": [
+            {
+                "name": layer.name,
+                "type": type(layer).__name__,
+                "output_shape": list(layer.output.shape[1:]) if hasattr(layer, "output") else None,
+                "params": int(layer.count_params()),
+            }
+            for layer in model.layers
+        ],
+    }

@@ -1,0 +1,300 @@
+"""Read `params.yaml` once, check one section, and hand the stage a frozen, typed object.
+
+Each stage calls `load_params(SectionClass)`. A typo, a wrong type or a value out
+of range raises `PipelineError` with one sentence naming the key, the value given
+and what is allowed, before the stage touches any file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from pipeline import paths
+from pipeline.errors import PipelineError
+
+DATASETS = ("digits", "iris", "mnist", "fashion_mnist")
+MODELS = ("mlp", "cnn")
+ACTIVATIONS = ("relu", "tanh", "sigmoid", "elu", "selu", "gelu", "silu", "leaky_relu")
+OPTIMIZERS = ("adam", "sgd", "rmsprop", "adadelta", "adagrad", "adamax", "nadam", "ftrl")
+LOSSES = (
+    "categorical_crossentropy",
+    "categorical_focal_crossentropy",
+    "kl_divergence",
+    "mean_squared_error",
+    "categorical_hinge",
+)
+
+
+class _Invalid(Exception):
+    """Raised by a rule with the 'what is allowed' half of the sentence."""
+
+
+Rule = Callable[[Any], Any]
+
+
+def _describe(value: Any) -> str:
+    return repr(value) if not isinstance(value, str) else f"'{value}'"
+
+
+def integer(low: int | None = None, high: int | None = None) -> Rule:
+    def rule(value: Any) -> int:
+        bounds = _bounds_text(low, high)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Invalid(f"an integer{bounds}")
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise _Invalid(f"an integer{bounds}")
+        return value
+
+    return rule
+
+
+def real(low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> Rule:
+    interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+
+    def rule(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise _Invalid(f"a number in {interval}")
+        below = value <= low if low_open else value < low
+        above = value >= high if high_open else value > high
+        if below or above:
+            raise _Invalid(f"a number in {interval}")
+        return float(value)
+
+    return rule
+
+
+def choice(*names: str) -> Rule:
+    def rule(value: Any) -> str:
+        if value not in names:
+            raise _Invalid(f"one of {', '.join(names)}")
+        return value
+
+    return rule
+
+
+def boolean() -> Rule:
+    def rule(value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise _Invalid("true or false")
+        return value
+
+    return rule
+
+
+def text() -> Rule:
+    def rule(value: Any) -> str:
+        if value is None:
+            return ""
+        if not isinstance(value, str):
+            raise _Invalid('a string (use "" for none)')
+        return value
+
+    return rule
+
+
+def integer_list(low: int, *, min_length: int = 0) -> Rule:
+    def rule(value: Any) -> tuple[int, ...]:
+        allowed = f"a list of at least {min_length} integers ≥ {low}" if min_length else f"a list of integers ≥ {low}"
+        if not isinstance(value, list) or len(value) < min_length:
+            raise _Invalid(allowed)
+        if any(isinstance(item, bool) or not isinstance(item, int) or item < low for item in value):
+            raise _Invalid(allowed)
+        return tuple(value)
+
+    return rule
+
+
+def sha256_mapping() -> Rule:
+    def rule(value: Any) -> dict[str, str]:
+        allowed = "a mapping of file name to a 64-character hex sha256 ({} for the published checksums)"
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise _Invalid(allowed)
+        for name, digest in value.items():
+            if not isinstance(name, str) or not isinstance(digest, str) or len(digest) != 64:
+                raise _Invalid(allowed)
+            try:
+                int(digest, 16)
+            except ValueError:
+                raise _Invalid(allowed) from None
+        return dict(value)
+
+    return rule
+
+
+def _bounds_text(low: int | None, high: int | None) -> str:
+    if low is not None and high is not None:
+        return f" from {low} to {high}"
+    if low is not None:
+        return f" ≥ {low}"
+    if high is not None:
+        return f" ≤ {high}"
+    return ""
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
+class DataParams:
+    SECTION = "data"
+    RULES = {"dataset": choice(*DATASETS), "source": text(), "checksums": sha256_mapping()}
+    dataset: str
+    source: str
+    checksums: dict[str, str]
+
+
+@dataclass(frozen=True)
+class PreprocessParams:
+    SECTION = "preprocess"
+    RULES = {
+        "val_fraction": real(0.0, 1.0, low_open=True, high_open=True),
+        "test_fraction": real(0.0, 1.0, low_open=True, high_open=True),
+        "seed": integer(0, 2**32 - 1),
+    }
+    val_fraction: float
+    test_fraction: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class MlpParams:
+    SECTION = "train.mlp"
+    RULES = {
+        "hidden_units": integer_list(1),
+        "activation": choice(*ACTIVATIONS),
+        "dropout": real(0.0, 1.0, high_open=True),
+    }
+    hidden_units: tuple[int, ...]
+    activation: str
+    dropout: float
+
+
+@dataclass(frozen=True)
+class CnnParams:
+    SECTION = "train.cnn"
+    RULES = {
+        "filters": integer_list(1, min_length=1),
+        "kernel_size": integer(1, 15),
+        "pool_size": integer(1, 8),
+        "dense_units": integer(1),
+        "conv_dropout": real(0.0, 1.0, high_open=True),
+        "dense_dropout": real(0.0, 1.0, high_open=True),
+    }
+    filters: tuple[int, ...]
+    kernel_size: int
+    pool_size: int
+    dense_units: int
+    conv_dropout: float
+    dense_dropout: float
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    SECTION = "train"
+    RULES = {
+        "model": choice(*MODELS),
+        "mlp": MlpParams,
+        "cnn": CnnParams,
+        "optimizer": choice(*OPTIMIZERS),
+        "learning_rate": real(0.0, 10.0, low_open=True),
+        "loss": choice(*LOSSES),
+        "batch_size": integer(1, 1_000_000),
+        "epochs": integer(1, 100_000),
+        "early_stopping_patience": integer(0),
+        "seed": integer(0, 2**32 - 1),
+        "jit_compile": boolean(),
+        "steps_per_execution": integer(1, 100_000),
+    }
+    model: str
+    mlp: MlpParams
+    cnn: CnnParams
+    optimizer: str
+    learning_rate: float
+    loss: str
+    batch_size: int
+    epochs: int
+    early_stopping_patience: int
+    seed: int
+    jit_compile: bool
+    steps_per_execution: int
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    SECTION = "evaluate"
+    RULES = {"batch_size": integer(1, 1_000_000), "misclassified_max": integer(0, 400)}
+    batch_size: int
+    misclassified_max: int
+
+
+Section = TypeVar("Section")
+
+
+def parse_section(cls: type[Section], raw: Any, where: str = "params.yaml") -> Section:
+    """Check `raw` (the YAML mapping of one section) against `cls.RULES` and build `cls`."""
+    name = cls.SECTION
+    if not isinstance(raw, dict):
+        raise PipelineError(
+            f"{where}: section '{name}' is {_describe(raw)}, but it must be a mapping of keys; "
+            "restore it from the project's params.yaml."
+        )
+    rules: dict[str, Any] = cls.RULES
+    for key in raw:
+        if key not in rules:
+            close = difflib.get_close_matches(str(key), rules, n=1)
+            hint = f"did you mean '{name}.{close[0]}'?" if close else f"allowed keys: {', '.join(rules)}."
+            raise PipelineError(f"{where}: unknown key '{name}.{key}'; {hint}")
+    values = {}
+    for key, rule in rules.items():
+        if key not in raw:
+            raise PipelineError(f"{where}: key '{name}.{key}' is missing; add it (README lists every key).")
+        if dataclasses.is_dataclass(rule):
+            values[key] = parse_section(rule, raw[key], where)
+            continue
+        try:
+            values[key] = rule(raw[key])
+        except _Invalid as allowed:
+            raise PipelineError(
+                f"{where}: '{name}.{key}' is {_describe(raw[key])}, but it must be {allowed}."
+            ) from None
+    return cls(**values)
+
+
+def read_params_file(path: Path = paths.PARAMS) -> dict[str, Any]:
+    try:
+        text_ = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PipelineError(f"{path} not found; run the stage from the project's root folder.") from None
+    try:
+        document = yaml.safe_load(text_)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or "invalid YAML"
+        raise PipelineError(f"{path}{line}: {problem}; fix the YAML syntax there.") from None
+    if not isinstance(document, dict):
+        raise PipelineError(f"{path}: must be a mapping of sections (data, preprocess, train, evaluate).")
+    return document
+
+
+def load_params(cls: type[Section], path: Path = paths.PARAMS) -> Section:
+    """Read `path` and return its validated section `cls.SECTION`."""
+    document = read_params_file(path)
+    if cls.SECTION not in document:
+        raise PipelineError(f"{path}: section '{cls.SECTION}' is missing; restore it from the project's params.yaml.")
+    return parse_section(cls, document[cls.SECTION], str(path))
+
+
+def section_as_dict(section: Any) -> dict[str, Any]:
+    """A section as plain data (lists for tuples), e.g. to fingerprint it or store it with a model."""
+    return dataclasses.asdict(section)

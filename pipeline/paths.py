@@ -1,0 +1,34 @@
+"""Every file and folder the stages read or write, named once.
+
+`dvc.yaml` repeats these paths in its deps/outs (DVC needs them there);
+`tests/test_dvc_yaml.py` checks that the two agree.
+"""
+
+from pathlib import Path
+
+PARAMS = Path("params.yaml")
+
+RAW_DIR = Path("data/raw")
+PREPARED_DIR = Path("data/prepared")
+PREPARED_META = PREPARED_DIR / "meta.json"
+
+MODELS_DIR = Path("models")
+MODEL = MODELS_DIR / "model.keras"
+MODEL_SUMMARY = MODELS_DIR / "summary.json"
+
+REPORTS_DIR = Path("reports")
+TRAIN_HISTORY = REPORTS_DIR / "train_history.csv"
+CONFUSION = REPORTS_DIR / "confusion.csv"
+PER_CLASS = REPORTS_DIR / "per_class.csv"
+MISCLASSIFIED = REPORTS_DIR / "misclassified.png"
+METRICS = Path("metrics.json")
+
+# Scratch state of an interrupted train stage. Deliberately not a DVC output:
+# DVC deletes a stage's outputs before running it, which would delete the
+# very state a rerun needs to resume from.
+RESUME_DIR = Path(".resume/train")
+
+
+def split_file(split: str) -> Path:
+    """The prepared `.npz` of one split: train, val or test."""
+    return PREPARED_DIR / f"{split}.npz"

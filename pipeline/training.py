@@ -1,0 +1,208 @@
+"""Deterministic training that resumes where it was killed.
+
+Why not Keras's BackupAndRestore + ModelCheckpoint + EarlyStopping: they do not
+save the dropout generators' state, EarlyStopping's counters or the best
+metric so far, and they write files in place (see README, "Resume"). Here one
+callback keeps all of it in one state file, rewritten atomically after every
+epoch, and the resume rule sits beside the save rule.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import sys
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from pipeline.files import atomic_path, load_npz
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.npz"
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and the backend, and make TensorFlow's kernels deterministic."""
+    keras.utils.set_random_seed(seed)
+    if keras.backend.backend() == "tensorflow":
+        tf.config.experimental.enable_op_determinism()
+
+
+def epoch_order(n_examples: int, seed: int, epoch: int) -> np.ndarray:
+    """The training order of one epoch: a function of (seed, epoch) only, so a resumed run replays it.
+
+    (Keras's own `shuffle=True` with a fixed seed repeats one order every epoch on
+    the TensorFlow backend; see FINDINGS in the README.)
+    """
+    return np.random.default_rng([seed, epoch]).permutation(n_examples)
+
+
+def make_train_dataset(
+    x: np.ndarray, y: np.ndarray, *, batch_size: int, seed: int, first_epoch: int, epochs: int
+) -> tf.data.Dataset:
+    """Batches of epochs `first_epoch`..`epochs - 1`, each in its own `epoch_order`; no batch spans two epochs."""
+    n_examples = len(x)
+
+    def orders() -> Iterator[np.ndarray]:
+        for epoch in range(first_epoch, epochs):
+            yield epoch_order(n_examples, seed, epoch)
+
+    x_all, y_all = tf.constant(x), tf.constant(y)
+    return (
+        tf.data.Dataset.from_generator(orders, output_signature=tf.TensorSpec((n_examples,), tf.int64))
+        .flat_map(lambda order: tf.data.Dataset.from_tensor_slices(order).batch(batch_size))
+        .map(lambda idx: (tf.gather(x_all, idx), tf.gather(y_all, idx)))
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
+@dataclass
+class Progress:
+    """Everything about a run that is not a tensor: saved with the tensors after every epoch."""
+
+    fingerprint: str
+    epochs_done: int = 0
+    best_val_accuracy: float = -math.inf
+    best_val_loss: float = math.inf
+    best_epoch: int = 0
+    wait: int = 0  # epochs since the best one, for early stopping
+    finished: bool = False
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def _model_layout(model: keras.Model) -> list[str]:
+    # Restoring by position is only safe into an identically built model.
+    return [f"{v.path}:{tuple(v.shape)}" for v in model.variables]
+
+
+def save_state(path: Path, model: keras.Model, best_weights: list[np.ndarray], progress: Progress) -> None:
+    """One file holding weights, dropout RNG states, optimizer slots, best weights and counters."""
+    arrays: dict[str, Any] = {f"model_{i}": np.asarray(v.numpy()) for i, v in enumerate(model.variables)}
+    arrays |= {f"optimizer_{i}": np.asarray(v.numpy()) for i, v in enumerate(model.optimizer.variables)}
+    arrays |= {f"best_{i}": w for i, w in enumerate(best_weights)}
+    meta = asdict(progress) | {"layout": _model_layout(model)}
+    arrays["meta"] = np.array(json.dumps(meta))
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
+
+
+def load_state(path: Path, model: keras.Model, fingerprint: str) -> tuple[Progress, list[np.ndarray]] | None:
+    """Restore `model` (and its optimizer) from `path` if it belongs to this exact run; else None."""
+    if not path.exists():
+        return None
+    try:
+        arrays = load_npz(path)
+        meta = json.loads(str(arrays.pop("meta")))
+    except (OSError, ValueError, KeyError) as err:
+        log.warning("ignoring unreadable resume state %s (%s); training from scratch", path, err)
+        return None
+    if meta.pop("fingerprint") != fingerprint:
+        log.warning(
+            "ignoring resume state %s: it was written for other params, code or data; training from scratch", path
+        )
+        return None
+    if meta.pop("layout") != _model_layout(model):
+        log.warning("ignoring resume state %s: the model's layout differs; training from scratch", path)
+        return None
+    model.optimizer.build(model.trainable_variables)  # optimizers build lazily; their slots must exist first
+    for i, variable in enumerate(model.variables):
+        variable.assign(arrays[f"model_{i}"])
+    for i, variable in enumerate(model.optimizer.variables):
+        variable.assign(arrays[f"optimizer_{i}"])
+    best = [arrays[f"best_{i}"] for i in range(len(model.weights))]
+    return Progress(fingerprint=fingerprint, **meta), best
+
+
+class _EpochEnd(keras.callbacks.Callback):
+    """Track the best epoch and early stopping, then save the whole state, after every epoch."""
+
+    def __init__(self, state_path: Path, progress: Progress, best: list[np.ndarray], patience: int, epochs: int):
+        super().__init__()
+        self.state_path, self.progress, self.best, self.patience, self.epochs = (
+            state_path, progress, best, patience, epochs,
+        )  # fmt: skip
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        logs = logs or {}
+        progress = self.progress
+        progress.history.append({"epoch": epoch + 1} | {k: float(v) for k, v in sorted(logs.items())})
+        val_accuracy, val_loss = float(logs["val_accuracy"]), float(logs["val_loss"])
+        # Accuracy on a small validation split ties often; the lower loss breaks the tie.
+        if (val_accuracy, -val_loss) > (progress.best_val_accuracy, -progress.best_val_loss):
+            progress.best_val_accuracy, progress.best_val_loss = val_accuracy, val_loss
+            progress.best_epoch, progress.wait = epoch + 1, 0
+            self.best[:] = [np.asarray(w.numpy()) for w in self.model.weights]
+        else:
+            progress.wait += 1
+        progress.epochs_done = epoch + 1
+        if self.patience and progress.wait >= self.patience:
+            log.info("early stopping: no better val_accuracy for %d epochs", self.patience)
+            self.model.stop_training = True
+            progress.finished = True
+        if progress.epochs_done >= self.epochs:
+            progress.finished = True
+        save_state(self.state_path, self.model, self.best, progress)
+
+
+def fit_resumable(
+    model: keras.Model,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    *,
+    epochs: int,
+    batch_size: int,
+    patience: int,
+    seed: int,
+    state_dir: Path,
+    fingerprint: str,
+) -> Progress:
+    """Fit `model` (compiled, seeded) and leave it holding its best epoch's weights.
+
+    Resumes from `state_dir` when it holds the state of this very run
+    (same `fingerprint`); the caller clears that state once the model is saved.
+    """
+    state_path = state_dir / STATE_FILE
+    restored = load_state(state_path, model, fingerprint)
+    progress, best = restored if restored else (Progress(fingerprint=fingerprint), [])
+    if restored and progress.finished:
+        log.info("training had already finished (epoch %d); exporting the best model", progress.epochs_done)
+    elif restored:
+        log.info("resuming at epoch %d of %d from %s", progress.epochs_done + 1, epochs, state_path)
+    if not progress.finished:
+        x_train, y_train = train
+        model.fit(
+            make_train_dataset(
+                x_train, y_train, batch_size=batch_size, seed=seed, first_epoch=progress.epochs_done, epochs=epochs
+            ),
+            steps_per_epoch=math.ceil(len(x_train) / batch_size),
+            epochs=epochs,
+            initial_epoch=progress.epochs_done,
+            validation_data=val,
+            callbacks=[_EpochEnd(state_path, progress, best, patience, epochs)],
+            # A progress bar on a terminal; one line per epoch in CI logs.
+            verbose=1 if sys.stdout.isatty() else 2,
+        )
+    model.set_weights(best)
+    log.info("best epoch %d: val_accuracy %.4f", progress.best_epoch, progress.best_val_accuracy)
+    return progress
+
+
+def run_fingerprint(params: dict[str, Any], files: list[Path]) -> str:
+    """Identity of a run: its params, the bytes of its inputs and code, and the library versions."""
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
+    for path in files:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    digest.update(f"keras {keras.__version__} tf {tf.__version__} numpy {np.__version__}".encode())
+    digest.update(keras.backend.backend().encode())
+    return digest.hexdigest()

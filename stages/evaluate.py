@@ -1,0 +1,81 @@
+"""evaluate: models/model.keras + data/prepared/test.npz + params `evaluate.*` -> metrics.json,
+reports/confusion.csv, reports/per_class.csv, reports/misclassified.png.
+
+The only stage that touches the test split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+
+from pipeline import paths
+from pipeline.cli import run_stage
+from pipeline.evaluation import (
+    confusion_matrix,
+    macro_f1,
+    misclassified_grid,
+    per_class_scores,
+    placeholder_image,
+)
+from pipeline.files import (
+    load_xy,
+    read_json,
+    write_bytes_atomic,
+    write_csv_atomic,
+    write_json_atomic,
+)
+from pipeline.models import load_model
+from pipeline.params import EvaluateParams, load_params
+
+log = logging.getLogger("evaluate")
+
+
+def png_bytes(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def main(args: argparse.Namespace) -> None:
+    params = load_params(EvaluateParams)
+    meta, summary = read_json(paths.PREPARED_META), read_json(paths.MODEL_SUMMARY)
+    class_names = meta["class_names"]
+    x_test, y_test = load_xy(paths.split_file("test"))
+    model = load_model(paths.MODEL)
+    scores = model.evaluate(x_test, y_test, batch_size=params.batch_size, verbose=0, return_dict=True)
+    probabilities = model.predict(x_test, batch_size=params.batch_size, verbose=0)
+    true_labels, predicted_labels = y_test.argmax(axis=1), probabilities.argmax(axis=1)
+    per_class = per_class_scores(confusion_matrix(true_labels, predicted_labels, len(class_names)), class_names)
+    metrics = {
+        "test": {"loss": float(scores["loss"]), "accuracy": float(scores["accuracy"]), "macro_f1": macro_f1(per_class)},
+        "per_class": per_class,
+        "model": {"params": summary["params_total"], "best_epoch": summary["best_epoch"]},
+    }
+    write_json_atomic(paths.METRICS, metrics)
+    pairs = zip(true_labels, predicted_labels, strict=True)
+    write_csv_atomic(paths.CONFUSION, [{"actual": class_names[t], "predicted": class_names[p]} for t, p in pairs])
+    write_csv_atomic(paths.PER_CLASS, [{"class": name} | row for name, row in per_class.items()])
+    grid = (
+        misclassified_grid(
+            x_test,
+            true_labels=true_labels,
+            predicted_labels=predicted_labels,
+            class_names=class_names,
+            max_images=params.misclassified_max,
+        )
+        if meta["kind"] == "image"
+        else placeholder_image(f"{meta['dataset']} is tabular: no images to show")
+    )
+    write_bytes_atomic(paths.MISCLASSIFIED, png_bytes(grid))
+    log.info(
+        "test accuracy %.4f, macro F1 %.4f on %d examples",
+        metrics["test"]["accuracy"],
+        metrics["test"]["macro_f1"],
+        len(x_test),
+    )
+
+
+if __name__ == "__main__":
+    run_stage(main, __doc__)

@@ -1,0 +1,47 @@
+"""train: data/prepared/{train,val}.npz + params `train.*` -> models/model.keras, models/summary.json,
+reports/train_history.csv.
+
+Builds the model named by `train.model`, fits it with a per-epoch reshuffle,
+keeps the epoch with the best validation accuracy, stops early when asked, and
+resumes from its last completed epoch if it was killed (state in .resume/train/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+from pathlib import Path
+
+from pipeline import models, paths, training
+from pipeline.cli import run_stage
+from pipeline.files import load_xy, read_json, write_csv_atomic, write_json_atomic
+from pipeline.params import TrainParams, load_params, section_as_dict
+
+log = logging.getLogger("train")
+
+# A change to any of these makes a saved resume state stale.
+CODE_FILES = [Path(__file__), Path(training.__file__), Path(models.__file__)]
+
+
+def main(args: argparse.Namespace) -> None:
+    params = load_params(TrainParams)
+    meta = read_json(paths.PREPARED_META)
+    train, val = load_xy(paths.split_file("train")), load_xy(paths.split_file("val"))
+    training.seed_everything(params.seed)
+    model = models.build_model(params, meta["input_shape"], len(meta["class_names"]))
+    inputs = [paths.split_file("train"), paths.split_file("val"), paths.PREPARED_META]
+    progress = training.fit_resumable(
+        model, train, val,
+        epochs=params.epochs, batch_size=params.batch_size, patience=params.early_stopping_patience,
+        seed=params.seed, state_dir=paths.RESUME_DIR,
+        fingerprint=training.run_fingerprint(section_as_dict(params), inputs + CODE_FILES),
+    )  # fmt: skip
+    models.save_model_atomic(model, paths.MODEL)
+    write_json_atomic(paths.MODEL_SUMMARY, models.summarize_model(model) | {"best_epoch": progress.best_epoch})
+    write_csv_atomic(paths.TRAIN_HISTORY, progress.history)
+    shutil.rmtree(paths.RESUME_DIR, ignore_errors=True)  # the run is complete: nothing to resume
+
+
+if __name__ == "__main__":
+    run_stage(main, __doc__)
