@@ -1,0 +1,113 @@
+"""Shared fixtures: a real git + DVC repository made from this project, and helpers to drive it."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+
+# Every subprocess gets the same environment: this interpreter's tools first,
+# no DVC analytics (offline machines would wait on it), and a git identity.
+ENV = os.environ | {
+    "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    "DVC_NO_ANALYTICS": "1",
+    "GIT_AUTHOR_NAME": "test",
+    "GIT_AUTHOR_EMAIL": "test@example.com",
+    "GIT_COMMITTER_NAME": "test",
+    "GIT_COMMITTER_EMAIL": "test@example.com",
+    "PYTHONDONTWRITEBYTECODE": "1",
+}
+
+
+def run(args: list[str], cwd: Path, *, check: bool = True, timeout: float = 600, **kwargs: Any):
+    """Run a command, capturing text output; on an unexpected exit code show what it printed."""
+    result = subprocess.run(args, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout, **kwargs)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(args)} exited {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+        )
+    return result
+
+
+def dvc(repo: Path, *args: str, check: bool = True, timeout: float = 600):
+    return run([str(VENV_BIN / "dvc"), *args], repo, check=check, timeout=timeout)
+
+
+def stage(repo: Path, name: str, *args: str, check: bool = False, timeout: float = 600):
+    """Run one stage as a user would: `python -m stages.<name>` in the repo's root."""
+    return run([sys.executable, "-m", f"stages.{name}", *args], repo, check=check, timeout=timeout)
+
+
+def ran_stages(output: str) -> list[str]:
+    """The stages `dvc repro` / `dvc exp run` actually ran, from its `Running stage 'NAME':` lines."""
+    return re.findall(r"Running stage '([^']+)'", output)
+
+
+def edit_params(repo: Path, **changes: Any) -> None:
+    """Set dotted keys in the repo's params.yaml, e.g. edit_params(repo, **{"train.epochs": 3})."""
+    path = repo / "params.yaml"
+    document = yaml.safe_load(path.read_text())
+    for dotted, value in changes.items():
+        *parents, last = dotted.split(".")
+        section = document
+        for key in parents:
+            section = section[key]
+        section[last] = value
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+
+
+def git_commit(repo: Path, message: str) -> None:
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-q", "-m", message], repo)
+
+
+def make_project_repo(dest: Path) -> Path:
+    """A fresh git + DVC repository holding this project's tracked files, committed."""
+    tracked = run(["git", "ls-files", "-z"], PROJECT_ROOT).stdout.split("\0")
+    for name in filter(None, tracked):
+        source = PROJECT_ROOT / name
+        if source.is_file():
+            target = dest / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    run(["git", "init", "-q", "-b", "main"], dest)
+    git_commit(dest, "project")
+    return dest
+
+
+@pytest.fixture
+def project_repo(tmp_path: Path) -> Path:
+    return make_project_repo(tmp_path / "repo")
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A repository in which the default pipeline (digits) has run once and been committed.
+
+    Read-only for tests: copy it (`copy_repo`) before changing anything.
+    """
+    repo = make_project_repo(tmp_path_factory.mktemp("digits") / "repo")
+    dvc(repo, "repro")
+    git_commit(repo, "run the pipeline")
+    return repo
+
+
+def copy_repo(source: Path, dest: Path) -> Path:
+    shutil.copytree(source, dest, symlinks=True)
+    return dest
+
+
+def read_metrics(repo: Path) -> dict[str, Any]:
+    import json
+
+    return json.loads((repo / "metrics.json").read_text())
