@@ -31,7 +31,9 @@ ENV = os.environ | {
 
 def run(args: list[str], cwd: Path, *, check: bool = True, timeout: float = 600, **kwargs: Any):
     """Run a command, capturing text output; on an unexpected exit code show what it printed."""
-    result = subprocess.run(args, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout, **kwargs)
+    result = subprocess.run(
+        args, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout, check=False, **kwargs
+    )
     if check and result.returncode != 0:
         raise AssertionError(
             f"{' '.join(args)} exited {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
