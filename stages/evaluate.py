@@ -26,7 +26,6 @@ from pipeline.files import (
     write_csv_atomic,
     write_json_atomic,
 )
-from pipeline.models import load_model
 from pipeline.params import EvaluateParams, load_params
 
 log = logging.getLogger("evaluate")
@@ -40,6 +39,8 @@ def png_bytes(image) -> bytes:
 
 def main(args: argparse.Namespace) -> None:
     params = load_params(EvaluateParams)
+    from pipeline.models import load_model  # TensorFlow: imported only once the params are known to be good
+
     meta, summary = read_json(paths.PREPARED_META), read_json(paths.MODEL_SUMMARY)
     class_names = meta["class_names"]
     x_test, y_test = load_xy(paths.split_file("test"))

@@ -13,29 +13,31 @@ import logging
 import shutil
 from pathlib import Path
 
-from pipeline import models, paths, training
+from pipeline import paths
 from pipeline.cli import run_stage
 from pipeline.files import load_xy, read_json, write_csv_atomic, write_json_atomic
 from pipeline.params import TrainParams, load_params, section_as_dict
 
 log = logging.getLogger("train")
 
-# A change to any of these makes a saved resume state stale.
-CODE_FILES = [Path(__file__), Path(training.__file__), Path(models.__file__)]
-
 
 def main(args: argparse.Namespace) -> None:
     params = load_params(TrainParams)
+    # Imported after the params are checked: TensorFlow takes seconds to import, a typo should not.
+    from pipeline import models, training
+
     meta = read_json(paths.PREPARED_META)
     train, val = load_xy(paths.split_file("train")), load_xy(paths.split_file("val"))
     training.seed_everything(params.seed)
     model = models.build_model(params, meta["input_shape"], len(meta["class_names"]))
+    # A change to any input, to this code, or to a param makes a saved resume state stale.
     inputs = [paths.split_file("train"), paths.split_file("val"), paths.PREPARED_META]
+    code = [Path(__file__), Path(training.__file__), Path(models.__file__)]
     progress = training.fit_resumable(
         model, train, val,
         epochs=params.epochs, batch_size=params.batch_size, patience=params.early_stopping_patience,
         seed=params.seed, state_dir=paths.RESUME_DIR,
-        fingerprint=training.run_fingerprint(section_as_dict(params), inputs + CODE_FILES),
+        fingerprint=training.run_fingerprint(section_as_dict(params), inputs + code),
     )  # fmt: skip
     models.save_model_atomic(model, paths.MODEL)
     write_json_atomic(paths.MODEL_SUMMARY, models.summarize_model(model) | {"best_epoch": progress.best_epoch})

@@ -1,0 +1,97 @@
+"""dvc.yaml declares what each stage really reads and writes, so `dvc repro` reruns exactly what changed."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import PROJECT_ROOT, run
+
+from pipeline import params, paths
+
+PIPELINE = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())
+STAGES = PIPELINE["stages"]
+
+
+def imported_pipeline_modules(source: Path, seen: set[str] | None = None) -> set[str]:
+    """Files of every `pipeline` module `source` imports, directly or through other pipeline modules."""
+    seen = set() if seen is None else seen
+    for node in ast.walk(ast.parse(source.read_text())):
+        names: list[str] = []
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "pipeline":
+            names = [node.module] if node.module != "pipeline" else [f"pipeline.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names if a.name.startswith("pipeline.")]
+        for name in names:
+            file = f"{name.replace('.', '/')}.py"
+            if file not in seen and (PROJECT_ROOT / file).exists():
+                seen.add(file)
+                imported_pipeline_modules(PROJECT_ROOT / file, seen)
+    return seen | {"pipeline/__init__.py"}
+
+
+def sections_read(source: Path) -> list[type]:
+    """The params classes a stage passes to `load_params`."""
+    tree = ast.parse(source.read_text())
+    return [
+        getattr(params, node.args[0].id)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "load_params"
+    ]
+
+
+def all_keys(cls: type, prefix: str) -> set[str]:
+    keys = set()
+    for field in dataclasses.fields(cls):
+        rule = cls.RULES[field.name]
+        if dataclasses.is_dataclass(rule):
+            keys |= all_keys(rule, f"{prefix}.{field.name}")
+        else:
+            keys.add(f"{prefix}.{field.name}")
+    return keys
+
+
+@pytest.mark.parametrize("name", list(STAGES))
+def test_stage_runs_its_module(name: str) -> None:
+    assert STAGES[name]["cmd"] == f"python -m stages.{name}"
+
+
+@pytest.mark.parametrize("name", list(STAGES))
+def test_code_deps_are_exactly_the_modules_the_stage_imports(name: str) -> None:
+    source = PROJECT_ROOT / "stages" / f"{name}.py"
+    declared = {dep for dep in STAGES[name]["deps"] if dep.endswith(".py")}
+    assert declared == imported_pipeline_modules(source) | {f"stages/{name}.py"}
+
+
+@pytest.mark.parametrize("name", list(STAGES))
+def test_params_are_every_key_the_stage_reads_key_by_key(name: str) -> None:
+    sections = sections_read(PROJECT_ROOT / "stages" / f"{name}.py")
+    assert sections, f"stages/{name}.py reads no params section"
+    expected = set().union(*(all_keys(cls, cls.SECTION) for cls in sections))
+    assert set(STAGES[name]["params"]) == expected
+
+
+def test_data_paths_in_dvc_yaml_are_the_ones_in_pipeline_paths() -> None:
+    known = {str(value) for value in vars(paths).values() if isinstance(value, Path)}
+    known |= {str(paths.split_file(split)) for split in ("train", "val", "test")}
+    declared = set()
+    for spec in STAGES.values():
+        for entry in spec.get("deps", []) + spec.get("outs", []) + spec.get("metrics", []):
+            path = next(iter(entry)) if isinstance(entry, dict) else entry
+            if not path.endswith(".py"):
+                declared.add(path)
+    assert declared <= known, declared - known
+    assert str(paths.RESUME_DIR) not in declared  # resume state must survive DVC deleting outputs
+
+
+@pytest.mark.parametrize("name", ["download", "preprocess"])
+def test_stages_other_than_train_and_evaluate_do_not_import_tensorflow(name: str) -> None:
+    probe = (
+        f"import sys, stages.{name}; print(sorted(m for m in ('tensorflow', 'keras', 'sklearn') if m in sys.modules))"
+    )
+    result = run([sys.executable, "-c", probe], PROJECT_ROOT)
+    assert result.stdout.strip() == "[]"

@@ -1,0 +1,71 @@
+"""Model builders: the tutorials' architectures, with pinned parameter counts."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import yaml
+from conftest import PROJECT_ROOT
+
+from pipeline import models
+from pipeline.errors import PipelineError
+from pipeline.params import TrainParams, parse_section
+
+BASE = parse_section(TrainParams, yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())["train"])
+
+
+def with_mlp(**mlp: object) -> TrainParams:
+    return dataclasses.replace(BASE, model="mlp", mlp=dataclasses.replace(BASE.mlp, **mlp))
+
+
+@pytest.mark.parametrize(
+    ("input_shape", "n_classes", "hidden", "dropout", "expected_params"),
+    [
+        ((4,), 3, (50, 40), 0.0, 4 * 50 + 50 + 50 * 40 + 40 + 40 * 3 + 3),  # the Iris tutorial: 2,413
+        ((28, 28, 1), 10, (100,), 0.0, 784 * 100 + 100 + 100 * 10 + 10),  # MNIST 784-100-10: 79,510
+        ((28, 28, 1), 10, (512, 512), 0.2, 669_706),  # the 512-512 net with dropout
+    ],
+)
+def test_mlp_matches_the_tutorials(input_shape, n_classes, hidden, dropout, expected_params) -> None:
+    model = models.build_model(with_mlp(hidden_units=hidden, dropout=dropout), input_shape, n_classes)
+    assert model.count_params() == expected_params
+    assert model.output_shape == (None, n_classes)
+    dropouts = [layer.rate for layer in model.layers if type(layer).__name__ == "Dropout"]
+    assert dropouts == ([dropout] * len(hidden) if dropout else [])
+
+
+def test_cnn_matches_the_keras_mnist_convnet() -> None:
+    params = dataclasses.replace(BASE, model="cnn")
+    model = models.build_model(params, (28, 28, 1), 10)
+    assert model.count_params() == 1_199_882
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert kinds == [
+        "InputLayer", "Conv2D", "Conv2D", "MaxPooling2D", "Dropout", "Flatten", "Dense", "Dropout", "Dense",
+    ]  # fmt: skip
+
+
+def test_cnn_on_tabular_data_is_a_clear_error() -> None:
+    with pytest.raises(PipelineError, match="use train.model=mlp"):
+        models.build_model(dataclasses.replace(BASE, model="cnn"), (4,), 3)
+
+
+def test_cnn_too_large_for_the_image_is_a_clear_error() -> None:
+    params = dataclasses.replace(BASE, model="cnn", cnn=dataclasses.replace(BASE.cnn, kernel_size=9))
+    with pytest.raises(PipelineError, match="does not fit input shape"):
+        models.build_model(params, (8, 8, 1), 10)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd", "rmsprop", "adadelta", "adagrad", "adamax", "nadam", "ftrl"])
+def test_every_optimizer_by_name_with_learning_rate(optimizer: str) -> None:
+    params = dataclasses.replace(BASE, optimizer=optimizer, learning_rate=0.05)
+    model = models.build_model(params, (4,), 3)
+    assert type(model.optimizer).__name__.lower() == optimizer
+    assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(0.05)
+
+
+def test_summary_counts_parameters() -> None:
+    model = models.build_model(with_mlp(hidden_units=(50, 40), dropout=0.0), (4,), 3)
+    summary = models.summarize_model(model)
+    assert summary["params_total"] == summary["params_trainable"] == 2413
+    assert [layer["type"] for layer in summary["layers"]] == ["InputLayer", "Dense", "Dense", "Dense"]

@@ -1,0 +1,150 @@
+"""params.yaml validation: every class of bad input gets one sentence naming the key, before any work."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import PROJECT_ROOT, stage
+
+from pipeline.errors import PipelineError
+from pipeline.params import (
+    DataParams,
+    EvaluateParams,
+    PreprocessParams,
+    TrainParams,
+    load_params,
+    parse_section,
+)
+
+SECTIONS = [DataParams, PreprocessParams, TrainParams, EvaluateParams]
+SHIPPED = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+
+
+@pytest.mark.parametrize("section", SECTIONS)
+def test_shipped_params_are_valid(section: type) -> None:
+    parsed = load_params(section, PROJECT_ROOT / "params.yaml")
+    assert isinstance(parsed, section)
+
+
+def test_parsed_values_keep_their_types() -> None:
+    train = parse_section(TrainParams, SHIPPED["train"])
+    assert isinstance(train.mlp.hidden_units, tuple) and all(isinstance(u, int) for u in train.mlp.hidden_units)
+    assert isinstance(train.learning_rate, float)
+    with pytest.raises(AttributeError):
+        train.epochs = 5  # frozen: stages cannot change what params.yaml says
+
+
+def with_change(section: str, dotted: str, value: object) -> dict:
+    raw = copy.deepcopy(SHIPPED[section])
+    *parents, last = dotted.split(".")
+    target = raw
+    for key in parents:
+        target = target[key]
+    if value is DELETE:
+        del target[last]
+    else:
+        target[last] = value
+    return raw
+
+
+DELETE = object()
+
+BAD = [
+    # (section class, section, dotted key inside the section, bad value, words the message must hold)
+    (TrainParams, "train", "epoch", 5, ["'train.epoch'", "did you mean 'train.epochs'"]),
+    (TrainParams, "train", "mlp.hiden_units", [5], ["'train.mlp.hiden_units'", "hidden_units"]),
+    (TrainParams, "train", "epochs", "ten", ["'train.epochs'", "'ten'", "an integer"]),
+    (TrainParams, "train", "epochs", 2.5, ["'train.epochs'", "2.5", "an integer"]),
+    (TrainParams, "train", "epochs", True, ["'train.epochs'", "True", "an integer"]),
+    (TrainParams, "train", "epochs", 0, ["'train.epochs'", "from 1 to 100000"]),
+    (TrainParams, "train", "epochs", None, ["'train.epochs'", "None"]),
+    (TrainParams, "train", "learning_rate", -0.1, ["'train.learning_rate'", "(0.0, 10.0]"]),
+    (TrainParams, "train", "learning_rate", float("nan"), ["'train.learning_rate'", "nan"]),
+    (TrainParams, "train", "optimizer", "adamw2", ["'train.optimizer'", "one of adam, sgd"]),
+    (TrainParams, "train", "model", "resnet", ["'train.model'", "one of mlp, cnn"]),
+    (TrainParams, "train", "mlp.hidden_units", [64, "a"], ["'train.mlp.hidden_units'", "a list of integers"]),
+    (TrainParams, "train", "mlp.hidden_units", 64, ["'train.mlp.hidden_units'", "a list"]),
+    (TrainParams, "train", "cnn.filters", [], ["'train.cnn.filters'", "at least 1"]),
+    (TrainParams, "train", "mlp.dropout", 1.0, ["'train.mlp.dropout'", "[0.0, 1.0)"]),
+    (TrainParams, "train", "mlp", "big", ["section 'train.mlp'", "mapping"]),
+    (TrainParams, "train", "jit_compile", "yes", ["'train.jit_compile'", "true or false"]),
+    (TrainParams, "train", "seed", DELETE, ["'train.seed' is missing"]),
+    (PreprocessParams, "preprocess", "val_fraction", 1.5, ["'preprocess.val_fraction'", "1.5", "(0.0, 1.0)"]),
+    (PreprocessParams, "preprocess", "val_fraction", 0, ["'preprocess.val_fraction'", "(0.0, 1.0)"]),
+    (PreprocessParams, "preprocess", "seed", -1, ["'preprocess.seed'", "from 0 to"]),
+    (DataParams, "data", "dataset", "cifar10", ["'data.dataset'", "one of digits, iris, mnist, fashion_mnist"]),
+    (DataParams, "data", "source", 42, ["'data.source'", "a string"]),
+    (DataParams, "data", "checksums", {"mnist.npz": "abc"}, ["'data.checksums'", "64-character hex"]),
+    (DataParams, "data", "checksums", {"mnist.npz": "z" * 64}, ["'data.checksums'", "64-character hex"]),
+    (EvaluateParams, "evaluate", "misclassified_max", 1000, ["'evaluate.misclassified_max'", "from 0 to 400"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("cls", "section", "key", "value", "words"), BAD, ids=[f"{s}.{k}={v!r}" for _, s, k, v, _ in BAD]
+)
+def test_bad_value_names_key_value_and_what_is_allowed(
+    cls: type, section: str, key: str, value: object, words: list[str]
+) -> None:
+    with pytest.raises(PipelineError) as caught:
+        parse_section(cls, with_change(section, key, value))
+    message = str(caught.value)
+    for word in words:
+        assert word in message, message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("train: [unclosed\n", ["line", "fix the YAML syntax"]),
+        ("- just\n- a list\n", ["must be a mapping of sections"]),
+        ("data: {}\n", ["section 'train' is missing"]),
+        ("train: 3\n", ["section 'train'", "must be a mapping"]),
+    ],
+)
+def test_malformed_files_are_one_sentence(tmp_path: Path, text: str, words: list[str]) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(PipelineError) as caught:
+        load_params(TrainParams, path)
+    for word in words:
+        assert word in str(caught.value)
+
+
+def test_missing_file_says_where_to_run(tmp_path: Path) -> None:
+    with pytest.raises(PipelineError, match="project's root folder"):
+        load_params(TrainParams, tmp_path / "params.yaml")
+
+
+@pytest.mark.parametrize("name", ["download", "preprocess", "train", "evaluate"])
+def test_every_stage_has_help(name: str) -> None:
+    result = stage(PROJECT_ROOT, name, "--help")
+    assert result.returncode == 0
+    assert f"python -m stages.{name}" in result.stdout
+    assert name in result.stdout.split("\n\n")[1]  # the docstring's first line names the stage
+
+
+def test_stage_with_bad_params_exits_nonzero_and_keeps_outputs(project_repo: Path) -> None:
+    assert stage(project_repo, "download").returncode == 0
+    assert stage(project_repo, "preprocess").returncode == 0
+    prepared = {p.name: p.read_bytes() for p in (project_repo / "data/prepared").iterdir()}
+    text = (project_repo / "params.yaml").read_text()
+    (project_repo / "params.yaml").write_text(text.replace("val_fraction: 0.1", "val_fraction: 10%"))
+    result = stage(project_repo, "preprocess")
+    assert result.returncode == 1
+    assert "'preprocess.val_fraction' is '10%'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert {p.name: p.read_bytes() for p in (project_repo / "data/prepared").iterdir()} == prepared
+
+
+def test_train_with_a_typo_fails_and_writes_nothing(project_repo: Path) -> None:
+    text = (project_repo / "params.yaml").read_text()
+    (project_repo / "params.yaml").write_text(text.replace("  epochs: 60", "  epochs: 60\n  epoch: 3"))
+    result = stage(project_repo, "train")
+    assert result.returncode == 1
+    assert "unknown key 'train.epoch'; did you mean 'train.epochs'?" in result.stderr
+    assert not (project_repo / "models").exists()
