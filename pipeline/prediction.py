@@ -1,0 +1,287 @@
+"""Pure functions of the predict stage: read new inputs, scale them as preprocess did, rank classes.
+
+Nothing here imports TensorFlow: every input is read and checked against the
+preprocessing description (`data/prepared/meta.json`) before the model loads.
+Scaling reuses `pipeline.preprocessing`, so predict cannot drift from training.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from pipeline.errors import PipelineError
+from pipeline.preprocessing import apply_minmax, scale_pixels
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+ARRAY_SUFFIX = ".npy"
+CSV_SUFFIX = ".csv"
+IMAGE_FILE_MAX = 255.0  # 8-bit image files: the value that scales to 1.0, as preprocess does for MNIST
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the model was trained on, from the preprocessing description (meta.json)."""
+
+    kind: str  # "image" or "tabular"
+    input_shape: tuple[int, ...]  # one example: (H, W, 1) or (F,)
+    class_names: tuple[str, ...]
+    scaling: dict[str, Any]
+    feature_names: tuple[str, ...] = ()
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> InputSpec:
+        try:
+            return cls(
+                kind=meta["kind"],
+                input_shape=tuple(meta["input_shape"]),
+                class_names=tuple(meta["class_names"]),
+                scaling=meta["scaling"],
+                feature_names=tuple(meta.get("feature_names", ())),
+            )
+        except (KeyError, TypeError) as err:
+            raise PipelineError(f"the preprocessing description lacks {err}; rerun preprocess (dvc repro).") from None
+
+    @property
+    def accepted(self) -> tuple[str, ...]:
+        return (*IMAGE_SUFFIXES, ARRAY_SUFFIX) if self.kind == "image" else (CSV_SUFFIX, ARRAY_SUFFIX)
+
+    def describe(self) -> str:
+        if self.kind == "image":
+            height, width = self.input_shape[:2]
+            return f"{height}x{width} grayscale images (PNG/JPEG files, or .npy arrays of shape ({height}, {width}))"
+        return f"rows of {self.input_shape[0]} features ({', '.join(self.feature_names) or 'unnamed'})"
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Scaled examples ready for the model, and a label per example saying where it came from."""
+
+    labels: tuple[str, ...]
+    x: np.ndarray
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def check_inputs(paths: Sequence[Path], spec: InputSpec) -> None:
+    """Every path exists and has a suffix this model takes; raise on the first that does not."""
+    for path in paths:
+        suffix = path.suffix.lower()
+        if suffix not in spec.accepted:
+            raise PipelineError(
+                f"{path}: a '{suffix or 'suffixless'}' file is not an input this {spec.kind} model takes; "
+                f"give {', '.join(spec.accepted[:-1])} or {spec.accepted[-1]} files holding {spec.describe()}."
+            )
+        if not path.is_file():
+            raise PipelineError(f"{path} not found (or not a file); check the path.")
+
+
+def check_top_k(top_k: int, spec: InputSpec) -> None:
+    if not 1 <= top_k <= len(spec.class_names):
+        raise PipelineError(f"--top-k {top_k} is out of range: the model knows {len(spec.class_names)} classes.")
+
+
+def check_model_matches(model_input_shape: Sequence[int | None], n_outputs: int, spec: InputSpec) -> None:
+    """The model and meta.json must come from the same run, or the scaling and class names are wrong."""
+    if tuple(model_input_shape[1:]) != spec.input_shape or n_outputs != len(spec.class_names):
+        raise PipelineError(
+            f"the model takes {tuple(model_input_shape[1:])} and gives {n_outputs} classes, but meta.json describes "
+            f"{spec.input_shape} and {len(spec.class_names)} classes; rerun the pipeline (dvc repro) so they match."
+        )
+
+
+# ----------------------------------------------------------------------------- scaling
+
+
+def scale_features(features: np.ndarray, scaling: dict[str, Any]) -> np.ndarray:
+    """(N, F) raw features -> the min-max fitted on the training split, with preprocess's own function."""
+    return apply_minmax(features, np.asarray(scaling["min"]), np.asarray(scaling["range"]))
+
+
+# ----------------------------------------------------------------------------- readers
+
+
+def image_pixels(image: Image.Image, height: int, width: int, *, invert: bool = False) -> np.ndarray:
+    """An image of any size and mode -> (height, width) grayscale 0..255, as the training images look.
+
+    Transparent areas become white. Downsizing averages areas (BOX), the way
+    scikit-learn's 8x8 digits were made from 32x32 bitmaps.
+    """
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
+    gray = image.convert("L").resize((width, height), Image.Resampling.BOX)
+    if invert:
+        gray = ImageOps.invert(gray)
+    return np.asarray(gray, dtype=np.float32)
+
+
+def read_image(path: Path, spec: InputSpec, *, invert: bool = False) -> Batch:
+    height, width = spec.input_shape[:2]
+    try:
+        with Image.open(path) as image:
+            pixels = image_pixels(image, height, width, invert=invert)
+    except (UnidentifiedImageError, OSError) as err:
+        raise PipelineError(f"{path} is not a readable PNG or JPEG image ({err}).") from None
+    return Batch((str(path),), scale_pixels(pixels[np.newaxis], IMAGE_FILE_MAX))
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as err:  # object arrays (pickles) are refused, never loaded
+        raise PipelineError(f"{path} is not a readable numeric .npy array ({err}).") from None
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
+        raise PipelineError(f"{path} holds {array.dtype} values; a numeric array is needed.")
+    if not np.all(np.isfinite(array)):
+        raise PipelineError(f"{path} holds NaN or infinite values; every value must be a finite number.")
+    return array.astype(np.float64)
+
+
+def _as_image_stack(array: np.ndarray, shape: tuple[int, ...], path: Path) -> tuple[np.ndarray, bool]:
+    """(H, W) or (N, H, W), a trailing channel axis of 1 allowed -> (N, H, W) and whether it was one image."""
+    if array.ndim in (3, 4) and array.shape[-1] == 1 and array.shape[-3:-1] == shape:
+        array = array[..., 0]  # a channel axis, as in data/prepared
+    if array.shape == shape:
+        return array[np.newaxis], True
+    if array.ndim == 3 and array.shape[1:] == shape and len(array):
+        return array, False
+    raise PipelineError(
+        f"{path} has shape {array.shape}, but this model takes images of shape {shape} "
+        f"(or a stack of them, (N, {shape[0]}, {shape[1]}))."
+    )
+
+
+def _as_feature_rows(array: np.ndarray, n_features: int, path: Path) -> tuple[np.ndarray, bool]:
+    """(F,) or (N, F) -> (N, F) and whether it was one row."""
+    if array.shape == (n_features,):
+        return array[np.newaxis], True
+    if array.ndim == 2 and array.shape[1] == n_features and len(array):
+        return array, False
+    raise PipelineError(
+        f"{path} has shape {array.shape}, but this model takes rows of {n_features} features "
+        f"(shape ({n_features},) or (N, {n_features}))."
+    )
+
+
+def read_npy(path: Path, spec: InputSpec) -> Batch:
+    """Raw, unscaled values as in data/raw (digits 0..16, MNIST 0..255, iris in cm): one example or a stack."""
+    array = _load_npy(path)
+    if spec.kind == "image":
+        stack, single = _as_image_stack(array, spec.input_shape[:2], path)
+        x = scale_pixels(stack, spec.scaling["pixel_max"])
+    else:
+        stack, single = _as_feature_rows(array, spec.input_shape[0], path)
+        x = scale_features(stack, spec.scaling)
+    labels = (str(path),) if single else tuple(f"{path}[{i}]" for i in range(len(stack)))
+    return Batch(labels, x)
+
+
+def _parse_float(text: str, where: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise PipelineError(f"{where}: '{text}' is not a number.") from None
+    if not np.isfinite(value):
+        raise PipelineError(f"{where}: '{text}' is not a finite number.")
+    return value
+
+
+def _is_header(row: Sequence[str]) -> bool:
+    try:
+        [float(cell) for cell in row]
+    except ValueError:
+        return True
+    return False
+
+
+def _column_order(header: Sequence[str], spec: InputSpec, path: Path) -> list[int]:
+    """Positions of the training features in `header`: columns may come in any order."""
+    names = [cell.strip() for cell in header]
+    missing = [name for name in spec.feature_names if name not in names]
+    if missing or len(names) != len(spec.feature_names):
+        raise PipelineError(
+            f"{path}: the header has columns {names}, but this model takes exactly {list(spec.feature_names)} "
+            "(or no header row, with the values in that order)."
+        )
+    return [names.index(name) for name in spec.feature_names]
+
+
+def parse_csv(text: str, path: Path, spec: InputSpec) -> Batch:
+    """Rows of raw feature values; an optional header row names the columns."""
+    rows = [row for row in csv.reader(io.StringIO(text)) if any(cell.strip() for cell in row)]
+    if not rows:
+        raise PipelineError(f"{path} has no rows; give one row of {spec.input_shape[0]} values per example.")
+    first_line = 1
+    order = list(range(spec.input_shape[0]))
+    if _is_header(rows[0]):
+        order = _column_order(rows[0], spec, path)
+        rows, first_line = rows[1:], 2
+    values = []
+    for line, row in enumerate(rows, start=first_line):
+        where = f"{path} line {line}"
+        if len(row) != len(order):
+            raise PipelineError(f"{where} has {len(row)} values, but this model takes {spec.describe()}.")
+        values.append([_parse_float(row[i], where) for i in order])
+    if not values:
+        raise PipelineError(f"{path} has a header but no data rows.")
+    labels = tuple(f"{path} line {first_line + i}" for i in range(len(values)))
+    return Batch(labels, scale_features(np.asarray(values, dtype=np.float64), spec.scaling))
+
+
+def read_csv(path: Path, spec: InputSpec) -> Batch:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (UnicodeDecodeError, OSError) as err:
+        raise PipelineError(f"{path} is not a readable UTF-8 CSV file ({err}).") from None
+    return parse_csv(text, path, spec)
+
+
+def read_inputs(paths: Sequence[Path], spec: InputSpec, *, invert: bool = False) -> Batch:
+    """Every input read, checked and scaled, in one batch in the order given."""
+    check_inputs(paths, spec)
+    batches = []
+    for path in paths:
+        suffix = path.suffix.lower()
+        if suffix in IMAGE_SUFFIXES:
+            batches.append(read_image(path, spec, invert=invert))
+        elif suffix == ARRAY_SUFFIX:
+            batches.append(read_npy(path, spec))
+        else:
+            batches.append(read_csv(path, spec))
+    labels = tuple(label for batch in batches for label in batch.labels)
+    return Batch(labels, np.concatenate([batch.x for batch in batches]).astype(np.float32))
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def top_classes(probabilities: np.ndarray, class_names: Sequence[str], top_k: int) -> list[list[tuple[str, float]]]:
+    """Per example, the `top_k` (class name, probability) pairs, most probable first."""
+    ranked = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
+    return [[(class_names[j], float(row[j])) for j in order] for row, order in zip(probabilities, ranked, strict=True)]
+
+
+def format_text(labels: Sequence[str], ranked: Sequence[Sequence[tuple[str, float]]]) -> str:
+    """One line per input: `label: class (probability), class (probability), ...`."""
+    lines = [
+        f"{label}: " + ", ".join(f"{name} ({probability:.4f})" for name, probability in classes)
+        for label, classes in zip(labels, ranked, strict=True)
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def as_records(labels: Sequence[str], ranked: Sequence[Sequence[tuple[str, float]]]) -> list[dict[str, Any]]:
+    """The `--json` form: [{"input": ..., "predictions": [{"class": ..., "probability": ...}, ...]}, ...]."""
+    return [
+        {"input": label, "predictions": [{"class": name, "probability": p} for name, p in classes]}
+        for label, classes in zip(labels, ranked, strict=True)
+    ]

@@ -1,0 +1,73 @@
+"""predict: models/model.keras + data/prepared/meta.json + new inputs -> class names and probabilities on stdout.
+
+Inputs are converted as the training data was: images (PNG/JPEG, any size) to
+grayscale, resized to the model's input, scaled by 255; `.npy` arrays hold raw
+values as in data/raw (digits 0..16, MNIST 0..255, iris in cm), one example or a
+stack with a leading axis; CSV files hold one row of raw features per example
+(tabular models; an optional header names the columns). Not a pipeline stage:
+run it by hand, e.g. `python -m stages.predict digit.png --top-k 3`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pipeline import paths
+from pipeline.cli import run_stage
+from pipeline.errors import PipelineError
+from pipeline.files import read_json
+from pipeline.prediction import (
+    InputSpec,
+    as_records,
+    check_model_matches,
+    check_top_k,
+    format_text,
+    read_inputs,
+    top_classes,
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image, .npy or .csv files")
+    parser.add_argument("--top-k", type=int, default=1, help="show the K most probable classes (default 1)")
+    parser.add_argument("--json", action="store_true", help="print one JSON document instead of text lines")
+    parser.add_argument(
+        "--invert",
+        action="store_true",
+        help="invert image files first: for dark ink on a light background (the training images are light on dark)",
+    )
+    parser.add_argument("--model", type=Path, default=paths.MODEL, help="the model (default: %(default)s)")
+    parser.add_argument(
+        "--meta", type=Path, default=paths.PREPARED_META, help="the preprocessing description (default: %(default)s)"
+    )
+
+
+def load_spec(meta_path: Path) -> InputSpec:
+    if not meta_path.is_file():
+        raise PipelineError(f"{meta_path} not found; run the pipeline first (dvc repro) or pass --meta.")
+    return InputSpec.from_meta(read_json(meta_path))
+
+
+def main(args: argparse.Namespace) -> None:
+    spec = load_spec(args.meta)
+    check_top_k(args.top_k, spec)
+    batch = read_inputs(args.inputs, spec, invert=args.invert)
+    if not args.model.is_file():
+        raise PipelineError(f"{args.model} not found; run the train stage first (dvc repro train) or pass --model.")
+    from pipeline.models import load_model  # imports TensorFlow: only once every input has passed its checks
+
+    model = load_model(args.model)
+    check_model_matches(model.input_shape, model.output_shape[-1], spec)
+    probabilities = model.predict(batch.x, verbose=0)
+    ranked = top_classes(probabilities, spec.class_names, args.top_k)
+    if args.json:
+        sys.stdout.write(json.dumps(as_records(batch.labels, ranked), indent=2) + "\n")
+    else:
+        sys.stdout.write(format_text(batch.labels, ranked))
+
+
+if __name__ == "__main__":
+    run_stage(main, __doc__, add_arguments)
