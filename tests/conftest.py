@@ -113,3 +113,70 @@ def read_metrics(repo: Path) -> dict[str, Any]:
     import json
 
     return json.loads((repo / "metrics.json").read_text())
+
+
+# ----------------------------------------------------------------------------- reports in a browser
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's package; .ci/run installs it
+# Headless, and offline whatever the machine's network: every host name fails to resolve,
+# so a report that needs a CDN shows up as blank charts here too.
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--host-resolver-rules=MAP * ~NOTFOUND",
+    "--virtual-time-budget=15000",  # let the asynchronous chart rendering finish before the dump
+]
+
+
+def open_in_chromium(page: Path, profile: Path, *extra: str) -> subprocess.CompletedProcess:
+    """Load a local HTML file in headless Chromium with console messages logged to stderr."""
+    flags = [*CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0", *extra]
+    return run([str(CHROMIUM), *flags, page.resolve().as_uri()], page.parent, timeout=120)
+
+
+def console_messages(stderr: str) -> list[str]:
+    """The page's console messages (script errors included) from Chromium's stderr log."""
+    return re.findall(r':CONSOLE[^\]]*\] "(.*)", source:', stderr)
+
+
+def drawn_charts(dom: str) -> set[str]:
+    """Ids of the elements in which vega drew a non-empty `<canvas class="marks">`."""
+    from html.parser import HTMLParser
+
+    class _Finder(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ids: list[str | None] = []
+            self.drawn: set[str] = set()
+
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            values = dict(attrs)
+            if tag == "canvas" and "marks" in (values.get("class") or "").split():
+                if int(values.get("width") or 0) > 0 and int(values.get("height") or 0) > 0:
+                    self.drawn.update(i for i in self.ids if i)
+            if tag not in ("canvas", "img", "br", "meta", "input", "link", "hr"):
+                self.ids.append(values.get("id"))
+
+        def handle_endtag(self, tag: str) -> None:
+            if tag not in ("canvas", "img", "br", "meta", "input", "link", "hr") and self.ids:
+                self.ids.pop()
+
+    finder = _Finder()
+    finder.feed(dom)
+    return finder.drawn
+
+
+def report_specs(page: Path) -> dict[str, dict[str, Any]]:
+    """The vega-lite spec of every chart in a `dvc plots` HTML page, by chart title."""
+    import json
+
+    specs = {}
+    for match in re.finditer(r"var spec = (\{.*?\});\n", page.read_text(encoding="utf-8"), re.S):
+        spec = json.loads(match.group(1))
+        specs[spec["title"]["text"]] = spec
+    return specs
