@@ -1,0 +1,131 @@
+"""Training killed mid-run resumes from its last completed epoch and ends exactly where an uninterrupted run ends.
+
+Real processes, real signals: the train stage (or `dvc repro`) is started as a
+subprocess, killed once its resume state shows a few finished epochs, and run again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ENV, VENV_BIN, copy_repo, dvc, edit_params, make_project_repo, stage
+
+from pipeline import paths
+from pipeline.files import load_npz
+
+EPOCHS = 15
+# Dropout makes the run depend on the random-generator state, which a resume must restore too.
+RUN_PARAMS = {"train.epochs": EPOCHS, "train.early_stopping_patience": 0, "train.mlp.dropout": 0.2}
+
+
+@pytest.fixture(scope="session")
+def prepared_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """digits downloaded and preprocessed, train params set for these tests; copy before use."""
+    repo = make_project_repo(tmp_path_factory.mktemp("prepared") / "repo")
+    edit_params(repo, **RUN_PARAMS)
+    for name in ("download", "preprocess"):
+        assert stage(repo, name).returncode == 0
+    return repo
+
+
+def train_and_evaluate(repo: Path) -> subprocess.CompletedProcess:
+    result = stage(repo, "train")
+    assert result.returncode == 0, result.stderr
+    assert stage(repo, "evaluate").returncode == 0
+    return result
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(prepared_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repo = copy_repo(prepared_base, tmp_path_factory.mktemp("uninterrupted") / "repo")
+    train_and_evaluate(repo)
+    return repo
+
+
+def epochs_saved(repo: Path) -> int:
+    state = repo / paths.RESUME_DIR / "state.npz"
+    if not state.exists():
+        return 0
+    return json.loads(str(load_npz(state)["meta"]))["epochs_done"]
+
+
+def start_and_kill(args: list[str], repo: Path, sig: signal.Signals, after_epochs: int = 3) -> int:
+    """Start `args`, send `sig` to its whole process group once `after_epochs` are saved; return epochs saved."""
+    process = subprocess.Popen(
+        args, cwd=repo, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    deadline = time.monotonic() + 120
+    while epochs_saved(repo) < after_epochs:
+        assert process.poll() is None, f"finished before it could be killed:\n{process.stderr.read()}"
+        assert time.monotonic() < deadline, "no epoch was saved within 120 s"
+        time.sleep(0.02)
+    os.killpg(process.pid, sig)
+    process.wait(timeout=60)
+    assert process.returncode != 0, "the run finished before the signal arrived"
+    saved = epochs_saved(repo)
+    assert after_epochs <= saved < EPOCHS
+    return saved
+
+
+def assert_same_result(repo: Path, reference: Path) -> None:
+    for output in ("metrics.json", "reports/train_history.csv"):
+        assert (repo / output).read_bytes() == (reference / output).read_bytes(), output
+    for name, weights in load_npz_weights(repo).items():
+        np.testing.assert_array_equal(weights, load_npz_weights(reference)[name])
+
+
+def load_npz_weights(repo: Path) -> dict[str, np.ndarray]:
+    from pipeline.models import load_model
+
+    return {v.path: v.numpy() for v in load_model(repo / paths.MODEL).weights}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_killed_train_stage_resumes_and_matches_uninterrupted_run(
+    sig: signal.Signals, prepared_base: Path, uninterrupted: Path, tmp_path: Path
+) -> None:
+    repo = copy_repo(prepared_base, tmp_path / "repo")
+    saved = start_and_kill([sys.executable, "-m", "stages.train"], repo, sig)
+    assert not (repo / "models").exists(), "a killed run must not leave a model behind"
+
+    result = train_and_evaluate(repo)
+    assert f"resuming at epoch {saved + 1} of {EPOCHS}" in result.stderr
+    assert "Epoch 1/" not in result.stdout  # epochs already done are not trained again
+    assert not (repo / paths.RESUME_DIR).exists(), "resume state must be cleared after a successful run"
+    assert_same_result(repo, uninterrupted)
+
+
+def test_killed_dvc_repro_resumes_on_the_next_repro(prepared_base: Path, uninterrupted: Path, tmp_path: Path) -> None:
+    repo = copy_repo(prepared_base, tmp_path / "repo")
+    saved = start_and_kill([str(VENV_BIN / "dvc"), "repro"], repo, signal.SIGKILL)
+    result = dvc(repo, "repro")
+    assert f"resuming at epoch {saved + 1} of {EPOCHS}" in result.stderr + result.stdout
+    assert_same_result(repo, uninterrupted)
+
+
+def test_changed_param_makes_resume_state_stale(prepared_base: Path, tmp_path: Path) -> None:
+    repo = copy_repo(prepared_base, tmp_path / "repo")
+    start_and_kill([sys.executable, "-m", "stages.train"], repo, signal.SIGKILL)
+    edit_params(repo, **{"train.learning_rate": 0.002})
+    result = stage(repo, "train")
+    assert result.returncode == 0, result.stderr
+    assert "ignoring resume state" in result.stderr and "written for other params" in result.stderr
+    assert "resuming" not in result.stderr
+    assert re.search(r"^Epoch 1/15", result.stdout, re.MULTILINE)
+    history = (repo / paths.TRAIN_HISTORY).read_text().splitlines()
+    assert len(history) == 1 + EPOCHS and history[1].startswith("1,")
+
+
+def test_same_seed_gives_byte_identical_metrics(prepared_base: Path, uninterrupted: Path, tmp_path: Path) -> None:
+    repo = copy_repo(prepared_base, tmp_path / "repo")
+    train_and_evaluate(repo)
+    assert_same_result(repo, uninterrupted)
