@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import ENV, PROJECT_ROOT, copy_repo, dvc, edit_params, ran_stages, read_metrics, run
+from conftest import ENV, PROJECT_ROOT, VENV_BIN, copy_repo, dvc, edit_params, ran_stages, read_metrics, run
 
 WORKFLOW = PROJECT_ROOT / ".github" / "workflows" / "dvc-pipeline.yml"
 STOOD_IN_FOR = ("actions/checkout@", "actions/setup-python@", "iterative/setup-cml@")
@@ -139,6 +139,19 @@ def test_workflow_installs_pinned_deps_with_a_pip_cache() -> None:
     assert checkout["with"]["fetch-depth"] == 0  # the base commit must be there to diff against
     (install,) = steps_running("pip install")
     assert "-r requirements.lock" in install["run"]
+
+
+def test_every_shell_step_passes_shellcheck() -> None:
+    scripts = {step["name"]: step["run"] for step in load_steps() if "run" in step}
+    assert len(scripts) >= 4
+    for name, script in scripts.items():
+        checked = run(
+            [str(VENV_BIN / "shellcheck"), "--shell=bash", "--severity=style", "-"],
+            PROJECT_ROOT,
+            check=False,
+            input=script,
+        )
+        assert checked.returncode == 0, f"{name}:\n{checked.stdout}"
 
 
 def test_pull_request_pulls_reproduces_and_reports_the_diff(
