@@ -80,8 +80,9 @@ class Progress:
 
 
 def _model_layout(model: keras.Model) -> list[str]:
-    # Restoring by position is only safe into an identically built model.
-    return [f"{v.path}:{tuple(v.shape)}" for v in model.variables]
+    # Restoring by position is only safe into an identically built model. Shapes and dtypes, not
+    # variable paths: Keras numbers auto-named layers per process, so paths differ between two builds.
+    return [f"{tuple(v.shape)}:{v.dtype}" for v in model.variables]
 
 
 def save_state(path: Path, model: keras.Model, best_weights: list[np.ndarray], progress: Progress) -> None:

@@ -1,0 +1,92 @@
+"""The resumable training loop, called directly on tiny arrays."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import PROJECT_ROOT
+
+from pipeline import models, training
+from pipeline.params import TrainParams, parse_section
+
+BASE = parse_section(TrainParams, yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())["train"])
+
+
+def test_epoch_order_is_a_permutation_that_changes_every_epoch_and_replays() -> None:
+    first, second = training.epoch_order(100, seed=1, epoch=0), training.epoch_order(100, seed=1, epoch=1)
+    assert sorted(first) == list(range(100))
+    assert not np.array_equal(first, second)
+    np.testing.assert_array_equal(first, training.epoch_order(100, seed=1, epoch=0))
+
+
+def test_train_dataset_batches_each_epoch_in_its_own_order() -> None:
+    x = np.arange(10, dtype=np.float32)[:, None]
+    y = np.arange(10, dtype=np.float32)[:, None]
+    batches = list(training.make_train_dataset(x, y, batch_size=4, seed=3, first_epoch=1, epochs=3))
+    assert [len(bx) for bx, _ in batches] == [4, 4, 2, 4, 4, 2]  # no batch spans two epochs
+    epoch_one = np.concatenate([bx.numpy()[:, 0] for bx, _ in batches[:3]])
+    np.testing.assert_array_equal(epoch_one, training.epoch_order(10, seed=3, epoch=1))
+    for bx, by in batches:
+        np.testing.assert_array_equal(bx.numpy(), by.numpy())  # features and labels stay paired
+
+
+def tiny_problem() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(0)
+    x = rng.random((64, 4)).astype(np.float32)
+    labels = (x[:, 0] > 0.5).astype(int)
+    y = np.eye(2, dtype=np.float32)[labels]
+    return (x[:48], y[:48]), (x[48:], y[48:])
+
+
+def fit(state_dir: Path, epochs: int, fingerprint: str = "run-1"):
+    params = dataclasses.replace(BASE, mlp=dataclasses.replace(BASE.mlp, hidden_units=(8,), dropout=0.1))
+    training.seed_everything(params.seed)
+    model = models.build_model(params, (4,), 2)
+    train, val = tiny_problem()
+    progress = training.fit_resumable(
+        model, train, val, epochs=epochs, batch_size=16, patience=0, seed=1, state_dir=state_dir,
+        fingerprint=fingerprint,
+    )  # fmt: skip
+    return model, progress
+
+
+def test_finished_run_is_not_trained_again(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    model, progress = fit(tmp_path, epochs=3)
+    assert progress.finished and len(progress.history) == 3
+    # As if killed after the last epoch but before the model was exported: the state is still there.
+    with caplog.at_level(logging.INFO):
+        again, progress_again = fit(tmp_path, epochs=3)
+    assert "already finished" in caplog.text
+    assert progress_again.history == progress.history
+    for before, after in zip(model.weights, again.weights, strict=True):
+        np.testing.assert_array_equal(before.numpy(), after.numpy())
+
+
+def test_best_epoch_weights_are_kept(tmp_path: Path) -> None:
+    model, progress = fit(tmp_path, epochs=4)
+    best = max(progress.history, key=lambda row: (row["val_accuracy"], -row["val_loss"]))
+    assert progress.best_epoch == best["epoch"]
+    val_x, val_y = tiny_problem()[1]
+    scores = model.evaluate(val_x, val_y, verbose=0, return_dict=True)
+    assert scores["accuracy"] == pytest.approx(best["val_accuracy"])
+
+
+def test_state_of_another_run_is_ignored(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    fit(tmp_path, epochs=2, fingerprint="run-1")
+    with caplog.at_level(logging.INFO):
+        _, progress = fit(tmp_path, epochs=2, fingerprint="run-2")
+    assert "ignoring resume state" in caplog.text
+    assert [row["epoch"] for row in progress.history] == [1, 2]
+
+
+def test_unreadable_state_is_ignored(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / training.STATE_FILE).write_bytes(b"not an npz")
+    with caplog.at_level(logging.INFO):
+        _, progress = fit(tmp_path, epochs=1)
+    assert "ignoring unreadable resume state" in caplog.text
+    assert progress.epochs_done == 1
