@@ -188,6 +188,7 @@ def fit_resumable(
             epochs=epochs,
             initial_epoch=progress.epochs_done,
             validation_data=val,
+            shuffle=False,  # the dataset is already in its per-epoch order
             callbacks=[_EpochEnd(state_path, progress, best, patience, epochs)],
             # A progress bar on a terminal; one line per epoch in CI logs.
             verbose=1 if sys.stdout.isatty() else 2,
