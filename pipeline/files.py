@@ -31,6 +31,16 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _remove_leftovers(folder: Path, *patterns: str) -> None:
+    # A SIGKILL or power loss skips every `finally`: its scratch files stay behind until the next write.
+    for pattern in patterns:
+        for leftover in folder.glob(pattern):
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_path(dest: Path | str) -> Iterator[Path]:
     """Yield a temporary path beside `dest`; on success fsync it and rename it onto `dest`.
@@ -41,6 +51,7 @@ def atomic_path(dest: Path | str) -> Iterator[Path]:
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(dest.parent, f".{dest.stem}.*.tmp{dest.suffix}")
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.stem}.", suffix=f".tmp{dest.suffix}", dir=dest.parent)
     os.close(fd)
     tmp = Path(tmp_name)
@@ -111,6 +122,7 @@ def atomic_directory(dest: Path | str) -> Iterator[Path]:
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(dest.parent, f".{dest.name}.*.tmp", f".{dest.name}.old-*")
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     os.chmod(tmp, 0o777 & ~_umask())
     try:
