@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import socket
 import subprocess
+import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +22,9 @@ from conftest import VENV_BIN, copy_repo, dvc, ran_stages, read_metrics, run, st
 
 # Everything DVC caches (as opposed to the `cache: false` files that git carries): what a remote must hold.
 CACHED_OUTPUTS = ("data/raw", "data/prepared", "models/model.keras", "models/summary.json", "reports/misclassified.png")
-ACCESS_KEY_ID = "team-key"
-SECRET_ACCESS_KEY = "team-secret-0123456789"
+# Made afresh each run, so that finding them in a repository's history can only mean that a command put them there.
+ACCESS_KEY_ID = f"key-{uuid.uuid4().hex[:12]}"
+SECRET_ACCESS_KEY = f"secret-{uuid.uuid4().hex}"
 BUCKET = "dvc-store"
 UP_TO_DATE = "Data and pipelines are up to date."
 
@@ -139,6 +142,17 @@ def assert_pulled_clone_matches(origin: Path, pulled: Path) -> None:
     assert measured["test"]["accuracy"] == expected["test"]["accuracy"]
     assert measured["per_class"] == expected["per_class"]
     assert measured["test"]["loss"] == pytest.approx(expected["test"]["loss"], rel=1e-6)
+
+
+def test_s3_extra_is_what_the_lock_installs(project_repo: Path) -> None:
+    """`pip install -e '.[s3]'` (the README's way to add S3 support) needs nothing beyond requirements.lock."""
+    result = run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--no-index", "--no-build-isolation", "-e", ".[s3,dev]"],
+        project_repo,
+    )
+    (would_install,) = (line for line in result.stdout.splitlines() if line.startswith("Would install "))
+    packages = would_install.removeprefix("Would install ").split()
+    assert len(packages) == 1 and packages[0].startswith("keras-dvc-pipeline-"), packages  # the project alone
 
 
 def test_local_remote_round_trip(digits_run: Path, tmp_path: Path) -> None:

@@ -37,17 +37,21 @@ def workflow_env() -> dict[str, str]:
 
 
 def evaluate(expression: str, context: dict[str, Any]) -> Any:
-    """The subset of GitHub's expression language the workflow uses: dotted names, `||`, `== 'literal'`."""
+    """The subset of GitHub's expression language the workflow uses: names, 'literals', `||`, `&&`, `==`."""
     expression = expression.strip()
     if expression.startswith("${{") and expression.endswith("}}"):
         expression = expression[3:-2].strip()
     if "||" in expression:
         values = [evaluate(part, context) for part in expression.split("||")]
         return next((value for value in values if value), values[-1])
+    if "&&" in expression:
+        values = [evaluate(part, context) for part in expression.split("&&")]
+        return next((value for value in values if not value), values[-1])
     if "==" in expression:
-        left, right = (part.strip() for part in expression.split("=="))
-        assert re.fullmatch(r"'[^']*'", right), f"unsupported comparison: {expression}"
-        return evaluate(left, context) == right[1:-1]
+        left, right = (evaluate(part, context) for part in expression.split("=="))
+        return left == right
+    if re.fullmatch(r"'[^']*'", expression):
+        return expression[1:-1]
     assert re.fullmatch(r"[a-z_]+(\.[A-Za-z_]+)*", expression), f"unsupported expression: {expression}"
     value: Any = context
     for key in expression.split("."):
@@ -60,7 +64,11 @@ def substitute(text: str, context: dict[str, Any]) -> str:
 
 
 def github_context(event_name: str, **event: Any) -> dict[str, Any]:
-    return {"github": {"event_name": event_name, "event": event, "ref": "refs/heads/test"}, "secrets": {}}
+    repository = "team/project"
+    if event_name == "pull_request":  # from a branch of the same repository, not a fork
+        event["pull_request"]["head"] = {"repo": {"full_name": repository}}
+    github = {"event_name": event_name, "event": event, "ref": "refs/heads/test", "repository": repository}
+    return {"github": github, "secrets": {}}
 
 
 def run_steps(
@@ -139,6 +147,21 @@ def test_workflow_installs_pinned_deps_with_a_pip_cache() -> None:
     assert checkout["with"]["fetch-depth"] == 0  # the base commit must be there to diff against
     (install,) = steps_running("pip install")
     assert "-r requirements.lock" in install["run"]
+
+
+def test_only_pull_requests_from_the_repository_itself_get_a_comment() -> None:
+    """A fork's pull request runs with a read-only token: a comment step would fail its job."""
+    own = github_context("pull_request", pull_request={"base": {"sha": ZERO_SHA}})
+    fork = github_context("pull_request", pull_request={"base": {"sha": ZERO_SHA}})
+    fork["github"]["event"]["pull_request"]["head"]["repo"]["full_name"] = "someone/fork"
+    push = github_context("push", before=ZERO_SHA)
+    cml_steps = [step for step in load_steps() if "cml" in step.get("uses", "") + step.get("run", "")]
+    assert len(cml_steps) == 2  # setup-cml and the comment
+    for step in cml_steps:
+        assert evaluate(step["if"], own) is True
+        assert evaluate(step["if"], fork) is False
+        assert evaluate(step["if"], push) is False
+    assert all("if" not in step for step in load_steps() if step not in cml_steps)
 
 
 def test_every_shell_step_passes_shellcheck() -> None:
