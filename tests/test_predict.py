@@ -1,0 +1,246 @@
+"""predict: new images, .npy arrays and CSV rows, converted as preprocess converted the training data."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import PROJECT_ROOT, dvc, edit_params, make_project_repo, run, stage
+from PIL import Image
+
+from pipeline.datasets import RawDataset
+from pipeline.errors import PipelineError
+from pipeline.prediction import (
+    InputSpec,
+    as_records,
+    check_model_matches,
+    check_top_k,
+    format_text,
+    parse_csv,
+    read_inputs,
+    top_classes,
+)
+from pipeline.preprocessing import prepare_splits
+
+FEATURES = ("length", "width", "height")
+
+
+def tiny_images(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 17, size=(count, 8, 8)).astype(np.uint8), np.arange(count) % 2
+
+
+def tiny_features(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.normal(5.0, 2.0, size=(count, len(FEATURES))), np.arange(count) % 2
+
+
+def prepared(kind: str) -> tuple[RawDataset, np.ndarray, InputSpec]:
+    """A tiny dataset with an official test split through the real preprocess: (raw, scaled test x, spec)."""
+    make = tiny_images if kind == "image" else tiny_features
+    (x_train, y_train), (x_test, y_test) = make(40, 0), make(6, 1)
+    raw = RawDataset(
+        "tiny", kind, x_train, y_train, x_test, y_test, ("no", "yes"),
+        pixel_max=16.0 if kind == "image" else None,
+        feature_names=FEATURES if kind == "tabular" else (),
+    )  # fmt: skip
+    splits, meta = prepare_splits(raw, val_fraction=0.25, test_fraction=0.2, seed=0)
+    return raw, splits["test"].x, InputSpec.from_meta(json.loads(json.dumps(meta)))  # as read from meta.json
+
+
+def save_png(pixels: np.ndarray, path: Path, pixel_max: float, size: int = 64) -> Path:
+    """Raw pixels as an 8-bit grayscale PNG, enlarged (each pixel a block) to `size` x `size`."""
+    image = Image.fromarray(np.round(pixels * 255.0 / pixel_max).astype(np.uint8), mode="L")
+    image.resize((size, size), Image.Resampling.NEAREST).save(path)
+    return path
+
+
+# ----------------------------------------------------------------------------- scaling, as preprocess does it
+
+
+def test_npy_images_scale_exactly_as_preprocess(tmp_path: Path) -> None:
+    raw, expected, spec = prepared("image")
+    np.save(tmp_path / "stack.npy", raw.x_test)
+    np.save(tmp_path / "one.npy", raw.x_test[0][..., np.newaxis])  # a channel axis is accepted
+    batch = read_inputs([tmp_path / "stack.npy", tmp_path / "one.npy"], spec)
+    np.testing.assert_array_equal(batch.x, np.concatenate([expected, expected[:1]]))
+    assert batch.labels[0] == f"{tmp_path / 'stack.npy'}[0]" and batch.labels[-1] == str(tmp_path / "one.npy")
+
+
+def test_image_files_of_any_size_match_the_training_scaling(tmp_path: Path) -> None:
+    raw, expected, spec = prepared("image")
+    png = save_png(raw.x_test[0], tmp_path / "digit.png", 16.0, size=64)
+    batch = read_inputs([png], spec)
+    assert batch.x.shape == (1, 8, 8, 1)
+    np.testing.assert_allclose(batch.x[0], expected[0], atol=0.5 / 255 + 1e-6)  # 8-bit rounding only
+
+
+def test_dark_on_light_rgba_and_jpeg_images_with_invert(tmp_path: Path) -> None:
+    raw, expected, spec = prepared("image")
+    light_on_dark = np.round(raw.x_test[1] * 255.0 / 16.0).astype(np.uint8)
+    ink = Image.fromarray(255 - light_on_dark, mode="L").resize((80, 80), Image.Resampling.NEAREST)
+    ink.convert("RGB").save(tmp_path / "scan.jpg", quality=95)
+    # Black ink whose paper is transparent: transparent counts as white.
+    transparent = Image.new("RGBA", ink.size, (0, 0, 0, 0))
+    transparent.putalpha(Image.fromarray(light_on_dark, mode="L").resize(ink.size, Image.Resampling.NEAREST))
+    transparent.save(tmp_path / "drawn.png")
+    batch = read_inputs([tmp_path / "scan.jpg", tmp_path / "drawn.png"], spec, invert=True)
+    np.testing.assert_allclose(batch.x[0], expected[1], atol=0.05)  # JPEG is lossy
+    np.testing.assert_allclose(batch.x[1], expected[1], atol=1 / 255 + 1e-6)
+
+
+def test_csv_and_npy_rows_scale_exactly_as_preprocess(tmp_path: Path) -> None:
+    raw, expected, spec = prepared("tabular")
+    order = [2, 0, 1]  # a header lets the columns come in any order
+    lines = [",".join(FEATURES[i] for i in order)] + [",".join(str(float(row[i])) for i in order) for row in raw.x_test]
+    (tmp_path / "rows.csv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "bare.csv").write_text(",".join(str(float(v)) for v in raw.x_test[0]) + "\n")
+    np.save(tmp_path / "rows.npy", raw.x_test)
+    batch = read_inputs([tmp_path / "rows.csv", tmp_path / "bare.csv", tmp_path / "rows.npy"], spec)
+    np.testing.assert_allclose(batch.x, np.concatenate([expected, expected[:1], expected]), rtol=1e-6)
+    assert batch.labels[0] == f"{tmp_path / 'rows.csv'} line 2"
+    assert batch.labels[len(expected)] == f"{tmp_path / 'bare.csv'} line 1"
+
+
+# ----------------------------------------------------------------------------- bad inputs: one clear sentence
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "content", "message"),
+    [
+        ("image", "big.npy", np.zeros((9, 9)), r"has shape \(9, 9\), but this model takes images of shape \(8, 8\)"),
+        ("image", "flat.npy", np.zeros(64), r"has shape \(64,\)"),
+        ("image", "empty.npy", np.zeros((0, 8, 8)), r"has shape \(0, 8, 8\)"),
+        ("image", "nan.npy", np.full((8, 8), np.nan), "NaN or infinite"),
+        ("image", "text.npy", np.array(["a"] * 64).reshape(8, 8), "holds <U1 values; a numeric array is needed"),
+        ("image", "rows.csv", "1,2,3\n", "a '.csv' file is not an input this image model takes"),
+        ("image", "notes.txt", "hello", "a '.txt' file is not an input"),
+        ("image", "fake.png", "not an image", "is not a readable PNG or JPEG image"),
+        ("tabular", "wide.npy", np.zeros((2, 4)), r"takes rows of 3 features"),
+        ("tabular", "photo.png", "", "a '.png' file is not an input this tabular model takes"),
+        ("tabular", "short.csv", "1,2,3\n4,5\n", "line 2 has 2 values, but this model takes rows of 3 features"),
+        ("tabular", "word.csv", "1,2,3\n4,five,6\n", "line 2: 'five' is not a number"),
+        ("tabular", "header.csv", "length,width,depth\n1,2,3\n", r"the header has columns .*depth"),
+        ("tabular", "only_header.csv", "length,width,height\n", "has a header but no data rows"),
+        ("tabular", "blank.csv", "\n\n", "has no rows"),
+    ],
+)
+def test_bad_input_is_one_clear_error(tmp_path: Path, kind: str, name: str, content: object, message: str) -> None:
+    _, _, spec = prepared(kind)
+    path = tmp_path / name
+    if isinstance(content, np.ndarray):
+        np.save(path, content)
+    else:
+        path.write_text(str(content))
+    with pytest.raises(PipelineError, match=message) as caught:
+        read_inputs([path], spec)
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_missing_file_pickled_array_top_k_and_mismatched_model(tmp_path: Path) -> None:
+    _, _, spec = prepared("image")
+    with pytest.raises(PipelineError, match="not found"):
+        read_inputs([tmp_path / "absent.png"], spec)
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(PipelineError, match="not a readable numeric .npy array"):
+        read_inputs([tmp_path / "objects.npy"], spec)  # never unpickled
+    with pytest.raises(PipelineError, match="--top-k 3 is out of range: the model knows 2 classes"):
+        check_top_k(3, spec)
+    check_model_matches((None, 8, 8, 1), 2, spec)
+    with pytest.raises(PipelineError, match=r"the model takes \(28, 28, 1\) and gives 10 classes"):
+        check_model_matches((None, 28, 28, 1), 10, spec)
+
+
+def test_top_classes_rank_by_probability() -> None:
+    probabilities = np.array([[0.1, 0.7, 0.2], [0.5, 0.2, 0.3]])
+    ranked = top_classes(probabilities, ["a", "b", "c"], 2)
+    assert ranked == [[("b", 0.7), ("c", 0.2)], [("a", 0.5), ("c", 0.3)]]
+    assert format_text(["x.png", "y.png"], ranked) == "x.png: b (0.7000), c (0.2000)\ny.png: a (0.5000), c (0.3000)\n"
+    assert as_records(["x.png"], ranked[:1]) == [
+        {"input": "x.png", "predictions": [{"class": "b", "probability": 0.7}, {"class": "c", "probability": 0.2}]}
+    ]
+    assert parse_csv("1,2,3\n", Path("r.csv"), prepared("tabular")[2]).labels == ("r.csv line 1",)
+
+
+# ----------------------------------------------------------------------------- the stage, end to end
+
+
+def test_help_lists_the_options() -> None:
+    result = stage(PROJECT_ROOT, "predict", "--help")
+    assert result.returncode == 0
+    for option in ("--top-k", "--json", "--invert", "--model", "--meta", "INPUT"):
+        assert option in result.stdout
+
+
+def test_bad_input_fails_before_tensorflow_is_imported(digits_run: Path, tmp_path: Path) -> None:
+    np.save(tmp_path / "wrong.npy", np.zeros((28, 28)))
+    probe = (
+        "import runpy, sys\n"
+        "sys.argv = ['predict', sys.argv[1]]\n"
+        "try:\n"
+        "    runpy.run_module('stages.predict', run_name='__main__')\n"
+        "except SystemExit as end:\n"
+        "    print('exit', end.code, 'tensorflow' in sys.modules, 'keras' in sys.modules)\n"
+    )
+    result = run([sys.executable, "-c", probe, str(tmp_path / "wrong.npy")], digits_run)
+    assert result.stdout.split() == ["exit", "1", "False", "False"]
+    errors = [line for line in result.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and "has shape (28, 28), but this model takes images of shape (8, 8)" in errors[0]
+
+
+def test_digits_model_classifies_pngs_and_npy_alike(digits_run: Path, tmp_path: Path) -> None:
+    meta = json.loads((digits_run / "data/prepared/meta.json").read_text())
+    test = np.load(digits_run / "data/prepared/test.npz")
+    count, pixel_max = 20, meta["scaling"]["pixel_max"]
+    raw = np.round(test["x"][:count, ..., 0] * pixel_max)  # back to the raw 0..16 values of data/raw
+    np.save(tmp_path / "digits.npy", raw)
+    # Sizes that are whole multiples of 8: resizing back to 8x8 then restores the pixels exactly.
+    pngs = [save_png(raw[i], tmp_path / f"digit{i:02d}.png", pixel_max, size=8 * (2 + i % 7)) for i in range(count)]
+    result = stage(digits_run, "predict", "--json", "--top-k", "3", *map(str, pngs), str(tmp_path / "digits.npy"))
+    assert result.returncode == 0, result.stderr
+    records = json.loads(result.stdout)
+    assert len(records) == 2 * count
+    for record in records:
+        probabilities = [p["probability"] for p in record["predictions"]]
+        assert len(probabilities) == 3 and probabilities == sorted(probabilities, reverse=True)
+        assert {p["class"] for p in record["predictions"]} <= set(meta["class_names"])
+    from_png, from_npy = records[:count], records[count:]
+    for png, npy in zip(from_png, from_npy, strict=True):
+        assert png["predictions"][0]["class"] == npy["predictions"][0]["class"]
+        assert png["predictions"][0]["probability"] == pytest.approx(npy["predictions"][0]["probability"], abs=0.01)
+    truth = [meta["class_names"][label] for label in test["y"][:count].argmax(axis=1)]
+    hits = sum(record["predictions"][0]["class"] == name for record, name in zip(from_npy, truth, strict=True))
+    assert hits >= 0.8 * count  # the model reaches ~0.97 on the whole test split
+
+
+@pytest.fixture(scope="module")
+def iris_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A repository with a (briefly) trained iris model: the tabular case."""
+    repo = make_project_repo(tmp_path_factory.mktemp("iris") / "repo")
+    edit_params(repo, **{"data.dataset": "iris", "train.epochs": 3})
+    dvc(repo, "repro", "train")
+    return repo
+
+
+def test_iris_model_classifies_csv_rows(iris_model: Path, tmp_path: Path) -> None:
+    meta = json.loads((iris_model / "data/prepared/meta.json").read_text())
+    rows = np.load(iris_model / "data/raw/iris.npz")["x"][::30]  # five raw rows, in cm
+    header = ",".join(meta["feature_names"])
+    (tmp_path / "flowers.csv").write_text(header + "\n" + "\n".join(",".join(map(str, row)) for row in rows) + "\n")
+    np.save(tmp_path / "flowers.npy", rows)
+    result = stage(iris_model, "predict", "--top-k", "3", str(tmp_path / "flowers.csv"), str(tmp_path / "flowers.npy"))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split(": ")[0] for line in lines[: len(rows)]] == [
+        f"{tmp_path / 'flowers.csv'} line {i}" for i in range(2, len(rows) + 2)
+    ]
+    for csv_line, npy_line in zip(lines[: len(rows)], lines[len(rows) :], strict=True):
+        assert csv_line.split(": ", 1)[1] == npy_line.split(": ", 1)[1]  # same rows, same answer
+        classes = [part.split(" (")[0] for part in csv_line.split(": ", 1)[1].split(", ")]
+        assert sorted(classes) == sorted(meta["class_names"])
+    image = stage(iris_model, "predict", str(tmp_path / "flowers.png"))
+    assert image.returncode == 1
+    assert "a '.png' file is not an input this tabular model takes" in image.stderr
