@@ -116,6 +116,8 @@ def image_pixels(image: Image.Image, height: int, width: int, *, invert: bool = 
     scikit-learn's 8x8 digits were made from 32x32 bitmaps.
     """
     image = ImageOps.exif_transpose(image)
+    if image.mode.startswith("I"):  # 16-bit grayscale PNG: Pillow's convert("L") would clip it to white
+        image = Image.fromarray(np.round(np.asarray(image, dtype=np.float64) / 257.0).clip(0, 255).astype(np.uint8))
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
     gray = image.convert("L").resize((width, height), Image.Resampling.BOX)

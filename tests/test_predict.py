@@ -78,6 +78,13 @@ def test_image_files_of_any_size_match_the_training_scaling(tmp_path: Path) -> N
     np.testing.assert_allclose(batch.x[0], expected[0], atol=0.5 / 255 + 1e-6)  # 8-bit rounding only
 
 
+def test_16_bit_png_keeps_its_gray_levels(tmp_path: Path) -> None:
+    raw, expected, spec = prepared("image")
+    deep = np.round(raw.x_test[2].astype(np.float64) * 65535.0 / 16.0).astype(np.uint16)
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    np.testing.assert_allclose(read_inputs([tmp_path / "deep.png"], spec).x[0], expected[2], atol=0.5 / 255 + 1e-6)
+
+
 def test_dark_on_light_rgba_and_jpeg_images_with_invert(tmp_path: Path) -> None:
     raw, expected, spec = prepared("image")
     light_on_dark = np.round(raw.x_test[1] * 255.0 / 16.0).astype(np.uint8)
