@@ -272,3 +272,19 @@ def test_first_push_of_a_branch_compares_with_the_parent_commit(digits_run: Path
     assert metrics["metrics.json", "test.accuracy"][0] == "-"
     assert float(metrics["metrics.json", "test.accuracy"][1]) == pytest.approx(accuracy, abs=1e-5)
     assert f"### Params: `{parent}` → this run\n\nNo param changed.\n" in summary
+
+
+def test_a_single_commit_repository_reports_this_runs_metrics(digits_run: Path, tmp_path: Path) -> None:
+    repo = copy_repo(digits_run, tmp_path / "repo")
+    run(["git", "checkout", "-q", "--orphan", "only"], repo)
+    run(["git", "commit", "-q", "-m", "the one commit"], repo)
+    (report_step,) = steps_running("dvc metrics diff")
+    results = run_steps(repo, [report_step], github_context("push", before=ZERO_SHA), tmp_path)
+    (result,) = results.values()
+    assert result.returncode == 0, result.stderr
+    summary = (tmp_path / "step_summary.md").read_text()
+    assert "No earlier commit to compare with. Metrics of this run:" in summary
+    header, _, row = (line for line in summary.splitlines() if line.startswith("|"))
+    columns = dict(zip(header.strip("|").split("|"), row.strip("|").split("|"), strict=True))
+    accuracy = {name.strip(): value.strip() for name, value in columns.items()}["test.accuracy"]
+    assert float(accuracy) == pytest.approx(read_metrics(repo)["test"]["accuracy"], abs=1e-5)
