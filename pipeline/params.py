@@ -24,6 +24,8 @@ DATASETS = ("digits", "iris", "mnist", "fashion_mnist")
 MODELS = ("mlp", "cnn")
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "elu", "selu", "gelu", "silu", "leaky_relu")
 OPTIMIZERS = ("adam", "sgd", "rmsprop", "adadelta", "adagrad", "adamax", "nadam", "ftrl")
+DISTRIBUTED_ENGINES = ("none", "jax")
+LAUNCHERS = ("local", "external")
 LOSSES = (
     "categorical_crossentropy",
     "categorical_focal_crossentropy",
@@ -131,6 +133,21 @@ def sha256_mapping() -> Rule:
     return rule
 
 
+def host_port() -> Rule:
+    def rule(value: Any) -> str:
+        allowed = 'HOST:PORT with a port from 1 to 65535, e.g. "10.0.0.5:12355" ("" = detect it)'
+        if value is None or value == "":
+            return ""
+        if not isinstance(value, str):
+            raise _Invalid(allowed)
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise _Invalid(allowed)
+        return value
+
+    return rule
+
+
 def _bounds_text(low: int | None, high: int | None) -> str:
     if low is not None and high is not None:
         return f" from {low} to {high}"
@@ -199,6 +216,23 @@ class CnnParams:
 
 
 @dataclass(frozen=True)
+class DistributedParams:
+    SECTION = "train.distributed"
+    RULES = {
+        "engine": choice(*DISTRIBUTED_ENGINES),
+        "processes": integer(1, 4096),
+        "launcher": choice(*LAUNCHERS),
+        "coordinator": host_port(),
+        "join_timeout": integer(1, 3600),
+    }
+    engine: str
+    processes: int
+    launcher: str
+    coordinator: str
+    join_timeout: int
+
+
+@dataclass(frozen=True)
 class TrainParams:
     SECTION = "train"
     RULES = {
@@ -214,6 +248,7 @@ class TrainParams:
         "seed": integer(0, 2**32 - 1),
         "jit_compile": boolean(),
         "steps_per_execution": integer(1, 100_000),
+        "distributed": DistributedParams,
     }
     model: str
     mlp: MlpParams
@@ -227,6 +262,7 @@ class TrainParams:
     seed: int
     jit_compile: bool
     steps_per_execution: int
+    distributed: DistributedParams
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from pipeline import distributed
 from pipeline.files import atomic_path, load_npz
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,19 @@ def make_train_dataset(
         .map(lambda idx: (tf.gather(x_all, idx), tf.gather(y_all, idx)))
         .prefetch(tf.data.AUTOTUNE)
     )
+
+
+def shard_batches(dataset: tf.data.Dataset, *, batch_size: int, role: distributed.Role) -> tf.data.Dataset:
+    """This process's slice of every full batch of `dataset`; the last, partial batch of each epoch is dropped.
+
+    The slices of all processes together form the one-process batch, in the same order. A partial
+    batch cannot be split evenly, so with a distributed engine each epoch trains on
+    `len(x) // batch_size` full batches (a different remainder is left out each epoch: the order changes).
+    """
+    share = batch_size // role.count
+    start, stop = role.index * share, (role.index + 1) * share
+    full = dataset.filter(lambda x, y: tf.shape(x)[0] == batch_size)
+    return full.map(lambda x, y: (x[start:stop], y[start:stop]))
 
 
 @dataclass
@@ -126,10 +140,12 @@ def load_state(path: Path, model: keras.Model, fingerprint: str) -> tuple[Progre
 class _EpochEnd(keras.callbacks.Callback):
     """Track the best epoch and early stopping, then save the whole state, after every epoch."""
 
-    def __init__(self, state_path: Path, progress: Progress, best: list[np.ndarray], patience: int, epochs: int):
+    def __init__(
+        self, state_path: Path, progress: Progress, best: list[np.ndarray], patience: int, epochs: int, *, save: bool
+    ):
         super().__init__()
-        self.state_path, self.progress, self.best, self.patience, self.epochs = (
-            state_path, progress, best, patience, epochs,
+        self.state_path, self.progress, self.best, self.patience, self.epochs, self.save = (
+            state_path, progress, best, patience, epochs, save,
         )  # fmt: skip
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
@@ -151,7 +167,8 @@ class _EpochEnd(keras.callbacks.Callback):
             progress.finished = True
         if progress.epochs_done >= self.epochs:
             progress.finished = True
-        save_state(self.state_path, self.model, self.best, progress)
+        if self.save:  # one writer: in a distributed run every process holds the same state
+            save_state(self.state_path, self.model, self.best, progress)
 
 
 def fit_resumable(
@@ -165,33 +182,42 @@ def fit_resumable(
     seed: int,
     state_dir: Path,
     fingerprint: str,
+    role: distributed.Role | None = None,
 ) -> Progress:
     """Fit `model` (compiled, seeded) and leave it holding its best epoch's weights.
 
     Resumes from `state_dir` when it holds the state of this very run
     (same `fingerprint`); the caller clears that state once the model is saved.
+    With a distributed engine (`role`), every process runs this on its share of each
+    batch, and only process 0 writes the state.
     """
     state_path = state_dir / STATE_FILE
     restored = load_state(state_path, model, fingerprint)
     progress, best = restored if restored else (Progress(fingerprint=fingerprint), [])
+    writer = role is None or role.writes_outputs
+    if role is not None:
+        distributed.agree(role, progress.epochs_done, "the number of epochs already done (the resume state)")
     if restored and progress.finished:
         log.info("training had already finished (epoch %d); exporting the best model", progress.epochs_done)
     elif restored:
         log.info("resuming at epoch %d of %d from %s", progress.epochs_done + 1, epochs, state_path)
     if not progress.finished:
         x_train, y_train = train
+        dataset = make_train_dataset(
+            x_train, y_train, batch_size=batch_size, seed=seed, first_epoch=progress.epochs_done, epochs=epochs
+        )
+        if role is not None:
+            dataset = shard_batches(dataset, batch_size=batch_size, role=role)
         model.fit(
-            make_train_dataset(
-                x_train, y_train, batch_size=batch_size, seed=seed, first_epoch=progress.epochs_done, epochs=epochs
-            ),
-            steps_per_epoch=math.ceil(len(x_train) / batch_size),
+            dataset,
+            steps_per_epoch=math.ceil(len(x_train) / batch_size) if role is None else len(x_train) // batch_size,
             epochs=epochs,
             initial_epoch=progress.epochs_done,
             validation_data=val,
             shuffle=False,  # the dataset is already in its per-epoch order
-            callbacks=[_EpochEnd(state_path, progress, best, patience, epochs)],
-            # A progress bar on a terminal; one line per epoch in CI logs.
-            verbose=1 if sys.stdout.isatty() else 2,
+            callbacks=[_EpochEnd(state_path, progress, best, patience, epochs, save=writer)],
+            # A progress bar on a terminal; one line per epoch in CI logs; from process 0 only.
+            verbose=(1 if sys.stdout.isatty() else 2) if writer else 0,
         )
     model.set_weights(best)
     log.info("best epoch %d: val_accuracy %.4f", progress.best_epoch, progress.best_val_accuracy)

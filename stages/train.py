@@ -11,38 +11,57 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
+import sys
 from pathlib import Path
+from typing import Any
 
-from pipeline import paths
+from pipeline import distributed, paths
 from pipeline.cli import run_stage
 from pipeline.files import load_xy, read_json, write_csv_atomic, write_json_atomic
-from pipeline.params import TrainParams, load_params, section_as_dict
+from pipeline.params import TrainParams, load_params
 
 log = logging.getLogger("train")
 
 
 def main(args: argparse.Namespace) -> None:
     params = load_params(TrainParams)
-    # Imported after the params are checked: TensorFlow takes seconds to import, a typo should not.
+    distributed.check_config(params)
+    if distributed.launches_here(params.distributed):  # the `local` launcher: start the processes, watch them
+        distributed.launch_local(params.distributed, sys.argv[1:])
+        return
+    # Before Keras is imported: the engine picks its backend. (TensorFlow takes seconds to import; a typo should not.)
+    distributed.select_backend(params.distributed)
+    with distributed.membership(params.distributed) as role:
+        model, progress = train_model(params, role)
+        if role.writes_outputs:  # the other processes of a distributed run write nothing
+            from pipeline import models
+
+            distributed.stop_distributing()
+            models.save_model_atomic(model, paths.MODEL)
+            write_json_atomic(paths.MODEL_SUMMARY, models.summarize_model(model) | {"best_epoch": progress.best_epoch})
+            write_csv_atomic(paths.TRAIN_HISTORY, progress.history)
+            shutil.rmtree(paths.RESUME_DIR, ignore_errors=True)  # the run is complete: nothing to resume
+
+
+def train_model(params: TrainParams, role: distributed.Role) -> tuple[Any, Any]:
+    """Build and fit the model (this process's share of it, in a distributed run); returns it and its Progress."""
     from pipeline import models, training
 
     meta = read_json(paths.PREPARED_META)
     train, val = load_xy(paths.split_file("train")), load_xy(paths.split_file("val"))
     training.seed_everything(params.seed)
-    model = models.build_model(params, meta["input_shape"], len(meta["class_names"]))
+    model = models.build_model(distributed.model_params(params), meta["input_shape"], len(meta["class_names"]))
     # A change to any input, to this code, or to a param makes a saved resume state stale.
     inputs = [paths.split_file("train"), paths.split_file("val"), paths.PREPARED_META]
-    code = [Path(__file__), Path(training.__file__), Path(models.__file__)]
+    code = [Path(__file__), Path(training.__file__), Path(models.__file__), Path(distributed.__file__)]
     progress = training.fit_resumable(
         model, train, val,
         epochs=params.epochs, batch_size=params.batch_size, patience=params.early_stopping_patience,
         seed=params.seed, state_dir=paths.RESUME_DIR,
-        fingerprint=training.run_fingerprint(section_as_dict(params), inputs + code),
+        fingerprint=training.run_fingerprint(distributed.fingerprint_params(params), inputs + code),
+        role=role if params.distributed.engine != "none" else None,
     )  # fmt: skip
-    models.save_model_atomic(model, paths.MODEL)
-    write_json_atomic(paths.MODEL_SUMMARY, models.summarize_model(model) | {"best_epoch": progress.best_epoch})
-    write_csv_atomic(paths.TRAIN_HISTORY, progress.history)
-    shutil.rmtree(paths.RESUME_DIR, ignore_errors=True)  # the run is complete: nothing to resume
+    return model, progress
 
 
 if __name__ == "__main__":
