@@ -1,0 +1,112 @@
+"""Goal 2 (accuracy within a CPU budget): run the README's one-line `dvc exp run -S ...` recipes as shipped.
+
+    .venv/bin/python -m bench.accuracy --source /usr/share/datasets/fashion-mnist --recipe fashion-mlp
+    .venv/bin/python -m bench.accuracy --recipe mnist-cnn      # needs the internet (Keras's bucket)
+
+In a scratch copy of this checkout, first reproduces download + preprocess for the recipe's
+dataset (so that their time is not counted), then times the recipe's exact `dvc exp run`
+command. That time (train + evaluate + DVC's own work) is an upper bound on the training
+time the goal limits. Reports the test accuracy from metrics.json and the epochs trained.
+Every effective value is a `-S` override, so `dvc params diff` / `dvc exp show` show them all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import tempfile
+from pathlib import Path
+
+from bench import common
+
+FASHION = ["-S", "data.dataset=fashion_mnist", "-S", "data.source={source}"]
+RECIPES: dict[str, dict] = {
+    # Goal: >= 0.89 test accuracy in <= 3 minutes of training (anchor: MLP 256-128-100, 0.883).
+    "fashion-mlp": {
+        "goal": (0.89, 180),
+        "overrides": [
+            *FASHION,
+            "-S", "train.mlp.hidden_units=[512,256]", "-S", "train.mlp.dropout=0.2",
+            "-S", "train.batch_size=100", "-S", "train.epochs=15", "-S", "train.early_stopping_patience=5",
+        ],
+    },
+    # Goal: >= 0.925 in <= 15 minutes (anchor: a 2-conv net under 100K parameters, 0.925).
+    "fashion-cnn": {
+        "goal": (0.925, 900),
+        "overrides": [
+            *FASHION,
+            "-S", "train.model=cnn", "-S", "train.batch_size=128", "-S", "train.epochs=12",
+            "-S", "train.early_stopping_patience=4",
+        ],
+    },
+    # The tutorials on MNIST: the dense net 784-784-100-10 (>= 0.98) and the convnet (>= 0.99).
+    "mnist-mlp": {
+        "goal": (0.98, None),
+        "overrides": [
+            "-S", "data.dataset=mnist", "-S", "train.mlp.hidden_units=[784,100]", "-S", "train.epochs=20",
+            "-S", "train.early_stopping_patience=5",
+        ],
+    },
+    "mnist-cnn": {
+        "goal": (0.99, None),
+        "overrides": [
+            "-S", "data.dataset=mnist", "-S", "train.model=cnn", "-S", "train.batch_size=128",
+            "-S", "train.epochs=12", "-S", "train.early_stopping_patience=4",
+        ],
+    },
+}  # fmt: skip
+
+
+def data_overrides(overrides: list[str]) -> dict[str, str]:
+    pairs = (item.split("=", 1) for item in overrides[1::2])
+    return {key: value for key, value in pairs if key.startswith("data.")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source", type=Path, default=common.DEFAULT_FASHION)
+    parser.add_argument("--recipe", choices=RECIPES, action="append", required=True)
+    args = parser.parse_args()
+    info = common.machine_info()
+    rows = []
+    for name in args.recipe:
+        recipe = RECIPES[name]
+        overrides = [item.format(source=args.source) for item in recipe["overrides"]]
+        with tempfile.TemporaryDirectory(prefix="bench-accuracy-") as scratch:
+            repo = common.make_workdir(Path(scratch) / "repo")
+            common.set_params(repo, data_overrides(overrides))
+            common.dvc(repo, "repro", "preprocess")
+            run = common.dvc(repo, "exp", "run", *overrides)
+            ran = [line for line in run.stdout.splitlines() if line.startswith("Running stage")]
+            accuracy = common.read_json(repo / "metrics.json")["test"]["accuracy"]
+            with open(repo / "reports/train_history.csv", encoding="utf-8") as handle:
+                epochs = sum(1 for _ in csv.DictReader(handle))
+        row = {
+            "recipe": name,
+            "command": "dvc exp run " + " ".join(f"'{o}'" if "[" in o else o for o in overrides),
+            "test_accuracy": accuracy,
+            "exp_run_seconds": run.seconds,
+            "epochs": epochs,
+            "stages_run": ran,
+            "goal": recipe["goal"],
+        }
+        rows.append(row)
+        print(row, flush=True)
+    print(f"\n{common.describe_machine(info)}\n`{common.command_line()}`\n")
+    print("| recipe | goal | test accuracy | `dvc exp run` wall s (>= training time) | epochs | met |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for row in rows:
+        target, budget = row["goal"]
+        met = row["test_accuracy"] >= target and (budget is None or row["exp_run_seconds"] <= budget)
+        goal = f">= {target}" + (f" in <= {budget} s" if budget else "")
+        print(
+            f"| {row['recipe']} | {goal} | {row['test_accuracy']:.4f} | {row['exp_run_seconds']:.0f} "
+            f"| {row['epochs']} | {'yes' if met else 'no'} |"
+        )
+    for row in rows:
+        print(f"- {row['recipe']}: `{row['command']}`")
+    common.save_results("accuracy_" + "_".join(args.recipe), {"machine": info, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,223 @@
+"""Helpers shared by the bench scripts: scratch copies of the project, timed child processes, machine facts.
+
+Every measurement runs the pipeline in a scratch copy of this checkout (tracked files plus
+untracked, non-ignored ones such as bench/ itself), never in the checkout: stages write
+data/, models/ and metrics.json relative to their working directory.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+VENV_BIN = Path(sys.executable).parent
+DEFAULT_FASHION = Path("/usr/share/datasets/fashion-mnist")
+RESULTS_DIR = REPO_ROOT / "bench" / "results"
+
+ENV = os.environ | {
+    "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    "DVC_NO_ANALYTICS": "1",
+    "GIT_AUTHOR_NAME": "bench",
+    "GIT_AUTHOR_EMAIL": "bench@example.com",
+    "GIT_COMMITTER_NAME": "bench",
+    "GIT_COMMITTER_EMAIL": "bench@example.com",
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+}
+
+
+# ----------------------------------------------------------------------------- machine
+
+
+def machine_info() -> dict[str, Any]:
+    """What BENCHMARKS.md must name: cores, CPU model, library versions."""
+    cpu = "unknown"
+    with open("/proc/cpuinfo", encoding="utf-8") as handle:
+        for line in handle:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    versions = {}
+    for package in ("tensorflow-cpu", "keras", "numpy", "dvc", "jax"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "versions": versions,
+        "loadavg_at_start": os.getloadavg()[0],
+    }
+
+
+def describe_machine(info: dict[str, Any]) -> str:
+    libs = ", ".join(f"{name} {version}" for name, version in info["versions"].items())
+    return f"{info['nproc']} cores ({info['cpu']}), Python {info['python']}, {libs}"
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+@dataclass
+class Timed:
+    seconds: float
+    max_rss_mb: float
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_timed(args: list[str], cwd: Path, *, check: bool = True, env: dict[str, str] | None = None) -> Timed:
+    """Run a child process; wall time and its own peak RSS (from wait4, so no other process counts)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        child = subprocess.Popen(args, cwd=cwd, env=env or ENV, stdout=out, stderr=err)
+        _, status, usage = os.wait4(child.pid, 0)
+        seconds = time.perf_counter() - start
+        child.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        result = Timed(
+            seconds, usage.ru_maxrss / 1024, child.returncode, out.read().decode(errors="replace"),
+            err.read().decode(errors="replace"),
+        )  # fmt: skip
+    if check and result.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(map(str, args))} exited {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
+    return result
+
+
+def stage(repo: Path, name: str) -> Timed:
+    """One stage as a user runs it: `python -m stages.<name>` in the repository's root."""
+    return run_timed([PYTHON, "-m", f"stages.{name}", "-q"], repo)
+
+
+def dvc(repo: Path, *args: str) -> Timed:
+    return run_timed([str(VENV_BIN / "dvc"), *args], repo)
+
+
+# ----------------------------------------------------------------------------- scratch repositories
+
+
+def make_workdir(dest: Path, *, git: bool = True) -> Path:
+    """A copy of this checkout's tracked and untracked-but-not-ignored files, as a fresh git repository."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO_ROOT, capture_output=True, check=True, text=True,
+    ).stdout.split("\0")  # fmt: skip
+    for name in filter(None, listed):
+        source = REPO_ROOT / name
+        if source.is_file() and not name.startswith(("bench/results/", "metrics.json", "dvc.lock", "reports/")):
+            target = dest / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    if git:
+        for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "bench"]):
+            subprocess.run(["git", *args], cwd=dest, env=ENV, check=True, capture_output=True)
+    return dest
+
+
+def set_params(repo: Path, changes: dict[str, Any]) -> None:
+    """Set dotted keys in the copy's params.yaml, e.g. {"train.epochs": 3}."""
+    path = repo / "params.yaml"
+    document = yaml.safe_load(path.read_text())
+    for dotted, value in changes.items():
+        *parents, last = dotted.split(".")
+        section = document
+        for key in parents:
+            section = section[key]
+        if last not in section:
+            raise KeyError(f"{dotted} is not in params.yaml")
+        section[last] = value
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def read_idx_gz(path: Path) -> np.ndarray:
+    """An IDX file of unsigned bytes (the MNIST format), as the tutorials' loaders read it."""
+    with gzip.open(path, "rb") as handle:
+        data = handle.read()
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def write_idx_gz(path: Path, array: np.ndarray) -> str:
+    """Write `array` (uint8) as a gzipped IDX file; return the sha256 of the decompressed bytes."""
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    data = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+    with gzip.open(path, "wb", compresslevel=6) as handle:
+        handle.write(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def fashion_subset(source: Path, dest: Path, n_total: int) -> dict[str, str]:
+    """The first n_total examples of Fashion-MNIST (6/7 train, 1/7 test, as in the full set) as IDX files.
+
+    Returns the checksums to put in `data.checksums`, which is how the download stage is told
+    to trust files that are deliberately not the published release.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    n_test = n_total // 7
+    n_train = n_total - n_test
+    checksums = {}
+    for prefix, count in (("train", n_train), ("t10k", n_test)):
+        for kind in ("images-idx3-ubyte.gz", "labels-idx1-ubyte.gz"):
+            name = f"{prefix}-{kind}"
+            checksums[name] = write_idx_gz(dest / name, read_idx_gz(source / name)[:count])
+    return checksums
+
+
+def prepare_fashion(repo: Path, source: Path) -> dict[str, Timed]:
+    """Download (from a local folder) and preprocess full Fashion-MNIST in `repo`."""
+    set_params(repo, {"data.dataset": "fashion_mnist", "data.source": str(source)})
+    return {"download": stage(repo, "download"), "preprocess": stage(repo, "preprocess")}
+
+
+# ----------------------------------------------------------------------------- reporting
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def save_results(name: str, payload: dict[str, Any]) -> Path:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def command_line() -> str:
+    return " ".join([".venv/bin/python -m", sys.modules["__main__"].__spec__.name, *sys.argv[1:]])
