@@ -119,13 +119,62 @@ def _first_line(err: BaseException) -> str:
     return lines[0] if lines else type(err).__name__
 
 
+def _split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _check_coordinator_is_here(address: str) -> None:
+    """Process 0 serves the coordinator: its address must be one of this machine's, its port free."""
+    host, port = _split_address(address)
+    try:
+        with socket.create_server((host, 0)):
+            pass
+    except OSError as err:
+        raise PipelineError(
+            f"process 0 serves the coordinator, but {address} is not an address of this machine "
+            f"({socket.gethostname()}: {err.strerror or err}); set 'train.distributed.coordinator' to process 0's "
+            "HOST:PORT, or start process 0 on that host."
+        ) from None
+    try:
+        with socket.create_server(("", port), reuse_port=hasattr(socket, "SO_REUSEPORT")):
+            pass
+    except OSError as err:
+        raise PipelineError(
+            f"process 0 cannot serve the coordinator on port {port} ({err.strerror or err}); "
+            "choose another port in 'train.distributed.coordinator'."
+        ) from None
+
+
+def _wait_for_coordinator(address: str, index: int, dist: DistributedParams) -> None:
+    """Connect once to process 0 before JAX does: JAX aborts the whole process when it cannot."""
+    host, port = _split_address(address)
+    deadline = time.monotonic() + dist.join_timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=max(0.1, min(2.0, deadline - time.monotonic()))):
+                return
+        except OSError as err:
+            if time.monotonic() >= deadline:
+                raise PipelineError(
+                    f"process {index} of {dist.processes} could not reach the coordinator at {address} within "
+                    f"{dist.join_timeout} s ({err.strerror or err}); check 'train.distributed.coordinator' "
+                    "(process 0's HOST:PORT), that process 0 started, and that the port is open between the machines."
+                ) from None
+            time.sleep(0.2)
+
+
 def _join(dist: DistributedParams) -> Role:
+    coordinator = os.environ.get(COORDINATOR_ENV) or dist.coordinator or None
+    process_id = _process_id_from_env()
+    if dist.processes > 1 and coordinator and process_id == 0:
+        _check_coordinator_is_here(coordinator)
+    elif dist.processes > 1 and coordinator and process_id is not None:
+        _wait_for_coordinator(coordinator, process_id, dist)
     import jax
+    import keras
 
     if dist.processes > 1:
-        coordinator = os.environ.get(COORDINATOR_ENV) or dist.coordinator or None
-        process_id = _process_id_from_env()
-        where = coordinator or "the address detected from the cluster's environment"
         try:
             jax.distributed.initialize(
                 coordinator_address=coordinator,
@@ -136,17 +185,11 @@ def _join(dist: DistributedParams) -> Role:
             )
         except Exception as err:  # JAX raises ValueError, RuntimeError or XlaRuntimeError here
             raise PipelineError(
-                f"process {'?' if process_id is None else process_id} of {dist.processes} could not join the "
-                f"coordinator at {where} within {dist.join_timeout} s ({_first_line(err)}); check that "
-                "'train.distributed.coordinator' is reachable from every process and that all of them started."
+                f"{'this process' if process_id is None else f'process {process_id}'} could not join the "
+                f"{dist.processes}-process run at {coordinator or 'the coordinator named by the environment'} "
+                f"({_first_line(err).rstrip('.')}); start the processes with srun, mpirun or a Kubernetes indexed "
+                "job (they tell each its id), or set 'train.distributed.coordinator'."
             ) from None
-        if jax.process_count() != dist.processes:
-            raise PipelineError(
-                f"the cluster started {jax.process_count()} processes, but 'train.distributed.processes' is "
-                f"{dist.processes}; make them agree."
-            )
-    import keras
-
     # auto_shard_dataset=False: every process slices its share of each batch itself (shard_batches), which
     # keeps the per-epoch order of a one-process run; Keras's own sharding needs a statically batched dataset.
     keras.distribution.set_distribution(

@@ -1,0 +1,218 @@
+"""train.distributed: real processes on 127.0.0.1, started by the stage's own `local` launcher.
+
+Two processes train the model one process trains (to a stated tolerance), write it once, fail together
+and fast when one of them dies, and resume together; a bad configuration is one sentence.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ENV, copy_repo, edit_params, make_project_repo, stage
+
+from pipeline import paths
+from pipeline.files import load_npz
+
+EPOCHS = 6
+RUN_PARAMS = {
+    "train.epochs": EPOCHS,
+    "train.early_stopping_patience": 0,
+    "train.mlp.hidden_units": [32],
+    "train.mlp.dropout": 0.2,  # the dropout generators' state must be identical on every process, and resumed
+    "train.distributed.engine": "jax",
+}
+# Two processes sum each batch's gradient in two halves and then across processes; one process sums it
+# in one pass. Float addition is not associative, so the weights may differ in the last bits
+# (measured: at most 1.1e-7 after 3 epochs of digits). The bound leaves a wide margin above that and
+# stays far below any difference that a wrong batch split or a missing gradient average would cause.
+WEIGHT_TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """digits downloaded and preprocessed, engine jax; copy before use."""
+    repo = make_project_repo(tmp_path_factory.mktemp("dist-prepared") / "repo")
+    edit_params(repo, **RUN_PARAMS)
+    for name in ("download", "preprocess"):
+        assert stage(repo, name).returncode == 0
+    return repo
+
+
+def trained(prepared: Path, dest: Path, processes: int) -> tuple[Path, subprocess.CompletedProcess]:
+    repo = copy_repo(prepared, dest)
+    edit_params(repo, **{"train.distributed.processes": processes})
+    result = stage(repo, "train", timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return repo, result
+
+
+@pytest.fixture(scope="module")
+def one_process(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return trained(prepared, tmp_path_factory.mktemp("dist-one") / "repo", 1)[0]
+
+
+@pytest.fixture(scope="module")
+def two_processes(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    repo, result = trained(prepared, tmp_path_factory.mktemp("dist-two") / "repo", 2)
+    return repo, result.stdout
+
+
+def weights(repo: Path) -> dict[str, np.ndarray]:
+    from pipeline.models import load_model
+
+    return {v.path: v.numpy() for v in load_model(repo / paths.MODEL).weights}
+
+
+def workspace_files(repo: Path) -> set[str]:
+    return {str(p.relative_to(repo)) for p in repo.rglob("*") if p.is_file() and ".git" not in p.parts}
+
+
+def test_two_processes_train_the_one_process_model(one_process: Path, two_processes: tuple[Path, str]) -> None:
+    repo, stdout = two_processes
+    reference = weights(one_process)
+    for name, value in weights(repo).items():
+        np.testing.assert_allclose(value, reference[name], rtol=0, atol=WEIGHT_TOLERANCE, err_msg=name)
+    two_history = (repo / paths.TRAIN_HISTORY).read_text().splitlines()
+    one_history = (one_process / paths.TRAIN_HISTORY).read_text().splitlines()
+    assert len(two_history) == 1 + EPOCHS
+    # The same batches in the same order: the accuracies are exactly equal, the losses to the last bits.
+    for two_row, one_row in zip(two_history[1:], one_history[1:], strict=True):
+        two, one = (np.array(row.split(","), dtype=float) for row in (two_row, one_row))
+        assert two[[0, 1, 3]].tolist() == one[[0, 1, 3]].tolist()
+        np.testing.assert_allclose(two, one, rtol=1e-5)
+    # Process 0 wrote the outputs and printed the epochs; process 1 wrote nothing, anywhere in the workspace.
+    assert workspace_files(repo) == workspace_files(one_process)
+    assert [p.name for p in repo.rglob("*.keras")] == ["model.keras"]
+    assert stdout.count(f"Epoch 1/{EPOCHS}") == 1
+    assert not (repo / paths.RESUME_DIR).exists()
+    # The model has the usual format: evaluate reads it unchanged (on the default TensorFlow backend).
+    result = stage(repo, "evaluate")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((repo / paths.METRICS).read_text())["test"]["accuracy"] > 0.8
+
+
+def epochs_saved(repo: Path) -> int:
+    state = repo / paths.RESUME_DIR / "state.npz"
+    try:
+        return json.loads(str(load_npz(state)["meta"]))["epochs_done"]
+    except (OSError, ValueError, KeyError):  # not written yet
+        return 0
+
+
+def training_process(launcher_pid: int, index: int) -> int:
+    """The pid of the launcher's child that runs process `index`."""
+    for entry in Path("/proc").iterdir():
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == launcher_pid and f"PIPELINE_TRAIN_PROCESS_ID={index}".encode() in environ:
+            return int(entry.name)
+    raise AssertionError(f"no training process {index} under the launcher {launcher_pid}")
+
+
+def test_killed_process_fails_the_stage_fast_and_a_rerun_resumes(
+    prepared: Path, two_processes: tuple[Path, str], tmp_path: Path
+) -> None:
+    repo = copy_repo(prepared, tmp_path / "repo")
+    edit_params(repo, **{"train.distributed.processes": 2})
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as stderr:
+        launcher = subprocess.Popen(
+            [sys.executable, "-m", "stages.train"], cwd=repo, env=ENV, stdout=subprocess.DEVNULL, stderr=stderr
+        )
+        deadline = time.monotonic() + 240
+        while epochs_saved(repo) < 2:
+            assert launcher.poll() is None, f"finished before it could be killed:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, "no epoch was saved within 240 s"
+            time.sleep(0.02)
+        victim = training_process(launcher.pid, 1)
+        survivor = training_process(launcher.pid, 0)
+        os.kill(victim, signal.SIGKILL)
+        killed_at = time.monotonic()
+        launcher.wait(timeout=60)
+    took = time.monotonic() - killed_at
+    errors = re.findall(r"^\S+ ERROR (.*)$", log.read_text(), re.MULTILINE)
+    assert launcher.returncode == 1
+    assert errors == ["training process 1 was killed by SIGKILL; stopped the other processes."]
+    assert took < 10, f"the stage took {took:.1f} s to fail"
+    assert not Path(f"/proc/{survivor}").exists(), "process 0 outlived the launcher"
+    saved = epochs_saved(repo)
+    assert 2 <= saved < EPOCHS
+    assert not (repo / "models").exists(), "a failed run must not leave a model behind"
+    assert not list(repo.rglob("*.tmp*")), "a killed writer left a scratch file"
+
+    result = stage(repo, "train", timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"resuming at epoch {saved + 1} of {EPOCHS}" in result.stderr
+    assert "Epoch 1/" not in result.stdout
+    reference_repo = two_processes[0]
+    for name, value in weights(repo).items():
+        np.testing.assert_array_equal(value, weights(reference_repo)[name], err_msg=name)
+    assert (repo / paths.TRAIN_HISTORY).read_bytes() == (reference_repo / paths.TRAIN_HISTORY).read_bytes()
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+BAD_CONFIGS = [
+    ({"train.distributed.processes": 0}, "'train.distributed.processes' is 0, but it must be an integer from 1 to"),
+    (
+        {"train.distributed.processes": 2, "train.batch_size": 33},
+        "'train.batch_size' is 33, which 2 processes cannot split evenly",
+    ),
+    (
+        {"train.distributed.engine": "none", "train.distributed.processes": 2},
+        "engine 'none' trains in one process",
+    ),
+    ({"train.distributed.coordinator": "localhost"}, "'train.distributed.coordinator' is 'localhost', but it must be"),
+    (
+        # Process 1 of a Kubernetes indexed job, whose process 0 never came up.
+        {
+            "train.distributed.processes": 2,
+            "train.distributed.launcher": "external",
+            "train.distributed.coordinator": "127.0.0.1:PORT",
+            "train.distributed.join_timeout": 2,
+        },
+        "process 1 of 2 could not reach the coordinator at 127.0.0.1:PORT within 2 s (Connection refused)",
+    ),
+]
+
+
+@pytest.mark.parametrize(("changes", "message"), BAD_CONFIGS, ids=["zero", "batch", "engine", "address", "coordinator"])
+def test_bad_distributed_config_is_one_sentence(changes: dict[str, object], message: str, project_repo: Path) -> None:
+    port = str(closed_port())
+    changes = {"train.distributed.engine": "jax"} | {
+        key: value.replace("PORT", port) if isinstance(value, str) else value for key, value in changes.items()
+    }
+    edit_params(project_repo, **changes)
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "stages.train"],
+        cwd=project_repo,
+        env=ENV | {"JOB_COMPLETION_INDEX": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    errors = re.findall(r"^\S+ ERROR (.*)$", result.stderr, re.MULTILINE)
+    assert len(errors) == 1 and message.replace("PORT", port) in errors[0], result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert not (project_repo / "models").exists()
+    assert time.monotonic() - started < 60
