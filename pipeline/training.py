@@ -31,11 +31,29 @@ log = logging.getLogger(__name__)
 STATE_FILE = "state.npz"
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and the backend, and make TensorFlow's kernels deterministic."""
+def seed_everything(seed: int, *, deterministic_ops: bool = True) -> None:
+    """Seed Python, NumPy and the backend, and (unless told not to) make TensorFlow's kernels deterministic.
+
+    Keras turns XLA off when op determinism is on, so a run with `train.jit_compile: true`
+    passes `deterministic_ops=False`; XLA on the CPU was measured bit-identical run to run
+    without it (BENCHMARKS.md, section 1).
+    """
     keras.utils.set_random_seed(seed)
-    if keras.backend.backend() == "tensorflow":
+    if deterministic_ops and keras.backend.backend() == "tensorflow":
         tf.config.experimental.enable_op_determinism()
+
+
+def steps_per_epoch(n_examples: int, batch_size: int, *, drop_remainder: bool = False) -> int:
+    return n_examples // batch_size if drop_remainder else math.ceil(n_examples / batch_size)
+
+
+def usable_steps_per_execution(requested: int, steps: int) -> int:
+    """The largest divisor of `steps` (per epoch) that is at most `requested`.
+
+    Keras runs whole groups of N steps: an N that does not divide the epoch would
+    take the next epoch's first batches, breaking the per-epoch order and resume.
+    """
+    return max(n for n in range(1, min(requested, steps) + 1) if steps % n == 0)
 
 
 def epoch_order(n_examples: int, seed: int, epoch: int) -> np.ndarray:
@@ -210,7 +228,7 @@ def fit_resumable(
             dataset = shard_batches(dataset, batch_size=batch_size, role=role)
         model.fit(
             dataset,
-            steps_per_epoch=math.ceil(len(x_train) / batch_size) if role is None else len(x_train) // batch_size,
+            steps_per_epoch=steps_per_epoch(len(x_train), batch_size, drop_remainder=role is not None),
             epochs=epochs,
             initial_epoch=progress.epochs_done,
             validation_data=val,

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from conftest import PROJECT_ROOT
+from conftest import PROJECT_ROOT, run
 
 from pipeline import models, training
 from pipeline.params import TrainParams, parse_section
@@ -90,3 +91,24 @@ def test_unreadable_state_is_ignored(tmp_path: Path, caplog: pytest.LogCaptureFi
         _, progress = fit(tmp_path, epochs=1)
     assert "ignoring unreadable resume state" in caplog.text
     assert progress.epochs_done == 1
+
+
+@pytest.mark.parametrize(
+    ("requested", "steps", "usable"), [(1, 41, 1), (32, 41, 1), (64, 41, 41), (64, 1688, 8), (8, 1688, 8)]
+)
+def test_steps_per_execution_divides_the_epoch(requested: int, steps: int, usable: int) -> None:
+    assert training.usable_steps_per_execution(requested, steps) == usable
+
+
+def test_jit_compile_param_really_compiles_with_xla() -> None:
+    # Op determinism makes Keras drop XLA silently, so the train stage leaves it off when jit_compile is on.
+    # A fresh process: op determinism, once enabled by another test, cannot be switched off.
+    probe = (
+        "import dataclasses, yaml; from pipeline import models, training; "
+        "from pipeline.params import TrainParams, parse_section; "
+        "p = parse_section(TrainParams, yaml.safe_load(open('params.yaml'))['train']); "
+        "p = dataclasses.replace(p, jit_compile=True); "
+        "training.seed_everything(1, deterministic_ops=not p.jit_compile); "
+        "print(models.build_model(p, (4,), 2).jit_compile)"
+    )
+    assert run([sys.executable, "-c", probe], PROJECT_ROOT).stdout.strip().splitlines()[-1] == "True"
