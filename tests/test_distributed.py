@@ -1,7 +1,7 @@
 """train.distributed: real processes on 127.0.0.1, started by the stage's own `local` launcher.
 
-Two processes train the model one process trains (to a stated tolerance), write it once, fail together
-and fast when one of them dies, and resume together; a bad configuration is one sentence.
+Two processes fail together and fast when one of them dies, resume together, and end with the model
+one process trains (to a stated tolerance), written once; a bad configuration is one sentence.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -48,57 +49,26 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return repo
 
 
-def trained(prepared: Path, dest: Path, processes: int) -> tuple[Path, subprocess.CompletedProcess]:
-    repo = copy_repo(prepared, dest)
-    edit_params(repo, **{"train.distributed.processes": processes})
-    result = stage(repo, "train", timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return repo, result
-
-
 @pytest.fixture(scope="module")
 def one_process(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return trained(prepared, tmp_path_factory.mktemp("dist-one") / "repo", 1)[0]
-
-
-@pytest.fixture(scope="module")
-def two_processes(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    repo, result = trained(prepared, tmp_path_factory.mktemp("dist-two") / "repo", 2)
-    return repo, result.stdout
-
-
-def weights(repo: Path) -> dict[str, np.ndarray]:
-    from pipeline.models import load_model
-
-    return {v.path: v.numpy() for v in load_model(repo / paths.MODEL).weights}
-
-
-def workspace_files(repo: Path) -> set[str]:
-    return {str(p.relative_to(repo)) for p in repo.rglob("*") if p.is_file() and ".git" not in p.parts}
-
-
-def test_two_processes_train_the_one_process_model(one_process: Path, two_processes: tuple[Path, str]) -> None:
-    repo, stdout = two_processes
-    reference = weights(one_process)
-    for name, value in weights(repo).items():
-        np.testing.assert_allclose(value, reference[name], rtol=0, atol=WEIGHT_TOLERANCE, err_msg=name)
-    two_history = (repo / paths.TRAIN_HISTORY).read_text().splitlines()
-    one_history = (one_process / paths.TRAIN_HISTORY).read_text().splitlines()
-    assert len(two_history) == 1 + EPOCHS
-    # The same batches in the same order: the accuracies are exactly equal, the losses to the last bits.
-    for two_row, one_row in zip(two_history[1:], one_history[1:], strict=True):
-        two, one = (np.array(row.split(","), dtype=float) for row in (two_row, one_row))
-        assert two[[0, 1, 3]].tolist() == one[[0, 1, 3]].tolist()
-        np.testing.assert_allclose(two, one, rtol=1e-5)
-    # Process 0 wrote the outputs and printed the epochs; process 1 wrote nothing, anywhere in the workspace.
-    assert workspace_files(repo) == workspace_files(one_process)
-    assert [p.name for p in repo.rglob("*.keras")] == ["model.keras"]
-    assert stdout.count(f"Epoch 1/{EPOCHS}") == 1
-    assert not (repo / paths.RESUME_DIR).exists()
-    # The model has the usual format: evaluate reads it unchanged (on the default TensorFlow backend).
-    result = stage(repo, "evaluate")
+    repo = copy_repo(prepared, tmp_path_factory.mktemp("dist-one") / "repo")
+    edit_params(repo, **{"train.distributed.processes": 1})
+    result = stage(repo, "train", timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads((repo / paths.METRICS).read_text())["test"]["accuracy"] > 0.8
+    return repo
+
+
+@dataclass
+class KilledAndResumed:
+    """A two-process run whose process 1 was killed mid-training, then the rerun that finished it."""
+
+    repo: Path
+    killed: subprocess.CompletedProcess  # the launcher that lost a process (stderr only)
+    seconds_to_fail: float
+    epochs_saved: int
+    survivor_outlived: bool
+    left_behind: list[str]  # a model or scratch files after the failed run
+    rerun: subprocess.CompletedProcess
 
 
 def epochs_saved(repo: Path) -> int:
@@ -122,12 +92,12 @@ def training_process(launcher_pid: int, index: int) -> int:
     raise AssertionError(f"no training process {index} under the launcher {launcher_pid}")
 
 
-def test_killed_process_fails_the_stage_fast_and_a_rerun_resumes(
-    prepared: Path, two_processes: tuple[Path, str], tmp_path: Path
-) -> None:
-    repo = copy_repo(prepared, tmp_path / "repo")
+@pytest.fixture(scope="module")
+def two_processes(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> KilledAndResumed:
+    """One two-process run serves every test below: training processes are the slow part of this suite."""
+    repo = copy_repo(prepared, tmp_path_factory.mktemp("dist-two") / "repo")
     edit_params(repo, **{"train.distributed.processes": 2})
-    log = tmp_path / "stderr.txt"
+    log = repo.parent / "stderr.txt"
     with open(log, "w") as stderr:
         launcher = subprocess.Popen(
             [sys.executable, "-m", "stages.train"], cwd=repo, env=ENV, stdout=subprocess.DEVNULL, stderr=stderr
@@ -137,30 +107,71 @@ def test_killed_process_fails_the_stage_fast_and_a_rerun_resumes(
             assert launcher.poll() is None, f"finished before it could be killed:\n{log.read_text()[-3000:]}"
             assert time.monotonic() < deadline, "no epoch was saved within 240 s"
             time.sleep(0.02)
-        victim = training_process(launcher.pid, 1)
         survivor = training_process(launcher.pid, 0)
-        os.kill(victim, signal.SIGKILL)
+        os.kill(training_process(launcher.pid, 1), signal.SIGKILL)
         killed_at = time.monotonic()
         launcher.wait(timeout=60)
-    took = time.monotonic() - killed_at
-    errors = re.findall(r"^\S+ ERROR (.*)$", log.read_text(), re.MULTILINE)
-    assert launcher.returncode == 1
-    assert errors == ["training process 1 was killed by SIGKILL; stopped the other processes."]
-    assert took < 10, f"the stage took {took:.1f} s to fail"
-    assert not Path(f"/proc/{survivor}").exists(), "process 0 outlived the launcher"
+    seconds_to_fail = time.monotonic() - killed_at
+    killed = subprocess.CompletedProcess(launcher.args, launcher.returncode, "", log.read_text())
+    left_behind = [str(p.relative_to(repo)) for p in [*repo.glob("models/*"), *repo.rglob("*.tmp*")]]
     saved = epochs_saved(repo)
-    assert 2 <= saved < EPOCHS
-    assert not (repo / "models").exists(), "a failed run must not leave a model behind"
-    assert not list(repo.rglob("*.tmp*")), "a killed writer left a scratch file"
+    rerun = stage(repo, "train", timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    return KilledAndResumed(
+        repo, killed, seconds_to_fail, saved, Path(f"/proc/{survivor}").exists(), left_behind, rerun
+    )
 
-    result = stage(repo, "train", timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert f"resuming at epoch {saved + 1} of {EPOCHS}" in result.stderr
-    assert "Epoch 1/" not in result.stdout
-    reference_repo = two_processes[0]
+
+def weights(repo: Path) -> dict[str, np.ndarray]:
+    from pipeline.models import load_model
+
+    return {v.path: v.numpy() for v in load_model(repo / paths.MODEL).weights}
+
+
+def workspace_files(repo: Path) -> set[str]:
+    return {str(p.relative_to(repo)) for p in repo.rglob("*") if p.is_file() and ".git" not in p.parts}
+
+
+def test_killed_process_fails_the_stage_within_seconds(two_processes: KilledAndResumed) -> None:
+    run = two_processes
+    assert run.killed.returncode == 1
+    errors = re.findall(r"^\S+ ERROR (.*)$", run.killed.stderr, re.MULTILINE)  # the launcher's own lines
+    assert errors == ["training process 1 was killed by SIGKILL; stopped the other processes."]
+    assert run.seconds_to_fail < 10, f"the stage took {run.seconds_to_fail:.1f} s to fail"
+    assert not run.survivor_outlived, "process 0 outlived the launcher"
+    assert run.left_behind == [], "a failed run left a model or a scratch file"
+    assert 2 <= run.epochs_saved < EPOCHS
+
+
+def test_rerun_resumes_at_the_next_epoch_and_finishes(two_processes: KilledAndResumed) -> None:
+    run = two_processes
+    assert f"resuming at epoch {run.epochs_saved + 1} of {EPOCHS}" in run.rerun.stderr
+    assert "Epoch 1/" not in run.rerun.stdout  # epochs already done are not trained again
+    assert run.rerun.stdout.count(f"Epoch {EPOCHS}/{EPOCHS}") == 1  # printed by process 0 only
+    assert not (run.repo / paths.RESUME_DIR).exists(), "resume state must be cleared after a successful run"
+
+
+def test_two_processes_train_the_one_process_model(one_process: Path, two_processes: KilledAndResumed) -> None:
+    repo = two_processes.repo
+    reference = weights(one_process)
     for name, value in weights(repo).items():
-        np.testing.assert_array_equal(value, weights(reference_repo)[name], err_msg=name)
-    assert (repo / paths.TRAIN_HISTORY).read_bytes() == (reference_repo / paths.TRAIN_HISTORY).read_bytes()
+        np.testing.assert_allclose(value, reference[name], rtol=0, atol=WEIGHT_TOLERANCE, err_msg=name)
+    two_history = (repo / paths.TRAIN_HISTORY).read_text().splitlines()
+    one_history = (one_process / paths.TRAIN_HISTORY).read_text().splitlines()
+    assert len(two_history) == 1 + EPOCHS
+    # The same batches in the same order, before and after the resume: the accuracies are exactly
+    # equal, the losses to the last bits.
+    for two_row, one_row in zip(two_history[1:], one_history[1:], strict=True):
+        two, one = (np.array(row.split(","), dtype=float) for row in (two_row, one_row))
+        assert two[[0, 1, 3]].tolist() == one[[0, 1, 3]].tolist()
+        np.testing.assert_allclose(two, one, rtol=1e-5)
+    # Process 0 wrote the outputs; process 1 wrote nothing, anywhere in the workspace.
+    assert workspace_files(repo) == workspace_files(one_process)
+    assert [p.name for p in repo.rglob("*.keras")] == ["model.keras"]
+    # The model has the usual format: evaluate reads it unchanged (on the default TensorFlow backend).
+    result = stage(repo, "evaluate")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((repo / paths.METRICS).read_text())["test"]["accuracy"] > 0.8
 
 
 def closed_port() -> int:
