@@ -104,21 +104,6 @@ def assert_trained_as_asked(experiment: dict[str, Any], epochs: int) -> None:
     assert set(metrics["per_class"]) == {str(digit) for digit in range(10)}
 
 
-def test_exp_run_twice_then_exp_show_lists_both(digits_run: Path, tmp_path: Path) -> None:
-    repo = copy_repo(digits_run, tmp_path / "repo")
-    for epochs in (2, 3):
-        result = dvc(repo, "exp", "run", "-n", f"epochs-{epochs}", "-S", f"train.epochs={epochs}")
-        assert ran_stages(result.stdout) == ["train", "evaluate"]
-    found = experiments(repo)
-    assert {name: row["state"] for name, row in found.items()} == {"epochs-2": None, "epochs-3": None}
-    assert_trained_as_asked(found["epochs-2"], 2)
-    assert_trained_as_asked(found["epochs-3"], 3)
-    assert found["epochs-2"]["metrics"] != found["epochs-3"]["metrics"]
-    table = dvc(repo, "exp", "show", "--csv").stdout
-    rows = {row["Experiment"] or row["rev"]: row for row in csv.DictReader(io.StringIO(table))}
-    assert {"epochs-2", "epochs-3"} <= set(rows)
-
-
 def wait_for_queue(repo: Path, timeout: float = 400) -> str:
     """Poll `dvc queue status` until nothing is queued or running; return the final status table."""
     deadline = time.monotonic() + timeout
@@ -131,16 +116,27 @@ def wait_for_queue(repo: Path, timeout: float = 400) -> str:
         time.sleep(2)
 
 
-def test_queued_experiments_run_with_queue_start(digits_run: Path, tmp_path: Path) -> None:
+def test_exp_run_and_queued_experiments_all_show_in_exp_show(digits_run: Path, tmp_path: Path) -> None:
+    # One repository for both halves of the issue: an experiment run in the workspace, then two queued ones.
     repo = copy_repo(digits_run, tmp_path / "repo")
-    for epochs in (2, 4):
+    result = dvc(repo, "exp", "run", "-n", "epochs-2", "-S", "train.epochs=2")
+    assert ran_stages(result.stdout) == ["train", "evaluate"]
+    for epochs in (3, 4):
         dvc(repo, "exp", "run", "--queue", "-n", f"queued-{epochs}", "-S", f"train.epochs={epochs}")
-    queued = experiments(repo)
-    assert {name: row["state"] for name, row in queued.items()} == {"queued-2": "queued", "queued-4": "queued"}
+    states = {name: row["state"] for name, row in experiments(repo).items()}
+    assert states == {"epochs-2": None, "queued-3": "queued", "queued-4": "queued"}
     dvc(repo, "queue", "start")
     status = wait_for_queue(repo)
     assert status.count("Success") == 2, status
     found = experiments(repo)
-    assert {name: row["state"] for name, row in found.items()} == {"queued-2": "success", "queued-4": "success"}
-    assert_trained_as_asked(found["queued-2"], 2)
-    assert_trained_as_asked(found["queued-4"], 4)
+    assert {name: row["state"] for name, row in found.items()} == {
+        "epochs-2": None,
+        "queued-3": "success",
+        "queued-4": "success",
+    }
+    for name, epochs in (("epochs-2", 2), ("queued-3", 3), ("queued-4", 4)):
+        assert_trained_as_asked(found[name], epochs)
+    assert found["epochs-2"]["metrics"] != found["queued-4"]["metrics"]
+    table = dvc(repo, "exp", "show", "--csv").stdout
+    rows = {row["Experiment"] or row["rev"]: row for row in csv.DictReader(io.StringIO(table))}
+    assert {"epochs-2", "queued-3", "queued-4"} <= set(rows)
