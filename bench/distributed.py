@@ -65,16 +65,21 @@ def main() -> None:
                 "train_seconds": train.seconds,
                 "epoch_seconds": steps * ms_per_step / 1000,
                 "test_accuracy": common.read_json(repo / "metrics.json")["test"]["accuracy"],
+                "best_epoch": common.read_json(repo / "models" / "summary.json")["best_epoch"],
+                "history": (repo / "reports" / "train_history.csv").read_text(),
             }
-            print(name, results[name], flush=True)
+            print(name, {k: v for k, v in results[name].items() if k != "history"}, flush=True)
         one, two = weights(repos["jax x1"]), weights(repos["jax x2"])
         difference = max(float(np.max(np.abs(a - b))) for a, b in zip(one, two, strict=True))
     print(f"\n{common.describe_machine(info)}; load average at start {info['loadavg_at_start']:.1f}")
     print(f"Fashion-MNIST, MLP 784-128-10, batch 32, {args.epochs} epochs\n")
-    print("| run | train stage (s) | steady epoch (s) | test accuracy |")
-    print("| --- | --- | --- | --- |")
+    print("| run | train stage (s) | steady epoch (s) | best epoch | test accuracy |")
+    print("| --- | --- | --- | --- | --- |")
     for name, row in results.items():
-        print(f"| {name} | {row['train_seconds']:.1f} | {row['epoch_seconds']:.1f} | {row['test_accuracy']:.4f} |")
+        seconds = f"{row['train_seconds']:.1f} | {row['epoch_seconds']:.1f}"
+        print(f"| {name} | {seconds} | {row['best_epoch']} | {row['test_accuracy']:.4f} |")
+    for name, row in results.items():
+        print(f"\n{name} history:\n{row['history']}", end="")
     print(f"\nlargest weight difference, jax x1 vs jax x2: {difference:.2g}")
     common.save_results(
         "distributed",
