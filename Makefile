@@ -24,7 +24,7 @@ run: setup  ## run the pipeline (dvc repro): only the stages whose inputs change
 	dvc repro
 
 test: setup  ## run the test suite (what CI runs)
-	python -m pytest
+	python -m pytest -n 2 --dist loadfile  # two workers: most tests wait on TensorFlow start-up in subprocesses
 
 lint: setup  ## ruff lint + format check
 	ruff check . && ruff format --check .

@@ -87,6 +87,16 @@ def make_project_repo(dest: Path) -> Path:
     return dest
 
 
+def make_prepared_repo(dest: Path, params: dict[str, Any]) -> Path:
+    """A project repository with `params` set and the download and preprocess stages run (digits by default)."""
+    repo = make_project_repo(dest)
+    edit_params(repo, **params)
+    for name in ("download", "preprocess"):
+        result = stage(repo, name)
+        assert result.returncode == 0, result.stderr
+    return repo
+
+
 @pytest.fixture
 def project_repo(tmp_path: Path) -> Path:
     return make_project_repo(tmp_path / "repo")

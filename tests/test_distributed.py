@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ENV, copy_repo, edit_params, make_project_repo, stage
+from conftest import ENV, copy_repo, edit_params, make_prepared_repo, stage
 
 from pipeline import paths
 from pipeline.files import load_npz
@@ -42,11 +42,7 @@ WEIGHT_TOLERANCE = 1e-5
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """digits downloaded and preprocessed, engine jax; copy before use."""
-    repo = make_project_repo(tmp_path_factory.mktemp("dist-prepared") / "repo")
-    edit_params(repo, **RUN_PARAMS)
-    for name in ("download", "preprocess"):
-        assert stage(repo, name).returncode == 0
-    return repo
+    return make_prepared_repo(tmp_path_factory.mktemp("dist-prepared") / "repo", RUN_PARAMS)
 
 
 @pytest.fixture(scope="module")

@@ -13,11 +13,12 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ENV, VENV_BIN, copy_repo, dvc, edit_params, make_project_repo, stage
+from conftest import ENV, VENV_BIN, copy_repo, dvc, edit_params, make_prepared_repo, stage
 
 from pipeline import paths
 from pipeline.files import load_npz
@@ -30,11 +31,7 @@ RUN_PARAMS = {"train.epochs": EPOCHS, "train.early_stopping_patience": 0, "train
 @pytest.fixture(scope="session")
 def prepared_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """digits downloaded and preprocessed, train params set for these tests; copy before use."""
-    repo = make_project_repo(tmp_path_factory.mktemp("prepared") / "repo")
-    edit_params(repo, **RUN_PARAMS)
-    for name in ("download", "preprocess"):
-        assert stage(repo, name).returncode == 0
-    return repo
+    return make_prepared_repo(tmp_path_factory.mktemp("prepared") / "repo", RUN_PARAMS)
 
 
 def train_and_evaluate(repo: Path) -> subprocess.CompletedProcess:
@@ -51,6 +48,18 @@ def uninterrupted(prepared_base: Path, tmp_path_factory: pytest.TempPathFactory)
     return repo
 
 
+@pytest.fixture(autouse=True)
+def sigint_reaches_children() -> Iterator[None]:
+    """As in a terminal, where Ctrl-C reaches the stage.
+
+    A CI runner, or `cmd &` in a script, may start pytest with SIGINT ignored, and an ignored
+    signal stays ignored in every child; a handled one is reset to the default at exec.
+    """
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def epochs_saved(repo: Path) -> int:
     state = repo / paths.RESUME_DIR / "state.npz"
     if not state.exists():
@@ -61,7 +70,13 @@ def epochs_saved(repo: Path) -> int:
 def start_and_kill(args: list[str], repo: Path, sig: signal.Signals, after_epochs: int = 3) -> int:
     """Start `args`, send `sig` to its whole process group once `after_epochs` are saved; return epochs saved."""
     process = subprocess.Popen(
-        args, cwd=repo, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+        args,
+        cwd=repo,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     deadline = time.monotonic() + 120
     while epochs_saved(repo) < after_epochs:
