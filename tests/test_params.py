@@ -50,7 +50,14 @@ def with_change(section: str, dotted: str, value: object) -> dict:
     return raw
 
 
-DELETE = object()
+class _Delete:
+    """Marks a key to remove; a stable repr keeps test ids equal across pytest-xdist workers."""
+
+    def __repr__(self) -> str:
+        return "<deleted>"
+
+
+DELETE = _Delete()
 
 BAD = [
     # (section class, section, dotted key inside the section, bad value, words the message must hold)
