@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+
+from bench.common import set_params
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -56,16 +57,11 @@ def ran_stages(output: str) -> list[str]:
 
 
 def edit_params(repo: Path, **changes: Any) -> None:
-    """Set dotted keys in the repo's params.yaml, e.g. edit_params(repo, **{"train.epochs": 3})."""
-    path = repo / "params.yaml"
-    document = yaml.safe_load(path.read_text())
-    for dotted, value in changes.items():
-        *parents, last = dotted.split(".")
-        section = document
-        for key in parents:
-            section = section[key]
-        section[last] = value
-    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    """Set dotted keys in the repo's params.yaml, e.g. edit_params(repo, **{"train.epochs": 3}).
+
+    The benchmarks' editor, so a key that is not in params.yaml fails loudly here too.
+    """
+    set_params(repo, changes)
 
 
 def git_commit(repo: Path, message: str) -> None:
