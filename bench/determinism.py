@@ -1,8 +1,8 @@
 """What deterministic training costs: epoch time with and without TensorFlow op determinism.
 
-The train stage always calls `tf.config.experimental.enable_op_determinism()` (README,
+The train stage calls `tf.config.experimental.enable_op_determinism()` unless `train.jit_compile` (README,
 "Determinism"). This measures its price on the tutorial dense net (784-784-100-10, adam,
-batch 32) fed by the pipeline's own input (`make_train_dataset`), on real Fashion-MNIST:
+batch 32) fed by the pipeline's own input (`epoch_dataset`, one `fit` per epoch), on real Fashion-MNIST:
 
     .venv/bin/python -m bench.determinism --source /usr/share/datasets/fashion-mnist
 
@@ -29,7 +29,7 @@ def one_run(source: Path, train_size: int, deterministic: bool) -> dict[str, obj
 
     from pipeline.datasets import REGISTRY
     from pipeline.preprocessing import one_hot, scale_pixels
-    from pipeline.training import make_train_dataset
+    from pipeline.training import epoch_dataset
 
     raw = REGISTRY["fashion_mnist"].read(source)
     x, y = scale_pixels(raw.x_train[:train_size], 255.0), one_hot(raw.y_train[:train_size], 10)
@@ -49,14 +49,15 @@ def one_run(source: Path, train_size: int, deterministic: bool) -> dict[str, obj
     epoch_ends: list[float] = []
     timer = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: epoch_ends.append(time.perf_counter()))
     started = time.perf_counter()
-    model.fit(
-        make_train_dataset(x, y, batch_size=32, seed=42, first_epoch=0, epochs=2),
-        steps_per_epoch=-(-len(x) // 32),
-        epochs=2,
-        shuffle=False,
-        verbose=0,
-        callbacks=[timer],
-    )
+    for epoch in range(2):
+        model.fit(
+            epoch_dataset(x, y, batch_size=32, seed=42, epoch=epoch),
+            epochs=epoch + 1,
+            initial_epoch=epoch,
+            shuffle=False,
+            verbose=0,
+            callbacks=[timer],
+        )
     digest = hashlib.sha256(b"".join(w.numpy().tobytes() for w in model.weights)).hexdigest()[:16]
     # Epoch 2 only: epoch 1 also pays for tracing the graph.
     return {"first_epoch_s": epoch_ends[0] - started, "epoch_s": epoch_ends[1] - epoch_ends[0], "weights": digest}

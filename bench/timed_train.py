@@ -2,18 +2,12 @@
 
 Run from a scratch copy's root (the stage reads data/prepared/ and params.yaml there):
 
-    .venv/bin/python -m bench.timed_train [--xla-without-op-determinism]
+    .venv/bin/python -m bench.timed_train
 
 It wraps `pipeline.training.save_state`, which the train loop calls once at the end of
 every epoch (after validation and the best-epoch bookkeeping), to record when each epoch
 ended; the time between two calls is one epoch, as a user pays for it. Everything else
 is the stage's own `main()`. Prints one JSON line.
-
-`--xla-without-op-determinism` measures a proposed change, not the committed code:
-`seed_everything` calls `tf.config.experimental.enable_op_determinism()`, and Keras 3
-silently turns `jit_compile=True` off when op determinism is on
-(`keras/src/trainers/trainer.py`, `model_supports_jit`). The flag replaces it by
-`keras.utils.set_random_seed` alone, so that XLA really compiles the step.
 """
 
 from __future__ import annotations
@@ -27,18 +21,13 @@ from itertools import pairwise
 
 STARTED = time.perf_counter()
 
-import keras  # noqa: E402  (timed from interpreter start on purpose)
-
 from pipeline import models, training  # noqa: E402
 from stages import train  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--xla-without-op-determinism", action="store_true")
-    args = parser.parse_args()
-    if args.xla_without_op_determinism:
-        training.seed_everything = keras.utils.set_random_seed
+    parser.parse_args()
     ends: list[float] = []
     save_state = training.save_state
 

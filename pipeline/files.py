@@ -97,7 +97,7 @@ def write_csv_atomic(dest: Path | str, rows: list[dict[str, Any]]) -> None:
 
 
 def load_xy(path: Path | str) -> tuple[np.ndarray, np.ndarray]:
-    """A prepared split: features `x` and one-hot labels `y`."""
+    """A prepared split as stored: features `x` and one-hot labels `y` (`preprocessing.load_split` scales them)."""
     arrays = load_npz(path)
     return arrays["x"], arrays["y"]
 

@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import sys
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,19 +42,6 @@ def seed_everything(seed: int, *, deterministic_ops: bool = True) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def steps_per_epoch(n_examples: int, batch_size: int, *, drop_remainder: bool = False) -> int:
-    return n_examples // batch_size if drop_remainder else math.ceil(n_examples / batch_size)
-
-
-def usable_steps_per_execution(requested: int, steps: int) -> int:
-    """The largest divisor of `steps` (per epoch) that is at most `requested`.
-
-    Keras runs whole groups of N steps: an N that does not divide the epoch would
-    take the next epoch's first batches, breaking the per-epoch order and resume.
-    """
-    return max(n for n in range(1, min(requested, steps) + 1) if steps % n == 0)
-
-
 def epoch_order(n_examples: int, seed: int, epoch: int) -> np.ndarray:
     """The training order of one epoch: a function of (seed, epoch) only, so a resumed run replays it.
 
@@ -65,27 +51,27 @@ def epoch_order(n_examples: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n_examples)
 
 
-def make_train_dataset(
-    x: np.ndarray, y: np.ndarray, *, batch_size: int, seed: int, first_epoch: int, epochs: int
+def epoch_dataset(
+    x: tf.Tensor, y: tf.Tensor, *, batch_size: int, seed: int, epoch: int, drop_remainder: bool = False
 ) -> tf.data.Dataset:
-    """Batches of epochs `first_epoch`..`epochs - 1`, each in its own `epoch_order`; no batch spans two epochs."""
-    n_examples = len(x)
+    """The batches of one epoch, in its `epoch_order`; the last one may be partial unless `drop_remainder`.
 
-    def orders() -> Iterator[np.ndarray]:
-        for epoch in range(first_epoch, epochs):
-            yield epoch_order(n_examples, seed, epoch)
-
-    x_all, y_all = tf.constant(x), tf.constant(y)
+    One finite dataset per epoch (rather than one stream for the whole run) lets Keras end
+    every epoch exactly at its last batch whatever `steps_per_execution` is: the last group of
+    steps simply runs short. `x` and `y` should already be tensors, so no epoch copies them.
+    """
+    x, y = tf.convert_to_tensor(x), tf.convert_to_tensor(y)
+    order = epoch_order(int(x.shape[0]), seed, epoch)
     return (
-        tf.data.Dataset.from_generator(orders, output_signature=tf.TensorSpec((n_examples,), tf.int64))
-        .flat_map(lambda order: tf.data.Dataset.from_tensor_slices(order).batch(batch_size))
-        .map(lambda idx: (tf.gather(x_all, idx), tf.gather(y_all, idx)))
+        tf.data.Dataset.from_tensor_slices(order)
+        .batch(batch_size, drop_remainder=drop_remainder)
+        .map(lambda idx: (tf.gather(x, idx), tf.gather(y, idx)))
         .prefetch(tf.data.AUTOTUNE)
     )
 
 
 def shard_batches(dataset: tf.data.Dataset, *, batch_size: int, role: distributed.Role) -> tf.data.Dataset:
-    """This process's slice of every full batch of `dataset`; the last, partial batch of each epoch is dropped.
+    """This process's slice of every batch of `dataset` (full batches only: `drop_remainder=True`).
 
     The slices of all processes together form the one-process batch, in the same order. A partial
     batch cannot be split evenly, so with a distributed engine each epoch trains on
@@ -93,8 +79,7 @@ def shard_batches(dataset: tf.data.Dataset, *, batch_size: int, role: distribute
     """
     share = batch_size // role.count
     start, stop = role.index * share, (role.index + 1) * share
-    full = dataset.filter(lambda x, y: tf.shape(x)[0] == batch_size)
-    return full.map(lambda x, y: (x[start:stop], y[start:stop]))
+    return dataset.map(lambda x, y: (x[start:stop], y[start:stop]))
 
 
 @dataclass
@@ -181,10 +166,10 @@ class _EpochEnd(keras.callbacks.Callback):
         progress.epochs_done = epoch + 1
         if self.patience and progress.wait >= self.patience:
             log.info("early stopping: no better val_accuracy for %d epochs", self.patience)
-            self.model.stop_training = True
             progress.finished = True
         if progress.epochs_done >= self.epochs:
             progress.finished = True
+        self.model.stop_training = True  # this `fit` call is this one epoch; fit_resumable starts the next
         if self.save:  # one writer: in a distributed run every process holds the same state
             save_state(self.state_path, self.model, self.best, progress)
 
@@ -219,21 +204,25 @@ def fit_resumable(
         log.info("training had already finished (epoch %d); exporting the best model", progress.epochs_done)
     elif restored:
         log.info("resuming at epoch %d of %d from %s", progress.epochs_done + 1, epochs, state_path)
-    if not progress.finished:
-        x_train, y_train = train
-        dataset = make_train_dataset(
-            x_train, y_train, batch_size=batch_size, seed=seed, first_epoch=progress.epochs_done, epochs=epochs
+    x_train, y_train = (tf.convert_to_tensor(a) for a in train)  # once: every epoch's batches gather from these
+    epoch_end = _EpochEnd(state_path, progress, best, patience, epochs, save=writer)
+    # One `fit` call per epoch, each on that epoch's own finite dataset (see `epoch_dataset`); Keras keeps
+    # its compiled train step between calls, and `epochs`/`initial_epoch` keep its "Epoch k/N" log right.
+    for epoch in range(progress.epochs_done, epochs):
+        if progress.finished:
+            break
+        dataset = epoch_dataset(
+            x_train, y_train, batch_size=batch_size, seed=seed, epoch=epoch, drop_remainder=role is not None
         )
         if role is not None:
             dataset = shard_batches(dataset, batch_size=batch_size, role=role)
         model.fit(
             dataset,
-            steps_per_epoch=steps_per_epoch(len(x_train), batch_size, drop_remainder=role is not None),
             epochs=epochs,
-            initial_epoch=progress.epochs_done,
+            initial_epoch=epoch,
             validation_data=val,
-            shuffle=False,  # the dataset is already in its per-epoch order
-            callbacks=[_EpochEnd(state_path, progress, best, patience, epochs, save=writer)],
+            shuffle=False,  # the dataset is already in its epoch's order
+            callbacks=[epoch_end],
             # A progress bar on a terminal; one line per epoch in CI logs; from process 0 only.
             verbose=(1 if sys.stdout.isatty() else 2) if writer else 0,
         )

@@ -20,13 +20,13 @@ from pipeline.evaluation import (
     placeholder_image,
 )
 from pipeline.files import (
-    load_xy,
     read_json,
     write_bytes_atomic,
     write_csv_atomic,
     write_json_atomic,
 )
 from pipeline.params import EvaluateParams, load_params
+from pipeline.preprocessing import load_split
 
 log = logging.getLogger("evaluate")
 
@@ -43,7 +43,7 @@ def main(args: argparse.Namespace) -> None:
 
     meta, summary = read_json(paths.PREPARED_META), read_json(paths.MODEL_SUMMARY)
     class_names = meta["class_names"]
-    x_test, y_test = load_xy(paths.split_file("test"))
+    x_test, y_test = load_split(paths.split_file("test"), meta["scaling"])
     model = load_model(paths.MODEL)
     scores = model.evaluate(x_test, y_test, batch_size=params.batch_size, verbose=0, return_dict=True)
     probabilities = model.predict(x_test, batch_size=params.batch_size, verbose=0)

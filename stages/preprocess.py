@@ -1,9 +1,10 @@
 """preprocess: data/raw/ + params `preprocess.*` -> data/prepared/{train,val,test}.npz + meta.json.
 
-Scales to [0, 1] (pixels by their maximum; tabular features by a min-max fitted
-on the training split only), keeps images as (H, W, 1) (the MLP flattens them
-itself, so switching model does not rerun this stage), one-hot encodes labels,
-and splits train / validation / test.
+Splits train / validation / test and one-hot encodes labels. Images are stored
+as their uint8 pixels and divided by their maximum when train and evaluate load
+them (meta.json records how); tabular features are scaled here by a min-max
+fitted on the training split only. Images keep their (H, W) shape: the MLP
+flattens them itself, so switching model does not rerun this stage.
 """
 
 from __future__ import annotations

@@ -9,7 +9,6 @@ resumes from its last completed epoch if it was killed (state in .resume/train/)
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import shutil
 import sys
@@ -18,8 +17,9 @@ from typing import Any
 
 from pipeline import distributed, paths
 from pipeline.cli import run_stage
-from pipeline.files import load_xy, read_json, write_csv_atomic, write_json_atomic
+from pipeline.files import read_json, write_csv_atomic, write_json_atomic
 from pipeline.params import TrainParams, load_params
+from pipeline.preprocessing import load_split
 
 log = logging.getLogger("train")
 
@@ -49,17 +49,9 @@ def train_model(params: TrainParams, role: distributed.Role) -> tuple[Any, Any]:
     from pipeline import models, training
 
     meta = read_json(paths.PREPARED_META)
-    train, val = load_xy(paths.split_file("train")), load_xy(paths.split_file("val"))
+    train, val = (load_split(paths.split_file(name), meta["scaling"]) for name in ("train", "val"))
     model_params = distributed.model_params(params)
     training.seed_everything(params.seed, deterministic_ops=not model_params.jit_compile)
-    steps = training.steps_per_epoch(
-        len(train[0]), params.batch_size, drop_remainder=params.distributed.engine != "none"
-    )
-    usable = training.usable_steps_per_execution(params.steps_per_execution, steps)
-    if usable != params.steps_per_execution:
-        log.warning("train.steps_per_execution=%d does not divide the %d steps of an epoch; using %d",
-                    params.steps_per_execution, steps, usable)  # fmt: skip
-    model_params = dataclasses.replace(model_params, steps_per_execution=usable)
     model = models.build_model(model_params, meta["input_shape"], len(meta["class_names"]))
     # A change to any input, to this code, or to a param makes a saved resume state stale.
     inputs = [paths.split_file("train"), paths.split_file("val"), paths.PREPARED_META]

@@ -123,7 +123,7 @@ def test_good_mnist_file_passes_and_preprocesses(project_repo: Path, mirror: Mir
     assert (project_repo / "data/raw/mnist.npz").read_bytes() == MNIST
     assert stage(project_repo, "preprocess").returncode == 0
     with np.load(project_repo / "data/prepared/test.npz") as test:
-        assert test["x"].shape == (20, 28, 28, 1)  # the official test split is kept whole
+        assert test["x"].shape == (20, 28, 28)  # the official test split is kept whole
 
 
 def test_published_checksum_rejects_a_file_that_is_not_mnist(project_repo: Path, mirror: Mirror) -> None:

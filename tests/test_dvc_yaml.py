@@ -18,9 +18,16 @@ STAGES = PIPELINE["stages"]
 
 
 def imported_pipeline_modules(source: Path, seen: set[str] | None = None) -> set[str]:
-    """Files of every `pipeline` module `source` imports, directly or through other pipeline modules."""
+    """Files of every `pipeline` module `source` imports, directly or through other pipeline modules.
+
+    Imports under `if TYPE_CHECKING:` never run, so they are not dependencies.
+    """
     seen = set() if seen is None else seen
-    for node in ast.walk(ast.parse(source.read_text())):
+    tree = ast.parse(source.read_text())
+    for block in ast.walk(tree):
+        if isinstance(block, ast.If) and isinstance(block.test, ast.Name) and block.test.id == "TYPE_CHECKING":
+            block.body = []
+    for node in ast.walk(tree):
         names: list[str] = []
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "pipeline":
             names = [node.module] if node.module != "pipeline" else [f"pipeline.{a.name}" for a in node.names]

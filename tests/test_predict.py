@@ -23,7 +23,7 @@ from pipeline.prediction import (
     read_inputs,
     top_classes,
 )
-from pipeline.preprocessing import prepare_splits
+from pipeline.preprocessing import prepare_splits, scale_pixels
 
 FEATURES = ("length", "width", "height")
 
@@ -48,7 +48,8 @@ def prepared(kind: str) -> tuple[RawDataset, np.ndarray, InputSpec]:
         feature_names=FEATURES if kind == "tabular" else (),
     )  # fmt: skip
     splits, meta = prepare_splits(raw, val_fraction=0.25, test_fraction=0.2, seed=0)
-    return raw, splits["test"].x, InputSpec.from_meta(json.loads(json.dumps(meta)))  # as read from meta.json
+    test_x = scale_pixels(splits["test"].x, 16.0) if kind == "image" else splits["test"].x  # as train/evaluate load it
+    return raw, test_x, InputSpec.from_meta(json.loads(json.dumps(meta)))  # as read from meta.json
 
 
 def save_png(pixels: np.ndarray, path: Path, pixel_max: float, size: int = 64) -> Path:
@@ -202,7 +203,7 @@ def test_digits_model_classifies_pngs_and_npy_alike(digits_run: Path, tmp_path: 
     meta = json.loads((digits_run / "data/prepared/meta.json").read_text())
     test = np.load(digits_run / "data/prepared/test.npz")
     count, pixel_max = 20, meta["scaling"]["pixel_max"]
-    raw = np.round(test["x"][:count, ..., 0] * pixel_max)  # back to the raw 0..16 values of data/raw
+    raw = test["x"][:count].astype(np.float64)  # prepared images are the raw 0..16 values of data/raw
     np.save(tmp_path / "digits.npy", raw)
     # Sizes that are whole multiples of 8: resizing back to 8x8 then restores the pixels exactly.
     pngs = [save_png(raw[i], tmp_path / f"digit{i:02d}.png", pixel_max, size=8 * (2 + i % 7)) for i in range(count)]

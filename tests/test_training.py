@@ -25,15 +25,18 @@ def test_epoch_order_is_a_permutation_that_changes_every_epoch_and_replays() -> 
     np.testing.assert_array_equal(first, training.epoch_order(100, seed=1, epoch=0))
 
 
-def test_train_dataset_batches_each_epoch_in_its_own_order() -> None:
+def test_epoch_dataset_batches_one_epoch_in_its_own_order() -> None:
     x = np.arange(10, dtype=np.float32)[:, None]
     y = np.arange(10, dtype=np.float32)[:, None]
-    batches = list(training.make_train_dataset(x, y, batch_size=4, seed=3, first_epoch=1, epochs=3))
-    assert [len(bx) for bx, _ in batches] == [4, 4, 2, 4, 4, 2]  # no batch spans two epochs
-    epoch_one = np.concatenate([bx.numpy()[:, 0] for bx, _ in batches[:3]])
-    np.testing.assert_array_equal(epoch_one, training.epoch_order(10, seed=3, epoch=1))
+    batches = list(training.epoch_dataset(x, y, batch_size=4, seed=3, epoch=1))
+    assert [len(bx) for bx, _ in batches] == [4, 4, 2]
+    np.testing.assert_array_equal(
+        np.concatenate([bx.numpy()[:, 0] for bx, _ in batches]), training.epoch_order(10, seed=3, epoch=1)
+    )
     for bx, by in batches:
         np.testing.assert_array_equal(bx.numpy(), by.numpy())  # features and labels stay paired
+    full = list(training.epoch_dataset(x, y, batch_size=4, seed=3, epoch=1, drop_remainder=True))
+    assert [len(bx) for bx, _ in full] == [4, 4]
 
 
 def tiny_problem() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
@@ -44,8 +47,10 @@ def tiny_problem() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.
     return (x[:48], y[:48]), (x[48:], y[48:])
 
 
-def fit(state_dir: Path, epochs: int, fingerprint: str = "run-1"):
-    params = dataclasses.replace(BASE, mlp=dataclasses.replace(BASE.mlp, hidden_units=(8,), dropout=0.1))
+def fit(state_dir: Path, epochs: int, fingerprint: str = "run-1", steps_per_execution: int = 1):
+    params = dataclasses.replace(
+        BASE, mlp=dataclasses.replace(BASE.mlp, hidden_units=(8,), dropout=0.1), steps_per_execution=steps_per_execution
+    )
     training.seed_everything(params.seed)
     model = models.build_model(params, (4,), 2)
     train, val = tiny_problem()
@@ -93,11 +98,17 @@ def test_unreadable_state_is_ignored(tmp_path: Path, caplog: pytest.LogCaptureFi
     assert progress.epochs_done == 1
 
 
-@pytest.mark.parametrize(
-    ("requested", "steps", "usable"), [(1, 41, 1), (32, 41, 1), (64, 41, 41), (64, 1688, 8), (8, 1688, 8)]
-)
-def test_steps_per_execution_divides_the_epoch(requested: int, steps: int, usable: int) -> None:
-    assert training.usable_steps_per_execution(requested, steps) == usable
+def test_steps_per_execution_changes_speed_not_results(tmp_path: Path) -> None:
+    # 48 examples / batch 16 = 3 steps per epoch: N=2 does not divide it, N=5 exceeds it. Every epoch must
+    # still end at its own last batch (the next epoch's order starts fresh), so the weights equal N=1's.
+    weights = {}
+    for n in (1, 2, 5):
+        model, progress = fit(tmp_path / str(n), epochs=3, steps_per_execution=n)
+        assert int(model.optimizer.iterations.numpy()) == 3 * 3
+        weights[n] = [w.numpy() for w in model.weights]
+    for n in (2, 5):
+        for one, other in zip(weights[1], weights[n], strict=True):
+            np.testing.assert_array_equal(one, other)
 
 
 def test_jit_compile_param_really_compiles_with_xla() -> None:
