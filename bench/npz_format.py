@@ -2,16 +2,16 @@
 
     .venv/bin/python -m bench.npz_format --source /usr/share/datasets/fashion-mnist --rounds 3
 
-Prepares full Fashion-MNIST with the pipeline's own functions (read the IDX files, scale,
-split, one-hot), then writes the three splits in each candidate format into a scratch folder
+Prepares full Fashion-MNIST with the pipeline's own functions (read the IDX files, split,
+one-hot), then writes the three splits in each candidate format into a scratch folder
 under $TMPDIR (here on the same disk as the checkout), alternately, `--rounds` times, and reports the median write
 time (fsync included, as `write_npz_atomic` does), total size, and the median time to load all
 three splits back as the train/evaluate stages need them (float32 pixels in [0, 1]):
 
-- `float32 savez` (what `write_npz_atomic` writes today);
+- `float32 savez`: pixels divided by `pixel_max` before writing (the format until this benchmark);
 - `float32 savez_compressed`;
-- `uint8 savez`: the raw pixels, divided by `pixel_max` on load (bit-identical to the float32
-  file: checked), which would need `load_xy` to apply the scaling recorded in meta.json;
+- `uint8 savez`: the raw pixels, divided on load by `preprocessing.load_split` (what preprocess
+  writes now; bit-identical to the float32 file: checked);
 - `uint8 savez_compressed`.
 
 Loads read from the page cache (the files were just written), as a stage that follows
@@ -31,7 +31,7 @@ import numpy as np
 from bench import common
 from pipeline.datasets import get_spec
 from pipeline.files import load_npz
-from pipeline.preprocessing import prepare_splits
+from pipeline.preprocessing import prepare_splits, scale_pixels
 
 FORMATS = ("float32 savez", "float32 savez_compressed", "uint8 savez", "uint8 savez_compressed")
 
@@ -45,9 +45,8 @@ def write(folder: Path, name: str, fmt: str, x: np.ndarray, y: np.ndarray) -> No
 
 
 def load(folder: Path, name: str, fmt: str, pixel_max: float) -> np.ndarray:
-    arrays = load_npz(folder / f"{name}.npz")
-    x = arrays["x"]
-    return x.astype(np.float32) / np.float32(pixel_max) if fmt.startswith("uint8") else x
+    x = load_npz(folder / f"{name}.npz")["x"]
+    return scale_pixels(x, pixel_max) if fmt.startswith("uint8") else x
 
 
 def main() -> None:
@@ -56,18 +55,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     info = common.machine_info()
-    steps: dict[str, list[float]] = {"read IDX .gz": [], "scale + split + one-hot": []}
+    steps: dict[str, list[float]] = {"read IDX .gz": [], "split + one-hot": []}
     for _ in range(args.rounds):
         start = time.perf_counter()
         raw = get_spec("fashion_mnist").read(args.source)
         steps["read IDX .gz"].append(time.perf_counter() - start)
         start = time.perf_counter()
         splits, meta = prepare_splits(raw, 0.1, 0.2, 42)
-        steps["scale + split + one-hot"].append(time.perf_counter() - start)
-    # The same splits as uint8: undo the division exactly (pixels are integers 0..255).
-    pixels = {name: np.rint(split.x * 255).astype(np.uint8) for name, split in splits.items()}
-    for name, split in splits.items():
-        assert np.array_equal(pixels[name].astype(np.float32) / np.float32(255), split.x), name
+        steps["split + one-hot"].append(time.perf_counter() - start)
+    pixels = {name: split.x for name, split in splits.items()}  # uint8, as preprocess stores them
+    scaled = {name: scale_pixels(x, 255.0) for name, x in pixels.items()}  # float32, as the model takes them
     rows: dict[str, dict[str, list[float]]] = {fmt: {"write": [], "load": [], "bytes": []} for fmt in FORMATS}
     with tempfile.TemporaryDirectory(prefix="bench-npz-") as scratch:
         for _ in range(args.rounds):
@@ -76,15 +73,15 @@ def main() -> None:
                 folder.mkdir(exist_ok=True)
                 start = time.perf_counter()
                 for name, split in splits.items():
-                    x = pixels[name] if fmt.startswith("uint8") else split.x
+                    x = pixels[name] if fmt.startswith("uint8") else scaled[name]
                     write(folder, name, fmt, x, split.y)
                 rows[fmt]["write"].append(time.perf_counter() - start)
                 rows[fmt]["bytes"].append(sum(f.stat().st_size for f in folder.iterdir()))
                 start = time.perf_counter()
                 loaded = {name: load(folder, name, fmt, 255.0) for name in splits}
                 rows[fmt]["load"].append(time.perf_counter() - start)
-                for name, split in splits.items():
-                    assert np.array_equal(loaded[name], split.x), (fmt, name)
+                for name in splits:
+                    assert np.array_equal(loaded[name], scaled[name]), (fmt, name)
     print(f"\n{common.describe_machine(info)}\n`{common.command_line()}`\n")
     print("| step of preprocess | median s |")
     print("| --- | --- |")
