@@ -27,7 +27,7 @@ RECIPES: dict[str, dict] = {
         "overrides": [
             *FASHION,
             "-S", "train.mlp.hidden_units=[512,256]", "-S", "train.mlp.dropout=0.2",
-            "-S", "train.batch_size=128", "-S", "train.epochs=30", "-S", "train.early_stopping_patience=6",
+            "-S", "train.batch_size=128", "-S", "train.epochs=15", "-S", "train.early_stopping_patience=5",
             "-S", "train.jit_compile=true",
         ],
     },
