@@ -39,11 +39,17 @@ def build_cnn(
     filters: Sequence[int],
     kernel_size: int,
     pool_size: int,
+    pool_after_each_conv: bool,
     dense_units: int,
     conv_dropout: float,
     dense_dropout: float,
 ) -> keras.Model:
-    """Conv32-Conv64-MaxPool-Dropout-Flatten-Dense128-Dropout-softmax (the Keras MNIST convnet), sizes from params."""
+    """Conv32-Conv64-MaxPool-Dropout-Flatten-Dense128-Dropout-softmax (the Keras MNIST convnet), sizes from params.
+
+    `pool_after_each_conv` pools after every convolution instead of once after all of them
+    (Conv32-Pool-Conv64-Pool-...): each later convolution then runs on a quarter of the positions,
+    ~4.5x less arithmetic for the default filters on 28x28 images.
+    """
     if len(input_shape) != 3:
         raise PipelineError(
             f"train.model=cnn needs images of shape (H, W, 1), but the prepared data has shape {tuple(input_shape)}; "
@@ -53,7 +59,9 @@ def build_cnn(
     x = inputs
     for count in filters:
         x = layers.Conv2D(count, kernel_size, activation="relu")(x)
-    if pool_size > 1:
+        if pool_after_each_conv and pool_size > 1:
+            x = layers.MaxPooling2D(pool_size)(x)
+    if not pool_after_each_conv and pool_size > 1:
         x = layers.MaxPooling2D(pool_size)(x)
     x = layers.Dropout(conv_dropout)(x)
     x = layers.Flatten()(x)

@@ -203,6 +203,7 @@ class CnnParams:
         "filters": integer_list(1, min_length=1),
         "kernel_size": integer(1, 15),
         "pool_size": integer(1, 8),
+        "pool_after_each_conv": boolean(),
         "dense_units": integer(1),
         "conv_dropout": real(0.0, 1.0, high_open=True),
         "dense_dropout": real(0.0, 1.0, high_open=True),
@@ -210,6 +211,7 @@ class CnnParams:
     filters: tuple[int, ...]
     kernel_size: int
     pool_size: int
+    pool_after_each_conv: bool
     dense_units: int
     conv_dropout: float
     dense_dropout: float

@@ -45,6 +45,18 @@ def test_cnn_matches_the_keras_mnist_convnet() -> None:
     ]  # fmt: skip
 
 
+def test_cnn_pooling_after_each_conv() -> None:
+    params = dataclasses.replace(BASE, model="cnn", cnn=dataclasses.replace(BASE.cnn, pool_after_each_conv=True))
+    model = models.build_model(params, (28, 28, 1), 10)
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert kinds == [
+        "InputLayer", "Conv2D", "MaxPooling2D", "Conv2D", "MaxPooling2D", "Dropout", "Flatten", "Dense", "Dropout",
+        "Dense",
+    ]  # fmt: skip
+    # 28 -conv-> 26 -pool-> 13 -conv-> 11 -pool-> 5: 5 * 5 * 64 = 1600 features into Dense(128).
+    assert model.count_params() == 32 * 10 + 64 * (9 * 32 + 1) + (1600 * 128 + 128) + (128 * 10 + 10)
+
+
 def test_cnn_on_tabular_data_is_a_clear_error() -> None:
     with pytest.raises(PipelineError, match="use train.model=mlp"):
         models.build_model(dataclasses.replace(BASE, model="cnn"), (4,), 3)
