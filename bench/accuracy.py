@@ -40,6 +40,15 @@ RECIPES: dict[str, dict] = {
             "-S", "train.early_stopping_patience=4", "-S", "train.jit_compile=true",
         ],
     },
+    # The same goal with pooling after each convolution: ~4.5x less arithmetic per epoch than the tutorial CNN.
+    "fashion-cnn-small": {
+        "goal": (0.925, 900),
+        "overrides": [
+            *FASHION,
+            "-S", "train.model=cnn", "-S", "train.cnn.pool_after_each_conv=true", "-S", "train.batch_size=128",
+            "-S", "train.epochs=15", "-S", "train.early_stopping_patience=4", "-S", "train.jit_compile=true",
+        ],
+    },
     # The tutorials on MNIST: the dense net 784-784-100-10 (>= 0.98) and the convnet (>= 0.99).
     "mnist-mlp": {
         "goal": (0.98, None),
