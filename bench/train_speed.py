@@ -10,7 +10,8 @@ runs, alternately and `--rounds` times each:
   validation data, the tutorial's batch size);
 - `pipeline`: the train stage (bench/timed_train.py), same architecture and batch size, with
   the committed defaults (`train.steps_per_execution=64`, `train.jit_compile=false`);
-- `pipeline+xla`: the same with `train.jit_compile=true`.
+- `pipeline+xla`: the same with `train.jit_compile=true`;
+- `pipeline+spe1` (any `+speN`, also after `+xla`): with `train.steps_per_execution=N`.
 
 followed by the evaluate stage for test accuracy. An epoch's time is taken from the second
 epoch on (the first includes tracing and compilation). The pipeline trains on 54,000 images
@@ -44,13 +45,26 @@ def pipeline_params(model: str, epochs: int, steps_per_execution: int) -> dict:
     return params
 
 
+def variant_params(name: str, steps_per_execution: int) -> dict:
+    """The train params of a `pipeline[+xla][+speN]` variant."""
+    params = {"train.jit_compile": False, "train.steps_per_execution": steps_per_execution}
+    for option in name.split("+")[1:]:
+        if option == "xla":
+            params["train.jit_compile"] = True
+        elif option.startswith("spe") and option[3:].isdigit() and int(option[3:]) >= 1:
+            params["train.steps_per_execution"] = int(option[3:])
+        else:
+            raise SystemExit(f"--variants: unknown option {option!r} in {name!r}; use +xla and/or +speN (N >= 1).")
+    return params
+
+
 def run_variant(name: str, repo: Path, args: argparse.Namespace) -> dict:
     if name == "baseline":
         command = [common.PYTHON, "bench/tutorial.py", "--model", args.model, "--source", str(args.source)]
         timed = common.run_timed([*command, "--epochs", str(args.epochs), "--seed", "42"], repo)
         result = json.loads(timed.stdout.strip().splitlines()[-1])
     else:
-        common.set_params(repo, {"train.jit_compile": name == "pipeline+xla"})
+        common.set_params(repo, variant_params(name, args.steps_per_execution))
         timed = common.run_timed([common.PYTHON, "-m", "bench.timed_train"], repo)
         result = json.loads(timed.stdout.strip().splitlines()[-1])
         result["train_examples"] = common.read_json(repo / "data/prepared/meta.json")["sizes"]["train"]
@@ -73,6 +87,10 @@ def main() -> None:
     args = parser.parse_args()
     info = common.machine_info()
     variants = args.variants.split(",")
+    for name in variants:
+        if name != "baseline" and name.split("+")[0] != "pipeline":
+            raise SystemExit(f"--variants: unknown variant {name!r}; use baseline or pipeline[+xla][+speN].")
+        variant_params(name, args.steps_per_execution)
     runs: dict[str, list[dict]] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory(prefix="bench-speed-") as scratch:
         repo = common.make_workdir(Path(scratch) / "repo")

@@ -266,6 +266,20 @@ class TrainParams:
     steps_per_execution: int
     distributed: DistributedParams
 
+    def cpu_speed_warnings(self) -> list[str]:
+        """Speed settings measured to slow this model down on a CPU (bench/step_time.py), as sentences to log."""
+        if self.distributed.engine != "none":  # engine jax compiles every step, whatever jit_compile says
+            return []
+        warnings = []
+        if self.jit_compile and self.model == "cnn":
+            warnings.append("train.jit_compile=true with a CNN: XLA made convolution steps several times slower")
+        if self.jit_compile and self.model == "mlp" and self.mlp.dropout > 0:
+            warnings.append("train.jit_compile=true with train.mlp.dropout > 0: XLA's dropout made steps ~6x slower")
+        if self.steps_per_execution > 1 and self.model == "cnn":
+            warnings.append("train.steps_per_execution > 1 with a CNN: convolution steps ran ~1.3x slower than with 1")
+        advice = "on a CPU (BENCHMARKS.md, section 1); change it unless you train on a GPU."
+        return [f"{text} {advice}" for text in warnings]
+
 
 @dataclass(frozen=True)
 class EvaluateParams:

@@ -27,6 +27,8 @@ log = logging.getLogger("train")
 def main(args: argparse.Namespace) -> None:
     params = load_params(TrainParams)
     distributed.check_config(params)
+    for warning in params.cpu_speed_warnings():
+        log.warning(warning)
     if distributed.launches_here(params.distributed):  # the `local` launcher: start the processes, watch them
         distributed.launch_local(params.distributed, sys.argv[1:])
         return

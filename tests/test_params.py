@@ -37,6 +37,30 @@ def test_parsed_values_keep_their_types() -> None:
         train.epochs = 5  # frozen: stages cannot change what params.yaml says
 
 
+@pytest.mark.parametrize(
+    ("changes", "warned_keys"),
+    [
+        ({}, []),  # the shipped defaults (dense net, no XLA) are the fast settings
+        ({"jit_compile": True}, []),  # XLA on the dense net without dropout: the measured speed-up
+        ({"jit_compile": True, "mlp": {"dropout": 0.2}}, ["train.jit_compile"]),
+        ({"model": "cnn"}, ["train.steps_per_execution"]),
+        ({"model": "cnn", "steps_per_execution": 1}, []),
+        ({"model": "cnn", "jit_compile": True}, ["train.jit_compile", "train.steps_per_execution"]),
+        ({"model": "cnn", "jit_compile": True, "distributed": {"engine": "jax"}}, []),  # jax always compiles
+    ],
+)
+def test_cpu_speed_warnings_name_the_slow_setting(changes: dict, warned_keys: list[str]) -> None:
+    raw = copy.deepcopy(SHIPPED["train"])
+    for key, value in changes.items():
+        if isinstance(value, dict):
+            raw[key].update(value)
+        else:
+            raw[key] = value
+    warnings = parse_section(TrainParams, raw).cpu_speed_warnings()
+    assert [text.split("=")[0].split(" ")[0] for text in warnings] == warned_keys
+    assert all(text.endswith("unless you train on a GPU.") for text in warnings)
+
+
 def with_change(section: str, dotted: str, value: object) -> dict:
     raw = copy.deepcopy(SHIPPED[section])
     *parents, last = dotted.split(".")
