@@ -28,11 +28,11 @@ FASHION_TRAIN = 54_000
 MODELS = {
     # name: (builder, keyword arguments, batch size of the tutorial, timed steps)
     "cnn": ("cnn", {"filters": [32, 64], "kernel_size": 3, "pool_size": 2, "pool_after_each_conv": False,
-                    "dense_units": 128, "conv_dropout": 0.25, "dense_dropout": 0.5}, 128, 32),
+                    "dense_units": 128, "conv_dropout": 0.25, "dense_dropout": 0.5}, 128, 16),
     "cnn-pooled": ("cnn", {"filters": [32, 64], "kernel_size": 3, "pool_size": 2, "pool_after_each_conv": True,
-                           "dense_units": 128, "conv_dropout": 0.25, "dense_dropout": 0.5}, 128, 64),
-    "mlp": ("mlp", {"hidden_units": [784, 100], "activation": "relu", "dropout": 0.0}, 32, 512),
-    "mlp-dropout": ("mlp", {"hidden_units": [512, 256], "activation": "relu", "dropout": 0.2}, 128, 256),
+                           "dense_units": 128, "conv_dropout": 0.25, "dense_dropout": 0.5}, 128, 32),
+    "mlp": ("mlp", {"hidden_units": [784, 100], "activation": "relu", "dropout": 0.0}, 32, 256),
+    "mlp-dropout": ("mlp", {"hidden_units": [512, 256], "activation": "relu", "dropout": 0.2}, 128, 128),
 }  # fmt: skip
 SETTINGS = {
     # name: (Keras backend, jit_compile, steps_per_execution)
