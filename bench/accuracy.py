@@ -41,8 +41,8 @@ RECIPES: dict[str, dict] = {
     },
     # The same goal with pooling after each convolution: ~4.5x less arithmetic per epoch than the tutorial CNN.
     # No recipe uses XLA: on the CPU it made convolutions and dropout 2.6-4.2x slower (bench/step_time.py,
-    # BENCHMARKS.md section 1). CNN recipes run one step per call: 64 was no faster for convolutions,
-    # and Ctrl-C / SIGTERM wait for the call in progress.
+    # BENCHMARKS.md section 1). CNN recipes run one step per call: the train stage's CNN epochs were
+    # ~1.4x slower with 64 (bench/train_speed.py --model cnn).
     "fashion-cnn-small": {
         "goal": (0.925, 900),
         "overrides": [

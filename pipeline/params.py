@@ -275,6 +275,8 @@ class TrainParams:
             warnings.append("train.jit_compile=true with a CNN: XLA made convolution steps 2.6-4.2x slower")
         if self.jit_compile and self.model == "mlp" and self.mlp.dropout > 0:
             warnings.append("train.jit_compile=true with train.mlp.dropout > 0: XLA's dropout made steps ~4x slower")
+        if self.steps_per_execution > 1 and self.model == "cnn":
+            warnings.append("train.steps_per_execution > 1 with a CNN: its epochs ran ~1.4x slower than with 1")
         advice = "on a CPU (BENCHMARKS.md, section 1); change it unless you train on a GPU."
         return [f"{text} {advice}" for text in warnings]
 
