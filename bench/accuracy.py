@@ -20,6 +20,9 @@ from pathlib import Path
 from bench import common
 
 FASHION = ["-S", "data.dataset=fashion_mnist", "-S", "data.source={source}"]
+# No recipe uses XLA: on the CPU it made convolutions and dropout 2.6-4.2x slower (bench/step_time.py,
+# BENCHMARKS.md section 1). CNN recipes run one step per call: the train stage's CNN epochs were
+# ~1.4x slower with 64 (bench/train_speed.py --model cnn).
 RECIPES: dict[str, dict] = {
     # Goal: >= 0.89 test accuracy in <= 3 minutes of training (anchor: MLP 256-128-100, 0.883).
     "fashion-mlp": {
@@ -40,9 +43,6 @@ RECIPES: dict[str, dict] = {
         ],
     },
     # The same goal with pooling after each convolution: ~4.5x less arithmetic per epoch than the tutorial CNN.
-    # No recipe uses XLA: on the CPU it made convolutions and dropout 2.6-4.2x slower (bench/step_time.py,
-    # BENCHMARKS.md section 1). CNN recipes run one step per call: the train stage's CNN epochs were
-    # ~1.4x slower with 64 (bench/train_speed.py --model cnn).
     "fashion-cnn-small": {
         "goal": (0.925, 900),
         "overrides": [

@@ -138,10 +138,8 @@ def make_workdir(dest: Path, *, git: bool = True) -> Path:
     return dest
 
 
-def set_params(repo: Path, changes: dict[str, Any]) -> None:
-    """Set dotted keys in the copy's params.yaml, e.g. {"train.epochs": 3}."""
-    path = repo / "params.yaml"
-    document = yaml.safe_load(path.read_text())
+def apply_params(document: dict[str, Any], changes: dict[str, Any]) -> None:
+    """Set dotted keys, e.g. {"train.epochs": 3}, in a parsed params.yaml; a key it lacks is a KeyError."""
     for dotted, value in changes.items():
         *parents, last = dotted.split(".")
         section = document
@@ -150,6 +148,13 @@ def set_params(repo: Path, changes: dict[str, Any]) -> None:
         if last not in section:
             raise KeyError(f"{dotted} is not in params.yaml")
         section[last] = value
+
+
+def set_params(repo: Path, changes: dict[str, Any]) -> None:
+    """Set dotted keys in the copy's params.yaml, e.g. {"train.epochs": 3}."""
+    path = repo / "params.yaml"
+    document = yaml.safe_load(path.read_text())
+    apply_params(document, changes)
     path.write_text(yaml.safe_dump(document, sort_keys=False))
 
 

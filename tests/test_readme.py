@@ -11,7 +11,7 @@ import yaml
 from conftest import PROJECT_ROOT
 
 from bench.accuracy import RECIPES
-from bench.common import DEFAULT_FASHION
+from bench.common import DEFAULT_FASHION, apply_params
 from pipeline.params import DataParams, EvaluateParams, PreprocessParams, TrainParams, parse_section
 
 SHIPPED = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
@@ -32,16 +32,8 @@ def readme_exp_runs() -> list[list[str]]:
 def apply_overrides(words: list[str]) -> dict:
     """params.yaml with the command's `-S key=value` overrides applied, as `dvc exp run` would."""
     document = copy.deepcopy(SHIPPED)
-    for flag, override in zip(words, words[1:], strict=False):
-        if flag != "-S":
-            continue
-        dotted, value = override.split("=", 1)
-        *parents, last = dotted.split(".")
-        section = document
-        for key in parents:
-            section = section[key]
-        assert last in section, f"README: {dotted} is not a key of params.yaml"
-        section[last] = yaml.safe_load(value)
+    overrides = (override.split("=", 1) for flag, override in zip(words, words[1:], strict=False) if flag == "-S")
+    apply_params(document, {dotted: yaml.safe_load(value) for dotted, value in overrides})
     return document
 
 
