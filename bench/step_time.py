@@ -1,10 +1,11 @@
-"""Time of one training step by speed setting: why each recipe sets `jit_compile` and `steps_per_execution` as it does.
+"""Time of one training step by speed setting: why each recipe sets `jit_compile`, `steps_per_execution` and `onednn`.
 
     .venv/bin/python -m bench.step_time --rounds 3
 
-For each model (the tutorial CNN, the pooled CNN of `train.cnn.pool_after_each_conv`, the
-tutorial dense net, the dense net of the fashion-mlp recipe) and each setting (TensorFlow with
-or without XLA, with 1 or 64 steps per call; Keras's JAX backend), one fresh process builds the
+For each model (the tutorial CNN, the pooled CNN of `train.cnn.pool_after_each_conv`, that with
+`train.cnn.batch_norm`, the tutorial dense net, the dense net of the fashion-mlp recipe) and each
+setting (TensorFlow with or without XLA, with or without its oneDNN kernels, with 1 or 64 steps
+per call; Keras's JAX backend), one fresh process builds the
 model with pipeline/models.py, seeds it as the train stage does (op determinism on unless XLA
 is), compiles it as the train stage does (adam, categorical cross-entropy) and fits random 28x28
 images: a warm-up call (tracing, compiling), then a fixed number of timed steps (32 to 512,
@@ -25,22 +26,33 @@ import time
 from bench import common
 
 FASHION_TRAIN = 54_000
+TUTORIAL_CNN = {
+    "filters": [32, 64],
+    "kernel_size": 3,
+    "pool_size": 2,
+    "pool_after_each_conv": False,
+    "batch_norm": False,
+    "dense_units": 128,
+    "conv_dropout": 0.25,
+    "dense_dropout": 0.5,
+}
 MODELS = {
     # name: (builder, keyword arguments, batch size of the tutorial, timed steps)
-    "cnn": ("cnn", {"filters": [32, 64], "kernel_size": 3, "pool_size": 2, "pool_after_each_conv": False,
-                    "dense_units": 128, "conv_dropout": 0.25, "dense_dropout": 0.5}, 128, 16),
-    "cnn-pooled": ("cnn", {"filters": [32, 64], "kernel_size": 3, "pool_size": 2, "pool_after_each_conv": True,
-                           "dense_units": 128, "conv_dropout": 0.25, "dense_dropout": 0.5}, 128, 32),
+    "cnn": ("cnn", TUTORIAL_CNN, 128, 16),
+    "cnn-pooled": ("cnn", TUTORIAL_CNN | {"pool_after_each_conv": True}, 128, 32),
+    "cnn-pooled-bn": ("cnn", TUTORIAL_CNN | {"pool_after_each_conv": True, "batch_norm": True}, 128, 32),
     "mlp": ("mlp", {"hidden_units": [784, 100], "activation": "relu", "dropout": 0.0}, 32, 256),
     "mlp-dropout": ("mlp", {"hidden_units": [512, 256], "activation": "relu", "dropout": 0.2}, 128, 128),
 }  # fmt: skip
 SETTINGS = {
-    # name: (Keras backend, jit_compile, steps_per_execution)
-    "tf": ("tensorflow", False, 1),
-    "tf spe64": ("tensorflow", False, 64),
-    "tf xla": ("tensorflow", True, 1),
-    "tf xla spe64": ("tensorflow", True, 64),
-    "jax": ("jax", True, 1),
+    # name: (Keras backend, jit_compile, steps_per_execution, TensorFlow's oneDNN kernels)
+    "tf": ("tensorflow", False, 1, False),
+    "tf spe64": ("tensorflow", False, 64, False),
+    "tf onednn": ("tensorflow", False, 1, True),
+    "tf onednn spe64": ("tensorflow", False, 64, True),
+    "tf xla": ("tensorflow", True, 1, False),
+    "tf xla spe64": ("tensorflow", True, 64, False),
+    "jax": ("jax", True, 1, False),
 }
 
 
@@ -53,7 +65,7 @@ def time_steps(model_name: str, setting: str) -> float:
     from pipeline.training import seed_everything
 
     builder, kwargs, batch_size, steps = MODELS[model_name]
-    _, jit_compile, steps_per_execution = SETTINGS[setting]
+    _, jit_compile, steps_per_execution, _ = SETTINGS[setting]
     seed_everything(0, deterministic_ops=not jit_compile)
     build = build_cnn if builder == "cnn" else build_mlp
     model = build((28, 28, 1), 10, **kwargs)
@@ -88,7 +100,9 @@ def main() -> None:
     for round_number in range(args.rounds):
         for model_name in models:
             for setting in settings:
-                env = common.ENV | {"KERAS_BACKEND": SETTINGS[setting][0]}
+                backend, _, _, onednn = SETTINGS[setting]
+                # Read once, when TensorFlow loads; its default is off on CPUs without AVX-512 (this one).
+                env = common.ENV | {"KERAS_BACKEND": backend, "TF_ENABLE_ONEDNN_OPTS": "1" if onednn else "0"}
                 command = [common.PYTHON, "-m", "bench.step_time", "--one", model_name, setting]
                 timed = common.run_timed(command, common.REPO_ROOT, env=env)
                 seconds = json.loads(timed.stdout.strip().splitlines()[-1])["seconds_per_step"]

@@ -9,8 +9,9 @@ runs, alternately and `--rounds` times each:
 - `baseline`: bench/tutorial.py (plain Keras, 60,000 training images, the test split as
   validation data, the tutorial's batch size);
 - `pipeline`: the train stage (bench/timed_train.py), same architecture and batch size, with
-  the committed defaults (`train.steps_per_execution=64`, `train.jit_compile=false`);
-- `pipeline+xla`: the same with `train.jit_compile=true`;
+  the committed defaults (`train.steps_per_execution=64`, `train.jit_compile=false`,
+  `train.onednn=true`);
+- `pipeline+xla`: the same with `train.jit_compile=true`; `pipeline+no-onednn`: with `train.onednn=false`;
 - `pipeline+spe1` (any `+speN`, also after `+xla`): with `train.steps_per_execution=N`.
 
 followed by the evaluate stage for test accuracy. An epoch's time is taken from the second
@@ -47,14 +48,18 @@ def pipeline_params(model: str, epochs: int, steps_per_execution: int) -> dict:
 
 def variant_params(name: str, steps_per_execution: int) -> dict:
     """The train params of a `pipeline[+xla][+speN]` variant."""
-    params = {"train.jit_compile": False, "train.steps_per_execution": steps_per_execution}
+    params = {"train.jit_compile": False, "train.steps_per_execution": steps_per_execution, "train.onednn": True}
     for option in name.split("+")[1:]:
         if option == "xla":
             params["train.jit_compile"] = True
+        elif option == "no-onednn":
+            params["train.onednn"] = False
         elif option.startswith("spe") and option[3:].isdigit() and int(option[3:]) >= 1:
             params["train.steps_per_execution"] = int(option[3:])
         else:
-            raise SystemExit(f"--variants: unknown option {option!r} in {name!r}; use +xla and/or +speN (N >= 1).")
+            raise SystemExit(
+                f"--variants: unknown option {option!r} in {name!r}; use +xla, +no-onednn and/or +speN (N >= 1)."
+            )
     return params
 
 
@@ -89,7 +94,9 @@ def main() -> None:
     variants = args.variants.split(",")
     for name in variants:
         if name != "baseline" and name.split("+")[0] != "pipeline":
-            raise SystemExit(f"--variants: unknown variant {name!r}; use baseline or pipeline[+xla][+speN].")
+            raise SystemExit(
+                f"--variants: unknown variant {name!r}; use baseline or pipeline[+xla][+no-onednn][+speN]."
+            )
         variant_params(name, args.steps_per_execution)
     runs: dict[str, list[dict]] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory(prefix="bench-speed-") as scratch:

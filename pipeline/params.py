@@ -23,6 +23,7 @@ from pipeline.errors import PipelineError
 DATASETS = ("digits", "iris", "mnist", "fashion_mnist")
 MODELS = ("mlp", "cnn")
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "elu", "selu", "gelu", "silu", "leaky_relu")
+LR_SCHEDULES = ("constant", "cosine")
 OPTIMIZERS = ("adam", "sgd", "rmsprop", "adadelta", "adagrad", "adamax", "nadam", "ftrl")
 DISTRIBUTED_ENGINES = ("none", "jax")
 LAUNCHERS = ("local", "external")
@@ -204,6 +205,7 @@ class CnnParams:
         "kernel_size": integer(1, 15),
         "pool_size": integer(1, 8),
         "pool_after_each_conv": boolean(),
+        "batch_norm": boolean(),
         "dense_units": integer(1),
         "conv_dropout": real(0.0, 1.0, high_open=True),
         "dense_dropout": real(0.0, 1.0, high_open=True),
@@ -212,6 +214,7 @@ class CnnParams:
     kernel_size: int
     pool_size: int
     pool_after_each_conv: bool
+    batch_norm: bool
     dense_units: int
     conv_dropout: float
     dense_dropout: float
@@ -243,6 +246,7 @@ class TrainParams:
         "cnn": CnnParams,
         "optimizer": choice(*OPTIMIZERS),
         "learning_rate": real(0.0, 10.0, low_open=True),
+        "lr_schedule": choice(*LR_SCHEDULES),
         "loss": choice(*LOSSES),
         "batch_size": integer(1, 1_000_000),
         "epochs": integer(1, 100_000),
@@ -250,6 +254,7 @@ class TrainParams:
         "seed": integer(0, 2**32 - 1),
         "jit_compile": boolean(),
         "steps_per_execution": integer(1, 100_000),
+        "onednn": boolean(),
         "distributed": DistributedParams,
     }
     model: str
@@ -257,6 +262,7 @@ class TrainParams:
     cnn: CnnParams
     optimizer: str
     learning_rate: float
+    lr_schedule: str
     loss: str
     batch_size: int
     epochs: int
@@ -264,6 +270,7 @@ class TrainParams:
     seed: int
     jit_compile: bool
     steps_per_execution: int
+    onednn: bool
     distributed: DistributedParams
 
     def cpu_speed_warnings(self) -> list[str]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -34,6 +36,8 @@ def main(args: argparse.Namespace) -> None:
         return
     # Before Keras is imported: the engine picks its backend. (TensorFlow takes seconds to import; a typo should not.)
     distributed.select_backend(params.distributed)
+    # TensorFlow reads this once, when it loads: the param decides, not the shell's environment.
+    os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1" if params.onednn else "0"
     with distributed.membership(params.distributed) as role:
         model, progress = train_model(params, role)
         if role.writes_outputs:  # the other processes of a distributed run write nothing
@@ -54,7 +58,10 @@ def train_model(params: TrainParams, role: distributed.Role) -> tuple[Any, Any]:
     train, val = (load_split(paths.split_file(name), meta["scaling"]) for name in ("train", "val"))
     model_params = distributed.model_params(params)
     training.seed_everything(params.seed, deterministic_ops=not model_params.jit_compile)
-    model = models.build_model(model_params, meta["input_shape"], len(meta["class_names"]))
+    steps_per_epoch = math.ceil(len(train[0]) / params.batch_size)
+    model = models.build_model(
+        model_params, meta["input_shape"], len(meta["class_names"]), steps_per_epoch=steps_per_epoch
+    )
     # A change to any input, to this code, or to a param makes a saved resume state stale.
     inputs = [paths.split_file("train"), paths.split_file("val"), paths.PREPARED_META]
     code = [Path(__file__), Path(training.__file__), Path(models.__file__), Path(distributed.__file__)]

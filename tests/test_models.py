@@ -57,6 +57,18 @@ def test_cnn_pooling_after_each_conv() -> None:
     assert model.count_params() == 32 * 10 + 64 * (9 * 32 + 1) + (1600 * 128 + 128) + (128 * 10 + 10)
 
 
+def test_cnn_batch_norm_sits_between_each_conv_and_its_relu() -> None:
+    cnn = dataclasses.replace(BASE.cnn, pool_after_each_conv=True, batch_norm=True)
+    model = models.build_model(dataclasses.replace(BASE, model="cnn", cnn=cnn), (28, 28, 1), 10)
+    kinds = [type(layer).__name__ for layer in model.layers]
+    conv = ["Conv2D", "BatchNormalization", "Activation", "MaxPooling2D"]
+    assert kinds == ["InputLayer", *conv, *conv, "Dropout", "Flatten", "Dense", "Dropout", "Dense"]
+    convs = [layer for layer in model.layers if type(layer).__name__ == "Conv2D"]
+    assert all(not layer.use_bias and layer.activation.__name__ == "linear" for layer in convs)
+    # Bias-free convolutions; each normalisation holds scale, offset, moving mean and variance per filter.
+    assert model.count_params() == 9 * 32 + 4 * 32 + 9 * 32 * 64 + 4 * 64 + (1600 * 128 + 128) + (128 * 10 + 10)
+
+
 def test_cnn_on_tabular_data_is_a_clear_error() -> None:
     with pytest.raises(PipelineError, match="use train.model=mlp"):
         models.build_model(dataclasses.replace(BASE, model="cnn"), (4,), 3)
@@ -81,3 +93,19 @@ def test_summary_counts_parameters() -> None:
     summary = models.summarize_model(model)
     assert summary["params_total"] == summary["params_trainable"] == 2413
     assert [layer["type"] for layer in summary["layers"]] == ["InputLayer", "Dense", "Dense", "Dense"]
+
+
+@pytest.mark.parametrize(
+    ("schedule", "expected_by_step"),
+    [
+        ("constant", {0: 0.01, 20: 0.01, 40: 0.01}),
+        ("cosine", {0: 0.01, 20: 0.005, 30: 0.01 * (1 - 2**-0.5) / 2, 40: 0.0}),
+    ],
+)
+def test_learning_rate_schedule_over_the_run(schedule: str, expected_by_step: dict[int, float]) -> None:
+    """4 epochs of 10 steps: the cosine reaches half the rate at step 20 and 0 at the run's last step."""
+    params = dataclasses.replace(with_mlp(hidden_units=(8,)), learning_rate=0.01, lr_schedule=schedule, epochs=4)
+    optimizer = models.build_model(params, (4,), 3, steps_per_epoch=10).optimizer
+    for step, expected in expected_by_step.items():
+        optimizer.iterations.assign(step)
+        assert float(optimizer.learning_rate) == pytest.approx(expected, abs=1e-7)

@@ -25,7 +25,12 @@ from pipeline.files import load_npz
 
 EPOCHS = 15
 # Dropout makes the run depend on the random-generator state, which a resume must restore too.
-RUN_PARAMS = {"train.epochs": EPOCHS, "train.early_stopping_patience": 0, "train.mlp.dropout": 0.2}
+RUN_PARAMS = {
+    "train.epochs": EPOCHS,
+    "train.early_stopping_patience": 0,
+    "train.mlp.dropout": 0.2,
+    "train.lr_schedule": "cosine",  # the rate follows the step counter, which a resume must restore too
+}
 
 
 @pytest.fixture(scope="session")
@@ -138,6 +143,23 @@ def test_changed_param_makes_resume_state_stale(prepared_base: Path, tmp_path: P
     assert re.search(r"^Epoch 1/15", result.stdout, re.MULTILINE)
     history = (repo / paths.TRAIN_HISTORY).read_text().splitlines()
     assert len(history) == 1 + EPOCHS and history[1].startswith("1,")
+
+
+def test_onednn_param_decides_over_the_environment(prepared_base: Path, tmp_path: Path) -> None:
+    """Both runs under a shell that asks for oneDNN; the param turns it off in the second. oneDNN's convolutions
+    round differently, so the weights differ only if the param reached TensorFlow (two runs with the same
+    params are byte-identical: the test below)."""
+    weights = []
+    for onednn in (True, False):
+        repo = copy_repo(prepared_base, tmp_path / str(onednn))
+        cnn = {"train.model": "cnn", "train.epochs": 2, "train.steps_per_execution": 1}
+        edit_params(repo, **cnn, **{"train.onednn": onednn})
+        env = ENV | {"TF_ENABLE_ONEDNN_OPTS": "1"}
+        command = [sys.executable, "-m", "stages.train"]
+        result = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, check=False)
+        assert result.returncode == 0, result.stderr
+        weights.append(load_npz_weights(repo))
+    assert any(not np.array_equal(weights[0][name], weights[1][name]) for name in weights[0])
 
 
 def test_same_seed_gives_byte_identical_metrics(prepared_base: Path, uninterrupted: Path, tmp_path: Path) -> None:
