@@ -136,6 +136,7 @@ def main() -> None:
         print(
             f"{name}: optimizer steps {sorted(iterations)} (expected {steps * args.epochs}), "
             f"XLA effective {sorted({r['jit_compile_effective'] for r in summary[name]['runs']})}, "
+            f"oneDNN effective {sorted({str(r['onednn_effective']) for r in summary[name]['runs']})}, "
             f"{len(hashes)} distinct final weights over {len(summary[name]['runs'])} runs"
         )
     common.save_results(f"train_speed_{args.model}", {"machine": info, "command": common.command_line()} | summary)
