@@ -52,26 +52,6 @@ RECIPES: dict[str, dict] = {
             "-S", "train.epochs=25", "-S", "train.early_stopping_patience=5", "-S", "train.steps_per_execution=1",
         ],
     },
-    # Pooled, with batch normalisation after each convolution (the published "2 Conv+pooling+BN" reached 0.934).
-    "fashion-cnn-bn": {
-        "goal": (0.925, 900),
-        "overrides": [
-            *FASHION,
-            "-S", "train.model=cnn", "-S", "train.cnn.pool_after_each_conv=true", "-S", "train.cnn.batch_norm=true",
-            "-S", "train.batch_size=128", "-S", "train.epochs=20", "-S", "train.early_stopping_patience=5",
-            "-S", "train.steps_per_execution=1",
-        ],
-    },
-    # The cheaper CNN with less dropout and a cosine learning rate: finer steps where the constant rate plateaued.
-    "fashion-cnn-cosine": {
-        "goal": (0.925, 900),
-        "overrides": [
-            *FASHION,
-            "-S", "train.model=cnn", "-S", "train.cnn.pool_after_each_conv=true", "-S", "train.batch_size=128",
-            "-S", "train.cnn.conv_dropout=0.1", "-S", "train.cnn.dense_dropout=0.3", "-S", "train.lr_schedule=cosine",
-            "-S", "train.epochs=24", "-S", "train.early_stopping_patience=0", "-S", "train.steps_per_execution=1",
-        ],
-    },
     # The tutorials on MNIST: the dense net 784-784-100-10 (>= 0.98) and the convnet (>= 0.99).
     "mnist-mlp": {
         "goal": (0.98, None),

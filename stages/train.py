@@ -36,8 +36,7 @@ def main(args: argparse.Namespace) -> None:
         return
     # Before Keras is imported: the engine picks its backend. (TensorFlow takes seconds to import; a typo should not.)
     distributed.select_backend(params.distributed)
-    # TensorFlow reads this once, when it loads: the param decides, not the shell's environment.
-    os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1" if params.onednn else "0"
+    select_onednn(params.onednn)
     with distributed.membership(params.distributed) as role:
         model, progress = train_model(params, role)
         if role.writes_outputs:  # the other processes of a distributed run write nothing
@@ -48,6 +47,13 @@ def main(args: argparse.Namespace) -> None:
             write_json_atomic(paths.MODEL_SUMMARY, models.summarize_model(model) | {"best_epoch": progress.best_epoch})
             write_csv_atomic(paths.TRAIN_HISTORY, progress.history)
             shutil.rmtree(paths.RESUME_DIR, ignore_errors=True)  # the run is complete: nothing to resume
+
+
+def select_onednn(enabled: bool) -> None:
+    """TensorFlow reads TF_ENABLE_ONEDNN_OPTS once, when it loads: the param decides, not the shell's environment."""
+    if "tensorflow" in sys.modules:  # e.g. main() called from a notebook that already ran Keras
+        log.warning("train.onednn cannot apply: TensorFlow was loaded earlier in this process and keeps its setting")
+    os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1" if enabled else "0"
 
 
 def train_model(params: TrainParams, role: distributed.Role) -> tuple[Any, Any]:

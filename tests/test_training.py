@@ -123,3 +123,16 @@ def test_jit_compile_param_really_compiles_with_xla() -> None:
         "print(models.build_model(p, (4,), 2).jit_compile)"
     )
     assert run([sys.executable, "-c", probe], PROJECT_ROOT).stdout.strip().splitlines()[-1] == "True"
+
+
+def test_onednn_param_warns_when_tensorflow_is_already_loaded(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As when main() runs in a notebook that already used Keras: the setting cannot apply, and says so."""
+    from stages.train import select_onednn
+
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")  # restored after the test
+    assert "tensorflow" in sys.modules  # this module imports it
+    with caplog.at_level(logging.WARNING):
+        select_onednn(True)
+    assert "train.onednn cannot apply" in caplog.text
