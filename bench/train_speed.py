@@ -47,7 +47,7 @@ def pipeline_params(model: str, epochs: int, steps_per_execution: int) -> dict:
 
 
 def variant_params(name: str, steps_per_execution: int) -> dict:
-    """The train params of a `pipeline[+xla][+speN]` variant."""
+    """The train params of a `pipeline[+xla][+no-onednn][+speN]` variant."""
     params = {"train.jit_compile": False, "train.steps_per_execution": steps_per_execution, "train.onednn": True}
     for option in name.split("+")[1:]:
         if option == "xla":

@@ -70,6 +70,11 @@ def epoch_dataset(
     )
 
 
+def batches_per_epoch(n_examples: int, batch_size: int, *, drop_remainder: bool) -> int:
+    """How many batches `epoch_dataset` yields for one epoch."""
+    return n_examples // batch_size if drop_remainder else math.ceil(n_examples / batch_size)
+
+
 def shard_batches(dataset: tf.data.Dataset, *, batch_size: int, role: distributed.Role) -> tf.data.Dataset:
     """This process's slice of every batch of `dataset` (full batches only: `drop_remainder=True`).
 

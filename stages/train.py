@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import shutil
 import sys
@@ -64,9 +63,11 @@ def train_model(params: TrainParams, role: distributed.Role) -> tuple[Any, Any]:
     train, val = (load_split(paths.split_file(name), meta["scaling"]) for name in ("train", "val"))
     model_params = distributed.model_params(params)
     training.seed_everything(params.seed, deterministic_ops=not model_params.jit_compile)
-    # The length of a cosine schedule. A distributed run drops each epoch's last partial batch (epoch_dataset).
-    batches = len(train[0]) / params.batch_size
-    steps_per_epoch = max(1, math.ceil(batches) if params.distributed.engine == "none" else math.floor(batches))
+    # The length of a cosine schedule; a distributed run drops each epoch's last partial batch (fit_resumable).
+    distributed_run = params.distributed.engine != "none"
+    steps_per_epoch = max(
+        1, training.batches_per_epoch(len(train[0]), params.batch_size, drop_remainder=distributed_run)
+    )
     model = models.build_model(
         model_params, meta["input_shape"], len(meta["class_names"]), steps_per_epoch=steps_per_epoch
     )

@@ -30,10 +30,12 @@ ENV = os.environ | {
 }
 
 
-def run(args: list[str], cwd: Path, *, check: bool = True, timeout: float = 600, **kwargs: Any):
+def run(
+    args: list[str], cwd: Path, *, check: bool = True, timeout: float = 600, env: dict[str, str] = ENV, **kwargs: Any
+):
     """Run a command, capturing text output; on an unexpected exit code show what it printed."""
     result = subprocess.run(
-        args, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout, check=False, **kwargs
+        args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False, **kwargs
     )
     if check and result.returncode != 0:
         raise AssertionError(
@@ -46,9 +48,9 @@ def dvc(repo: Path, *args: str, check: bool = True, timeout: float = 600):
     return run([str(VENV_BIN / "dvc"), *args], repo, check=check, timeout=timeout)
 
 
-def stage(repo: Path, name: str, *args: str, check: bool = False, timeout: float = 600):
+def stage(repo: Path, name: str, *args: str, check: bool = False, timeout: float = 600, env: dict[str, str] = ENV):
     """Run one stage as a user would: `python -m stages.<name>` in the repo's root."""
-    return run([sys.executable, "-m", f"stages.{name}", *args], repo, check=check, timeout=timeout)
+    return run([sys.executable, "-m", f"stages.{name}", *args], repo, check=check, timeout=timeout, env=env)
 
 
 def ran_stages(output: str) -> list[str]:

@@ -154,9 +154,7 @@ def test_onednn_param_decides_over_the_environment(prepared_base: Path, tmp_path
         repo = copy_repo(prepared_base, tmp_path / str(onednn))
         cnn = {"train.model": "cnn", "train.epochs": 2, "train.steps_per_execution": 1}
         edit_params(repo, **cnn, **{"train.onednn": onednn})
-        env = ENV | {"TF_ENABLE_ONEDNN_OPTS": "1"}
-        command = [sys.executable, "-m", "stages.train"]
-        result = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, check=False)
+        result = stage(repo, "train", env=ENV | {"TF_ENABLE_ONEDNN_OPTS": "1"})
         assert result.returncode == 0, result.stderr
         weights.append(load_npz_weights(repo))
     assert any(not np.array_equal(weights[0][name], weights[1][name]) for name in weights[0])

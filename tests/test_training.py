@@ -37,6 +37,8 @@ def test_epoch_dataset_batches_one_epoch_in_its_own_order() -> None:
         np.testing.assert_array_equal(bx.numpy(), by.numpy())  # features and labels stay paired
     full = list(training.epoch_dataset(x, y, batch_size=4, seed=3, epoch=1, drop_remainder=True))
     assert [len(bx) for bx, _ in full] == [4, 4]
+    assert training.batches_per_epoch(10, 4, drop_remainder=False) == len(batches)
+    assert training.batches_per_epoch(10, 4, drop_remainder=True) == len(full)
 
 
 def tiny_problem() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
