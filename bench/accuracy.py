@@ -1,4 +1,4 @@
-"""Goal 2 (accuracy within a CPU budget): run the README's one-line `dvc exp run -S ...` recipes as shipped.
+"""Goal 2 (accuracy within a CPU budget): run the recipes of docs/recipes.yaml as the docs show them.
 
     .venv/bin/python -m bench.accuracy --source /usr/share/datasets/fashion-mnist --recipe fashion-mlp
     .venv/bin/python -m bench.accuracy --recipe mnist-cnn      # needs the internet (Keras's bucket)
@@ -17,57 +17,22 @@ import csv
 import tempfile
 from pathlib import Path
 
+import yaml
+
 from bench import common
 
-FASHION = ["-S", "data.dataset=fashion_mnist", "-S", "data.source={source}"]
-# No recipe uses XLA: on the CPU it made convolutions and dropout 2.6-4.2x slower (bench/step_time.py,
-# BENCHMARKS.md section 1). CNN recipes run one step per call: the train stage's CNN epochs were
-# ~1.4x slower with 64 (bench/train_speed.py --model cnn).
-RECIPES: dict[str, dict] = {
-    # Goal: >= 0.89 test accuracy in <= 3 minutes of training (anchor: MLP 256-128-100, 0.883).
-    "fashion-mlp": {
-        "goal": (0.89, 180),
-        "overrides": [
-            *FASHION,
-            "-S", "train.mlp.hidden_units=[512,256]", "-S", "train.mlp.dropout=0.2",
-            "-S", "train.batch_size=64", "-S", "train.epochs=16", "-S", "train.early_stopping_patience=5",
-        ],
-    },
-    # Goal: >= 0.925 in <= 15 minutes (anchor: a 2-conv net under 100K parameters, 0.925).
-    "fashion-cnn": {
-        "goal": (0.925, 900),
-        "overrides": [
-            *FASHION,
-            "-S", "train.model=cnn", "-S", "train.batch_size=128", "-S", "train.epochs=15",
-            "-S", "train.early_stopping_patience=4", "-S", "train.steps_per_execution=1",
-        ],
-    },
-    # The same goal with pooling after each convolution: ~4.5x less arithmetic per epoch than the tutorial CNN.
-    "fashion-cnn-small": {
-        "goal": (0.925, 900),
-        "overrides": [
-            *FASHION,
-            "-S", "train.model=cnn", "-S", "train.cnn.pool_after_each_conv=true", "-S", "train.batch_size=128",
-            "-S", "train.cnn.conv_dropout=0.1", "-S", "train.cnn.dense_dropout=0.3",
-            "-S", "train.epochs=25", "-S", "train.early_stopping_patience=5", "-S", "train.steps_per_execution=1",
-        ],
-    },
-    # The tutorials on MNIST: the dense net 784-784-100-10 (>= 0.98) and the convnet (>= 0.99).
-    "mnist-mlp": {
-        "goal": (0.98, None),
-        "overrides": [
-            "-S", "data.dataset=mnist", "-S", "train.mlp.hidden_units=[784,100]", "-S", "train.epochs=20",
-            "-S", "train.early_stopping_patience=5",
-        ],
-    },
-    "mnist-cnn": {
-        "goal": (0.99, None),
-        "overrides": [
-            "-S", "data.dataset=mnist", "-S", "train.model=cnn", "-S", "train.batch_size=128",
-            "-S", "train.epochs=12", "-S", "train.early_stopping_patience=4", "-S", "train.steps_per_execution=1",
-        ],
-    },
-}  # fmt: skip
+# The recipes live in docs/recipes.yaml, which the docs' tests read too: this script measures exactly
+# the commands the docs show.
+RECIPES: dict[str, dict] = yaml.safe_load((common.REPO_ROOT / "docs" / "recipes.yaml").read_text())
+
+
+def recipe_overrides(name: str, source: Path) -> list[str]:
+    """The recipe's `-S` arguments, with data.source pointed at `source` where the recipe sets one."""
+    overrides = []
+    for item in RECIPES[name]["set"]:
+        key = item.partition("=")[0]
+        overrides += ["-S", f"{key}={source}" if key == "data.source" else item]
+    return overrides
 
 
 def data_overrides(overrides: list[str]) -> dict[str, str]:
@@ -84,7 +49,7 @@ def main() -> None:
     rows = []
     for name in args.recipe:
         recipe = RECIPES[name]
-        overrides = [item.format(source=args.source) for item in recipe["overrides"]]
+        overrides = recipe_overrides(name, args.source)
         with tempfile.TemporaryDirectory(prefix="bench-accuracy-") as scratch:
             repo = common.make_workdir(Path(scratch) / "repo")
             common.set_params(repo, data_overrides(overrides))
@@ -104,7 +69,7 @@ def main() -> None:
             "best_epoch": best_epoch,
             "val_accuracy_by_epoch": val_accuracy,
             "stages_run": ran,
-            "goal": recipe["goal"],
+            "goal": [recipe["goal"]["accuracy"], recipe["goal"].get("seconds")],
         }
         rows.append(row)
         print(row, flush=True)

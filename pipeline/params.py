@@ -80,6 +80,7 @@ def choice(*names: str) -> Rule:
             raise _Invalid(f"one of {', '.join(names)}")
         return value
 
+    rule.names = names  # what params.yaml's comments list (tests/test_docs.py compares them)
     return rule
 
 

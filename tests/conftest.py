@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from bench.common import set_params
+import yaml
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -58,12 +57,27 @@ def ran_stages(output: str) -> list[str]:
     return re.findall(r"Running stage '([^']+)'", output)
 
 
-def edit_params(repo: Path, **changes: Any) -> None:
-    """Set dotted keys in the repo's params.yaml, e.g. edit_params(repo, **{"train.epochs": 3}).
+def apply_params(document: dict[str, Any], changes: dict[str, Any]) -> None:
+    """Set dotted keys, e.g. {"train.epochs": 3}, in a parsed params.yaml; a key it lacks is a KeyError.
 
-    The benchmarks' editor, so a key that is not in params.yaml fails loudly here too.
+    As `dvc exp run -S` does: a key that is not in params.yaml is refused, not added (a test's typo fails).
     """
-    set_params(repo, changes)
+    for dotted, value in changes.items():
+        *parents, last = dotted.split(".")
+        section = document
+        for key in parents:
+            section = section[key]
+        if last not in section:
+            raise KeyError(f"{dotted} is not in params.yaml")
+        section[last] = value
+
+
+def edit_params(repo: Path, **changes: Any) -> None:
+    """Set dotted keys in the repo's params.yaml, e.g. edit_params(repo, **{"train.epochs": 3})."""
+    path = repo / "params.yaml"
+    document = yaml.safe_load(path.read_text())
+    apply_params(document, changes)
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
 
 
 def git_commit(repo: Path, message: str) -> None:
