@@ -49,11 +49,13 @@ ENV = os.environ | {
 
 def machine_info() -> dict[str, Any]:
     """What BENCHMARKS.md must name: cores, CPU model, library versions."""
-    cpu = "unknown"
+    cpu, flags = "unknown", set()
     with open("/proc/cpuinfo", encoding="utf-8") as handle:
         for line in handle:
-            if line.startswith("model name"):
+            if line.startswith("model name") and cpu == "unknown":
                 cpu = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
                 break
     versions = {}
     for package in ("tensorflow-cpu", "keras", "numpy", "dvc", "jax"):
@@ -64,6 +66,8 @@ def machine_info() -> dict[str, Any]:
     return {
         "nproc": os.cpu_count(),
         "cpu": cpu,
+        # Ratios measured on one kind of CPU do not carry to another: these decide oneDNN's and bfloat16's speed.
+        "cpu_flags": sorted(flags & {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile"}),
         "python": platform.python_version(),
         "versions": versions,
         "loadavg_at_start": os.getloadavg()[0],
@@ -72,7 +76,8 @@ def machine_info() -> dict[str, Any]:
 
 def describe_machine(info: dict[str, Any]) -> str:
     libs = ", ".join(f"{name} {version}" for name, version in info["versions"].items())
-    return f"{info['nproc']} cores ({info['cpu']}), Python {info['python']}, {libs}"
+    flags = " ".join(info.get("cpu_flags", [])) or "none of avx2/avx512/amx"
+    return f"{info['nproc']} cores ({info['cpu']}; {flags}), Python {info['python']}, {libs}"
 
 
 # ----------------------------------------------------------------------------- processes

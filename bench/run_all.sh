@@ -1,16 +1,25 @@
 #!/usr/bin/env bash
-# Every measurement behind BENCHMARKS.md, in the order it reports them (about 2 h on 2 cores).
-# Each script prints its table and writes bench/results/<name>.json; see its docstring for details.
+# Every measurement behind a row of BENCHMARKS.md, in its order (several hours on 2 cores: the accuracy
+# recipes alone take ~35 min). Each script prints its table and writes the bench/results/ file the row names.
 # Usage: bench/run_all.sh [FASHION_MNIST_DIR]   (default: Debian's dataset-fashion-mnist location)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SOURCE="${1:-/usr/share/datasets/fashion-mnist}"
 PY=.venv/bin/python
 export DVC_NO_ANALYTICS=1
+# 1a, 4a: the train stage against the tutorial script, dense net
 $PY -m bench.train_speed --model mlp --source "$SOURCE" --rounds 3 --epochs 3
+# 1b: the same, tutorial CNN; then oneDNN on and off in the train stage
+$PY -m bench.train_speed --model cnn --source "$SOURCE" --rounds 3 --epochs 2 --variants baseline,pipeline,pipeline+spe1
+$PY -m bench.train_speed --model cnn --source "$SOURCE" --rounds 3 --epochs 2 \
+    --variants baseline,pipeline+spe1,pipeline+spe1+no-onednn --results train_speed_cnn_onednn
+# 1c: one training step per speed setting (the settings the recipes use and the stage warns about)
 $PY -m bench.step_time --rounds 3
-$PY -m bench.train_speed --model cnn --source "$SOURCE" --rounds 3 --epochs 2 --variants baseline,pipeline,pipeline+spe1,pipeline+spe1+no-onednn
-$PY -m bench.accuracy --source "$SOURCE" --recipe fashion-mlp --recipe fashion-cnn-small
+$PY -m bench.step_time --rounds 3 --settings "tf,tf spe64,tf onednn,tf onednn spe64" --results step_time_onednn
+# 2a, 2b: the recipes of docs/recipes.yaml (the tutorial CNN's alone is over 15 min)
+$PY -m bench.accuracy --source "$SOURCE" --recipe fashion-mlp --recipe fashion-cnn-small --recipe fashion-cnn
+# 3a-3c: overhead; 4b: the prepared files' format; 5: scaling; 6: one against two processes
 $PY -m bench.overhead --source "$SOURCE" --rounds 5
 $PY -m bench.npz_format --source "$SOURCE" --rounds 3
 $PY -m bench.scaling --source "$SOURCE" --epochs 1
+$PY -m bench.distributed --source "$SOURCE" --epochs 2

@@ -89,6 +89,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--settings", default=",".join(SETTINGS))
+    parser.add_argument("--results", default="step_time", help="name of the bench/results/ file (default: %(default)s)")
     parser.add_argument("--one", nargs=2, metavar=("MODEL", "SETTING"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -123,7 +124,7 @@ def main() -> None:
             f"| {model_name} ({batch_size}) | {setting} | {step * 1000:.1f} | {epoch:.1f} | {reference / step:.2f}x "
             f"| {', '.join(f'{v * 1000:.0f}' for v in values)} |"
         )
-    common.save_results("step_time", {"machine": info, "command": common.command_line(), "rows": rows})
+    common.save_results(args.results, {"machine": info, "command": common.command_line(), "rows": rows})
 
 
 if __name__ == "__main__":

@@ -89,6 +89,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2, help="per run; the first epoch is not timed")
     parser.add_argument("--steps-per-execution", type=int, default=64, help="train.steps_per_execution")
     parser.add_argument("--variants", default="baseline,pipeline,pipeline+xla")
+    parser.add_argument("--results", help="name of the bench/results/ file (default: train_speed_MODEL)")
     args = parser.parse_args()
     info = common.machine_info()
     variants = args.variants.split(",")
@@ -139,7 +140,8 @@ def main() -> None:
             f"oneDNN effective {sorted({str(r['onednn_effective']) for r in summary[name]['runs']})}, "
             f"{len(hashes)} distinct final weights over {len(summary[name]['runs'])} runs"
         )
-    common.save_results(f"train_speed_{args.model}", {"machine": info, "command": common.command_line()} | summary)
+    payload = {"machine": info, "command": common.command_line()} | summary
+    common.save_results(args.results or f"train_speed_{args.model}", payload)
 
 
 if __name__ == "__main__":
