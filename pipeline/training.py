@@ -98,6 +98,8 @@ class Progress:
     best_epoch: int = 0
     wait: int = 0  # epochs since the best one, for early stopping
     finished: bool = False
+    # The per-epoch history lives in the resume state, not in a DVCLive callback: after a resume it is
+    # rebuilt from this one file, so reports/train_history.csv has exactly one writer.
     history: list[dict[str, float]] = field(default_factory=list)
 
 

@@ -490,6 +490,14 @@ def test_exp_runs_in_sequence_each_do_what_they_say(page: str) -> None:
         )
 
 
+@pytest.mark.parametrize("page", SEQUENCE_PAGES)
+def test_experiment_names_are_unique_on_a_page(page: str) -> None:
+    """DVC refuses a second experiment of the same name: a page followed top to bottom must not need -f."""
+    runs = [command for command in page_commands(page) if is_exp_run(command) and "-n" in command]
+    names = [command[command.index("-n") + 1] for command in runs]
+    assert len(names) == len(set(names)), f"{page}: experiment names used twice: {names}"
+
+
 TOY_STAGE = """\
 stages:
   record:
