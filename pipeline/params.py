@@ -317,7 +317,9 @@ def parse_section(cls: type[Section], raw: Any, where: str = "params.yaml") -> S
     values = {}
     for key, rule in rules.items():
         if key not in raw:
-            raise PipelineError(f"{where}: key '{name}.{key}' is missing; add it (README lists every key).")
+            raise PipelineError(
+                f"{where}: key '{name}.{key}' is missing; add it (the committed params.yaml has every key)."
+            )
         if dataclasses.is_dataclass(rule):
             values[key] = parse_section(rule, raw[key], where)
             continue

@@ -2,7 +2,7 @@
 
 Why not Keras's BackupAndRestore + ModelCheckpoint + EarlyStopping: they do not
 save the dropout generators' state, EarlyStopping's counters or the best
-metric so far, and they write files in place (see README, "Resume"). Here one
+metric so far, and they write files in place (see docs/resume-and-determinism.md). Here one
 callback keeps all of it in one state file, rewritten atomically after every
 epoch, and the resume rule sits beside the save rule.
 """
@@ -46,7 +46,7 @@ def epoch_order(n_examples: int, seed: int, epoch: int) -> np.ndarray:
     """The training order of one epoch: a function of (seed, epoch) only, so a resumed run replays it.
 
     (Keras's own `shuffle=True` with a fixed seed repeats one order every epoch on
-    the TensorFlow backend; see FINDINGS in the README.)
+    the TensorFlow backend; measured: its input iterator is re-seeded each epoch.)
     """
     return np.random.default_rng([seed, epoch]).permutation(n_examples)
 

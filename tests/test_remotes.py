@@ -104,7 +104,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 
 
 def add_s3_remote(repo: Path, endpoint: str) -> None:
-    """The README's commands: the remote in .dvc/config (committed), the keys in .dvc/config.local (git-ignored)."""
+    """As docs/remotes-and-ci.md says: the remote in .dvc/config (committed), the keys in .dvc/config.local."""
     dvc(repo, "remote", "add", "--default", "team", f"s3://{BUCKET}/project")
     dvc(repo, "remote", "modify", "team", "endpointurl", endpoint)
     dvc(repo, "remote", "modify", "--local", "team", "access_key_id", ACCESS_KEY_ID)
@@ -159,7 +159,7 @@ def assert_pulled_clone_matches(origin: Path, pulled: Path) -> None:
 
 
 def test_s3_extra_is_what_the_lock_installs(project_repo: Path) -> None:
-    """`pip install -e '.[s3]'` (the README's way to add S3 support) needs nothing beyond requirements.lock."""
+    """`pip install -e '.[s3]'` (docs/remotes-and-ci.md) needs nothing beyond requirements.lock."""
     result = run(
         [sys.executable, "-m", "pip", "install", "--dry-run", "--no-index", "--no-build-isolation", "-e", ".[s3,dev]"],
         project_repo,
