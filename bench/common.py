@@ -167,10 +167,6 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 # ----------------------------------------------------------------------------- data
 
 
