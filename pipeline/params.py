@@ -273,6 +273,20 @@ class TrainParams:
     onednn: bool
     distributed: DistributedParams
 
+    def check_combinations(self, where: str) -> None:
+        """The checks no single key's rule can make: `train.distributed` against the rest of `train`."""
+        dist = self.distributed
+        if dist.engine == "none" and dist.processes != 1:
+            raise PipelineError(
+                f"{where}: 'train.distributed.processes' is {dist.processes}, but engine 'none' trains in one "
+                "process; set 'train.distributed.engine' to jax, or processes to 1."
+            )
+        if self.batch_size % dist.processes:
+            raise PipelineError(
+                f"{where}: 'train.batch_size' is {self.batch_size}, which {dist.processes} processes cannot split "
+                f"evenly ('train.distributed.processes'); use a batch size that is a multiple of {dist.processes}."
+            )
+
     def cpu_speed_warnings(self) -> list[str]:
         """Speed settings measured to slow this model down on a CPU (bench/step_time.py), as sentences to log."""
         if self.distributed.engine != "none":  # engine jax compiles every step, whatever jit_compile says
@@ -326,7 +340,10 @@ def parse_section(cls: type[Section], raw: Any, where: str = "params.yaml") -> S
             raise PipelineError(
                 f"{where}: '{name}.{key}' is {_describe(raw[key])}, but it must be {allowed}."
             ) from None
-    return cls(**values)
+    section = cls(**values)
+    if hasattr(section, "check_combinations"):  # a section whose keys constrain each other checks them here
+        section.check_combinations(where)
+    return section
 
 
 def read_params_file(path: Path = paths.PARAMS) -> dict[str, Any]:

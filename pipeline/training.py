@@ -9,6 +9,7 @@ epoch, and the resume rule sits beside the save rule.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -16,18 +17,35 @@ import math
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline import distributed
 from pipeline.files import atomic_path, load_npz
+from pipeline.params import TrainParams, section_as_dict
+
+if TYPE_CHECKING:  # a one-process run never imports pipeline.distributed
+    from pipeline.distributed import Role
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.npz"
+
+
+def model_params(params: TrainParams) -> TrainParams:
+    """The params the model is built with. The JAX backend compiles the training step by itself (XLA);
+    `jit_compile: false` there would mean running it op by op, ~20x slower, so engine jax always compiles."""
+    return dataclasses.replace(params, jit_compile=True) if params.distributed.engine == "jax" else params
+
+
+def fingerprint_params(params: TrainParams) -> dict[str, Any]:
+    """The `train` params that shape the result, as `run_fingerprint` takes them. Not how the processes are
+    started or found: a resumed run may come back on other nodes, with another coordinator address."""
+    values = section_as_dict(params)
+    values["distributed"] = {key: values["distributed"][key] for key in ("engine", "processes")}
+    return values
 
 
 def seed_everything(seed: int, *, deterministic_ops: bool = True) -> None:
@@ -75,7 +93,7 @@ def batches_per_epoch(n_examples: int, batch_size: int, *, drop_remainder: bool)
     return n_examples // batch_size if drop_remainder else math.ceil(n_examples / batch_size)
 
 
-def shard_batches(dataset: tf.data.Dataset, *, batch_size: int, role: distributed.Role) -> tf.data.Dataset:
+def shard_batches(dataset: tf.data.Dataset, *, batch_size: int, role: Role) -> tf.data.Dataset:
     """This process's slice of every batch of `dataset` (full batches only: `drop_remainder=True`).
 
     The slices of all processes together form the one-process batch, in the same order. A partial
@@ -190,7 +208,7 @@ def fit_resumable(
     seed: int,
     state_dir: Path,
     fingerprint: str,
-    role: distributed.Role | None = None,
+    role: Role | None = None,
 ) -> Progress:
     """Fit `model` (compiled, seeded) and leave it holding its best epoch's weights.
 
@@ -204,7 +222,7 @@ def fit_resumable(
     progress, best = restored if restored else (Progress(fingerprint=fingerprint), [])
     writer = role is None or role.writes_outputs
     if role is not None:
-        distributed.agree(role, progress.epochs_done, "the number of epochs already done (the resume state)")
+        role.agree(progress.epochs_done, "the number of epochs already done (the resume state)")
     if restored and progress.finished:
         log.info("training had already finished (epoch %d); exporting the best model", progress.epochs_done)
     elif restored:

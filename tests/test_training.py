@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import PROJECT_ROOT, run
+from conftest import PROJECT_ROOT, copy_repo, edit_params, run
 
-from pipeline import models, training
+from pipeline import models, paths, training
 from pipeline.params import TrainParams, parse_section
 
 BASE = parse_section(TrainParams, yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())["train"])
@@ -138,3 +138,16 @@ def test_onednn_param_warns_when_tensorflow_is_already_loaded(
     with caplog.at_level(logging.WARNING):
         select_onednn(True)
     assert "train.onednn cannot apply" in caplog.text
+
+
+def test_one_process_run_does_not_pass_through_the_distributed_modules(digits_run: Path, tmp_path: Path) -> None:
+    """Engine none: the train stage's params go stage -> training -> models -> files, never through distribution."""
+    repo = copy_repo(digits_run, tmp_path / "repo")
+    edit_params(repo, **{"train.epochs": 2})
+    probe = (
+        "import argparse, sys; from stages import train; train.main(argparse.Namespace(quiet=True)); "
+        "print(sorted(m for m in sys.modules if m in ('pipeline.distributed', 'pipeline.launcher')))"
+    )
+    result = run([sys.executable, "-c", probe], repo)
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+    assert len((repo / paths.TRAIN_HISTORY).read_text().splitlines()) == 1 + 2  # it did train, just now
