@@ -78,14 +78,9 @@ def train_model(params: TrainParams, role: Role | None = None) -> tuple[Any, Any
     model = models.build_model(
         model_params, meta["input_shape"], len(meta["class_names"]), steps_per_epoch=steps_per_epoch
     )
-    # A change to any input, to this code, or to a param makes a saved resume state stale.
+    # A change to any input, to the code, or to a param makes a saved resume state stale.
     inputs = [paths.split_file("train"), paths.split_file("val"), paths.PREPARED_META]
-    code = [
-        Path(__file__),
-        Path(training.__file__),
-        Path(models.__file__),
-        Path(training.__file__).with_name("distributed.py"),
-    ]
+    code = training.code_files(Path(__file__))
     progress = training.fit_resumable(
         model, train, val,
         epochs=params.epochs, batch_size=params.batch_size, patience=params.early_stopping_patience,

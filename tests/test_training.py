@@ -151,3 +151,10 @@ def test_one_process_run_does_not_pass_through_the_distributed_modules(digits_ru
     result = run([sys.executable, "-c", probe], repo)
     assert result.stdout.strip().splitlines()[-1] == "[]"
     assert len((repo / paths.TRAIN_HISTORY).read_text().splitlines()) == 1 + 2  # it did train, just now
+
+
+def test_resume_fingerprint_covers_every_code_dep_of_the_train_stage() -> None:
+    # dvc.yaml's code deps are the modules the stage imports (tests/test_dvc_yaml.py checks that).
+    deps = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]["train"]["deps"]
+    covered = {str(path.relative_to(PROJECT_ROOT)) for path in training.code_files(PROJECT_ROOT / "stages/train.py")}
+    assert {dep for dep in deps if dep.endswith(".py")} <= covered
