@@ -88,17 +88,25 @@ def epoch_dataset(
     )
 
 
-def batches_per_epoch(n_examples: int, batch_size: int, *, drop_remainder: bool) -> int:
-    """How many batches `epoch_dataset` yields for one epoch."""
-    return n_examples // batch_size if drop_remainder else math.ceil(n_examples / batch_size)
+def full_batches_only(role: Role | None) -> bool:
+    """The drop-remainder rule of a run, stated here only: a distributed run (`role` given) trains on full batches.
+
+    A partial batch cannot be split evenly among the processes (`shard_batches`), so each epoch of a
+    distributed run leaves out its last `len(x) % batch_size` examples (a different few each epoch:
+    the order changes). A one-process run trains on every example; its last batch may be partial.
+    """
+    return role is not None
+
+
+def batches_per_epoch(n_examples: int, batch_size: int, role: Role | None = None) -> int:
+    """How many batches one epoch of the run takes (`epoch_dataset` under `full_batches_only`)."""
+    return n_examples // batch_size if full_batches_only(role) else math.ceil(n_examples / batch_size)
 
 
 def shard_batches(dataset: tf.data.Dataset, *, batch_size: int, role: Role) -> tf.data.Dataset:
-    """This process's slice of every batch of `dataset` (full batches only: `drop_remainder=True`).
+    """This process's slice of every batch of `dataset`, whose batches must all be full (`full_batches_only`).
 
-    The slices of all processes together form the one-process batch, in the same order. A partial
-    batch cannot be split evenly, so with a distributed engine each epoch trains on
-    `len(x) // batch_size` full batches (a different remainder is left out each epoch: the order changes).
+    The slices of all processes together form the one-process batch, in the same order.
     """
     share = batch_size // role.count
     start, stop = role.index * share, (role.index + 1) * share
@@ -235,7 +243,7 @@ def fit_resumable(
         if progress.finished:
             break
         dataset = epoch_dataset(
-            x_train, y_train, batch_size=batch_size, seed=seed, epoch=epoch, drop_remainder=role is not None
+            x_train, y_train, batch_size=batch_size, seed=seed, epoch=epoch, drop_remainder=full_batches_only(role)
         )
         if role is not None:
             dataset = shard_batches(dataset, batch_size=batch_size, role=role)

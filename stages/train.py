@@ -71,10 +71,7 @@ def train_model(params: TrainParams, role: Role | None = None) -> tuple[Any, Any
     train, val = (load_split(paths.split_file(name), meta["scaling"]) for name in ("train", "val"))
     model_params = training.model_params(params)
     training.seed_everything(params.seed, deterministic_ops=not model_params.jit_compile)
-    # The length of a cosine schedule; a distributed run drops each epoch's last partial batch (fit_resumable).
-    steps_per_epoch = max(
-        1, training.batches_per_epoch(len(train[0]), params.batch_size, drop_remainder=role is not None)
-    )
+    steps_per_epoch = max(1, training.batches_per_epoch(len(train[0]), params.batch_size, role))  # a cosine's length
     model = models.build_model(
         model_params, meta["input_shape"], len(meta["class_names"]), steps_per_epoch=steps_per_epoch
     )

@@ -13,6 +13,7 @@ import yaml
 from conftest import PROJECT_ROOT, copy_repo, edit_params, run
 
 from pipeline import models, paths, training
+from pipeline.distributed import Role
 from pipeline.params import TrainParams, parse_section
 
 BASE = parse_section(TrainParams, yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())["train"])
@@ -37,8 +38,9 @@ def test_epoch_dataset_batches_one_epoch_in_its_own_order() -> None:
         np.testing.assert_array_equal(bx.numpy(), by.numpy())  # features and labels stay paired
     full = list(training.epoch_dataset(x, y, batch_size=4, seed=3, epoch=1, drop_remainder=True))
     assert [len(bx) for bx, _ in full] == [4, 4]
-    assert training.batches_per_epoch(10, 4, drop_remainder=False) == len(batches)
-    assert training.batches_per_epoch(10, 4, drop_remainder=True) == len(full)
+    # The run's rule: one process takes every example, a distributed run full batches only.
+    assert training.batches_per_epoch(10, 4) == len(batches)
+    assert training.batches_per_epoch(10, 4, Role(index=0, count=2)) == len(full)
 
 
 def tiny_problem() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
