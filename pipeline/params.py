@@ -38,6 +38,19 @@ LOSSES = (
 )
 
 
+# Keys that decide how fast the train stage runs, or how its processes find each other, but never the model it
+# trains (steps_per_execution only groups the same steps into fewer backend calls: bit-identical weights for any
+# value, tests/test_training.py). They are deliberately not in the train stage's `params:` in dvc.yaml, nor in the
+# resume fingerprint, so that changing only them retrains nothing (tests/test_dvc_yaml.py checks both, with DVC);
+# `dvc params diff` and `dvc exp show` still show them, as they show every key of params.yaml.
+EXECUTION_ONLY = (
+    "train.steps_per_execution",
+    "train.distributed.launcher",
+    "train.distributed.coordinator",
+    "train.distributed.join_timeout",
+)
+
+
 class _Invalid(Exception):
     """Raised by a rule with the 'what is allowed' half of the sentence."""
 

@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline.files import atomic_path, load_npz
-from pipeline.params import TrainParams, section_as_dict
+from pipeline.params import EXECUTION_ONLY, TrainParams, section_as_dict
 
 if TYPE_CHECKING:  # a one-process run never imports pipeline.distributed
     from pipeline.distributed import Role
@@ -41,10 +41,15 @@ def model_params(params: TrainParams) -> TrainParams:
 
 
 def fingerprint_params(params: TrainParams) -> dict[str, Any]:
-    """The `train` params that shape the result, as `run_fingerprint` takes them. Not how the processes are
-    started or found: a resumed run may come back on other nodes, with another coordinator address."""
+    """The `train` params that shape the result, as `run_fingerprint` takes them: not the `EXECUTION_ONLY` keys
+    (a resumed run may come back on other nodes, with another coordinator address, or run more steps per call)."""
     values = section_as_dict(params)
-    values["distributed"] = {key: values["distributed"][key] for key in ("engine", "processes")}
+    for dotted in EXECUTION_ONLY:
+        *parents, last = dotted.split(".")[1:]  # below "train"
+        section = values
+        for key in parents:
+            section = section[key]
+        del section[last]
     return values
 
 
