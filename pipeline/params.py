@@ -42,8 +42,8 @@ LOSSES = (
 # trains (steps_per_execution only groups the same steps into fewer backend calls: bit-identical weights for any
 # value, tests/test_training.py; measured so on TensorFlow and JAX, with XLA and without). They are deliberately
 # not in the train stage's `params:` in dvc.yaml, nor in the resume fingerprint, so that changing only them
-# retrains nothing (tests/test_dvc_yaml.py checks both, with DVC); `dvc params diff` and `dvc exp show` still
-# show them, as they show every key of params.yaml.
+# retrains nothing (tests/test_dvc_yaml.py checks it with DVC, tests/test_training.py the fingerprint);
+# `dvc params diff` and `dvc exp show` still show them, as they show every key of params.yaml.
 EXECUTION_ONLY = (
     "train.steps_per_execution",
     "train.distributed.launcher",

@@ -160,3 +160,14 @@ def test_resume_fingerprint_covers_every_code_dep_of_the_train_stage() -> None:
     deps = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]["train"]["deps"]
     covered = {str(path.relative_to(PROJECT_ROOT)) for path in training.code_files(PROJECT_ROOT / "stages/train.py")}
     assert {dep for dep in deps if dep.endswith(".py")} <= covered
+
+
+def test_execution_only_params_leave_the_resume_fingerprint_alone() -> None:
+    """A resumed run may come back with other execution settings (more steps per call, another coordinator)."""
+    other = dataclasses.replace(
+        BASE,
+        steps_per_execution=1,
+        distributed=dataclasses.replace(BASE.distributed, launcher="external", coordinator="h:1", join_timeout=9),
+    )
+    assert training.fingerprint_params(other) == training.fingerprint_params(BASE)
+    assert training.fingerprint_params(dataclasses.replace(BASE, seed=7)) != training.fingerprint_params(BASE)
