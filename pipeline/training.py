@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -222,13 +223,17 @@ def fit_resumable(
     state_dir: Path,
     fingerprint: str,
     role: Role | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> Progress:
     """Fit `model` (compiled, seeded) and leave it holding its best epoch's weights.
 
     Resumes from `state_dir` when it holds the state of this very run
     (same `fingerprint`); the caller clears that state once the model is saved.
     With a distributed engine (`role`), every process runs this on its share of each
-    batch, and only process 0 writes the state.
+    batch, and only process 0 writes the state. `callbacks` are Keras callbacks of the
+    caller's, e.g. to time or log epochs (bench/timed_train.py): every epoch's `fit` runs
+    them after the one that keeps the best epoch and saves the state. Each epoch is its own
+    `fit` call, so their `on_train_begin`/`on_train_end` come once per epoch too.
     """
     state_path = state_dir / STATE_FILE
     restored = load_state(state_path, model, fingerprint)
@@ -258,7 +263,7 @@ def fit_resumable(
             initial_epoch=epoch,
             validation_data=val,
             shuffle=False,  # the dataset is already in its epoch's order
-            callbacks=[epoch_end],
+            callbacks=[epoch_end, *callbacks],
             # A progress bar on a terminal; one line per epoch in CI logs; from process 0 only.
             verbose=(1 if sys.stdout.isatty() else 2) if writer else 0,
         )

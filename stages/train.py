@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,19 +29,23 @@ if TYPE_CHECKING:
 log = logging.getLogger("train")
 
 
-def main(args: argparse.Namespace) -> None:
+def main(args: argparse.Namespace, *, callbacks: Callable[[], Sequence[Any]] = tuple) -> None:
+    """Run the stage. `callbacks` is the extension point for tools that watch training (bench/timed_train.py):
+    a function called once, after TensorFlow has loaded (so that it can build Keras callbacks without loading
+    TensorFlow before this stage has set its environment), returning callbacks that run after every epoch's
+    own (`pipeline.training.fit_resumable`). Processes that the `local` launcher starts run without them."""
     params = load_params(TrainParams)
     for warning in params.cpu_speed_warnings():
         log.warning(warning)
     if params.distributed.engine != "none":
-        train_distributed(params, sys.argv[1:])
+        train_distributed(params, sys.argv[1:], callbacks)
         return
     select_onednn(params.onednn)  # before TensorFlow is imported (it takes seconds to import; a typo should not)
-    model, progress = train_model(params)
+    model, progress = train_model(params, callbacks=callbacks)
     save_outputs(model, progress)
 
 
-def train_distributed(params: TrainParams, argv: list[str]) -> None:
+def train_distributed(params: TrainParams, argv: list[str], callbacks: Callable[[], Sequence[Any]] = tuple) -> None:
     """A run of engine jax: start the processes (launcher `local`), or be one of them and train."""
     from pipeline import distributed, launcher
 
@@ -50,7 +55,7 @@ def train_distributed(params: TrainParams, argv: list[str]) -> None:
     distributed.select_backend(params.distributed)  # before Keras is imported: the engine picks its backend
     select_onednn(params.onednn)
     with distributed.membership(params.distributed) as role:
-        model, progress = train_model(params, role)
+        model, progress = train_model(params, role, callbacks=callbacks)
         if role.writes_outputs:  # the other processes write nothing
             distributed.stop_distributing()
             save_outputs(model, progress)
@@ -63,9 +68,13 @@ def select_onednn(enabled: bool) -> None:
     os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1" if enabled else "0"
 
 
-def train_model(params: TrainParams, role: Role | None = None) -> tuple[Any, Any]:
+def train_model(
+    params: TrainParams, role: Role | None = None, *, callbacks: Callable[[], Sequence[Any]] = tuple
+) -> tuple[Any, Any]:
     """Build and fit the model (this process's share of it, given the `role` of a distributed run)."""
     from pipeline import models, training
+
+    extra_callbacks = callbacks()  # TensorFlow has loaded now (see main)
 
     meta = read_json(paths.PREPARED_META)
     train, val = (load_split(paths.split_file(name), meta["scaling"]) for name in ("train", "val"))
@@ -83,7 +92,7 @@ def train_model(params: TrainParams, role: Role | None = None) -> tuple[Any, Any
         epochs=params.epochs, batch_size=params.batch_size, patience=params.early_stopping_patience,
         seed=params.seed, state_dir=paths.RESUME_DIR,
         fingerprint=training.run_fingerprint(training.fingerprint_params(params), inputs + code),
-        role=role,
+        role=role, callbacks=extra_callbacks,
     )  # fmt: skip
     return model, progress
 

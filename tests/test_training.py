@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from conftest import PROJECT_ROOT, copy_repo, edit_params, run
 
 from pipeline import models, paths, training
 from pipeline.distributed import Role
+from pipeline.files import load_npz
 from pipeline.params import TrainParams, parse_section
 
 BASE = parse_section(TrainParams, yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())["train"])
@@ -171,3 +173,24 @@ def test_execution_only_params_leave_the_resume_fingerprint_alone() -> None:
     )
     assert training.fingerprint_params(other) == training.fingerprint_params(BASE)
     assert training.fingerprint_params(dataclasses.replace(BASE, seed=7)) != training.fingerprint_params(BASE)
+
+
+def test_callbacks_of_the_caller_run_after_each_epoch_is_saved(tmp_path: Path) -> None:
+    """The extension point bench/timed_train.py uses: a caller's callback sees every epoch, its state already saved."""
+    import keras
+
+    seen = []
+
+    class Watch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            meta = json.loads(str(load_npz(tmp_path / training.STATE_FILE)["meta"]))
+            seen.append((epoch + 1, meta["epochs_done"], "val_accuracy" in (logs or {})))
+
+    params = dataclasses.replace(BASE, mlp=dataclasses.replace(BASE.mlp, hidden_units=(8,)))
+    training.seed_everything(params.seed)
+    train, val = tiny_problem()
+    training.fit_resumable(
+        models.build_model(params, (4,), 2), train, val, epochs=3, batch_size=16, patience=0, seed=1,
+        state_dir=tmp_path, fingerprint="run-1", callbacks=[Watch()],
+    )  # fmt: skip
+    assert seen == [(1, 1, True), (2, 2, True), (3, 3, True)]
