@@ -4,11 +4,12 @@ Run from a scratch copy's root (the stage reads data/prepared/ and params.yaml t
 
     .venv/bin/python -m bench.timed_train
 
-It wraps `pipeline.training.save_state`, which the train loop calls once at the end of
-every epoch (after validation and the best-epoch bookkeeping), to record when each epoch
-ended; the time between two calls is one epoch, as a user pays for it. Everything else
-is the stage's own `main()`, which sets TensorFlow's environment before TensorFlow loads.
-Prints one JSON line, with whether oneDNN was in effect.
+It passes the stage's `main()` a Keras callback through the stage's own extension point
+(`stages.train.main(..., callbacks=...)`), which records when each epoch ended: after
+validation, the best-epoch bookkeeping and the saved resume state, so the time between two
+marks is one epoch as a user pays for it. Everything else is the stage's own `main()`, which
+sets TensorFlow's environment before TensorFlow loads. Prints one JSON line, with whether
+oneDNN was in effect.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Sequence
 from itertools import pairwise
+from typing import Any
 
 STARTED = time.perf_counter()
 
-# Not pipeline.models or pipeline.training here: they load TensorFlow, and the stage must set its
-# environment first (train.onednn is read once, when TensorFlow loads). They are patched once main() has.
+# Not keras, pipeline.models or pipeline.training here: they load TensorFlow, and the stage must set its
+# environment first (train.onednn is read once, when TensorFlow loads). The callback is built once it has.
 from stages import train  # noqa: E402
 
 
@@ -37,41 +40,42 @@ def onednn_effective() -> bool | None:
         return None
 
 
+class EpochClock:
+    """When TensorFlow had loaded, then the end of each epoch; and the model the stage trained."""
+
+    def __init__(self) -> None:
+        self.marks: list[float] = []
+        self.model: Any = None
+
+    def callbacks(self) -> Sequence[Any]:
+        """The stage calls this once TensorFlow has loaded; returns the callback that stamps each epoch's end."""
+        import keras
+
+        self.marks.append(time.perf_counter())
+        clock = self
+
+        class _Stamp(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+                clock.marks.append(time.perf_counter())
+                clock.model = self.model
+
+        return [_Stamp()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.parse_args()
-    marks: list[float] = []  # when TensorFlow had loaded, then the end of each epoch
-    built = []
-    train_model = train.train_model
-
-    def timed_train_model(*args, **kwargs):
-        from pipeline import models, training
-
-        marks.append(time.perf_counter())
-        save_state, build_model = training.save_state, models.build_model
-
-        def timed_save_state(*args, **kwargs):
-            marks.append(time.perf_counter())
-            save_state(*args, **kwargs)
-
-        def keep_model(*args, **kwargs):
-            built.append(build_model(*args, **kwargs))
-            return built[-1]
-
-        training.save_state, models.build_model = timed_save_state, keep_model
-        return train_model(*args, **kwargs)
-
-    train.train_model = timed_train_model
+    clock = EpochClock()
     logging.basicConfig(level=logging.WARNING)
-    train.main(argparse.Namespace(quiet=True))
+    train.main(argparse.Namespace(quiet=True), callbacks=clock.callbacks)
     finished = time.perf_counter()
-    model = built[0]
+    model = clock.model  # holding its best epoch's weights: the stage set them after the last epoch
     # The first "epoch" runs from TensorFlow's import: data loading, model building and tracing included.
     print(
         json.dumps(
             {
-                "epoch_seconds": [end - begin for begin, end in pairwise(marks)],
-                "import_seconds": marks[0] - STARTED,
+                "epoch_seconds": [end - begin for begin, end in pairwise(clock.marks)],
+                "import_seconds": clock.marks[0] - STARTED,
                 "total_seconds": finished - STARTED,
                 "onednn_effective": onednn_effective(),
                 "jit_compile_effective": bool(model.jit_compile),

@@ -1,7 +1,9 @@
 """The dataset registry: what each dataset is, where its files come from, and how to read them.
 
 Reading is pure (bytes or folders in, arrays out); fetching lives in
-`pipeline.download`. Nothing here imports scikit-learn or TensorFlow.
+`pipeline.download`. The bundled datasets' file format is this module's alone:
+`write_bundled` writes it, `_read_bundled` reads it. Nothing here imports
+TensorFlow; scikit-learn only inside `bundled_arrays`, when it is called.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.files import load_npz
+from pipeline.files import load_npz, write_npz_atomic
 
 KERAS_DATASETS_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
 RAW_MANIFEST = "dataset.json"
@@ -134,6 +136,32 @@ def _read_mnist_npz(folder: Path) -> RawDataset:
     return RawDataset(
         "mnist", "image", x_train, y_train.astype(np.int64), x_test, y_test.astype(np.int64), classes, 255.0
     )
+
+
+def bundled_arrays(name: str) -> dict[str, np.ndarray]:
+    """scikit-learn's bundled copy of `name` (digits or iris) as arrays (imported here only: it costs ~1 s)."""
+    from sklearn import datasets
+
+    if name == "digits":
+        digits = datasets.load_digits()
+        return {
+            "x": digits.images.astype(np.uint8),  # integer intensities 0..16
+            "y": digits.target.astype(np.int64),
+            "class_names": np.array([str(c) for c in digits.target_names]),
+            "pixel_max": np.array(16.0),
+        }
+    iris = datasets.load_iris()
+    return {
+        "x": iris.data.astype(np.float64),
+        "y": iris.target.astype(np.int64),
+        "class_names": np.array([str(c) for c in iris.target_names]),
+        "feature_names": np.array(iris.feature_names),
+    }
+
+
+def write_bundled(folder: Path, name: str) -> None:
+    """Write the bundled dataset `name` into `folder` as `{name}.npz`, atomically: the file `_read_bundled` reads."""
+    write_npz_atomic(folder / f"{name}.npz", **bundled_arrays(name))
 
 
 def _read_bundled(folder: Path, name: str) -> RawDataset:

@@ -10,7 +10,7 @@ from keras import layers
 
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_path
-from pipeline.params import TrainParams
+from pipeline.params import CnnParams, MlpParams, TrainParams
 
 
 def build_mlp(
@@ -78,10 +78,9 @@ def build_cnn(
     return keras.Model(inputs, outputs, name="cnn")
 
 
-MODEL_BUILDERS: dict[str, Callable[[TrainParams, Sequence[int], int], keras.Model]] = {
-    "mlp": lambda p, shape, n: build_mlp(shape, n, **vars(p.mlp)),
-    "cnn": lambda p, shape, n: build_cnn(shape, n, **vars(p.cnn)),
-}
+# The builder of each architecture, keyed by its params section: the model names themselves are listed once,
+# in pipeline.params.ARCHITECTURES (`train.model` names the section whose keys are the builder's arguments).
+MODEL_BUILDERS: dict[type, Callable[..., keras.Model]] = {MlpParams: build_mlp, CnnParams: build_cnn}
 
 
 def learning_rate(params: TrainParams, steps_per_epoch: int) -> float | keras.optimizers.schedules.CosineDecay:
@@ -102,12 +101,9 @@ def build_model(
 
     `steps_per_epoch` (batches in one epoch) sets the length of a cosine learning-rate schedule.
     """
+    sizes = getattr(params, params.model)  # the architecture's section: train.mlp or train.cnn
     try:
-        builder = MODEL_BUILDERS[params.model]
-    except KeyError:
-        raise PipelineError(f"unknown model '{params.model}'; known models: {', '.join(MODEL_BUILDERS)}.") from None
-    try:
-        model = builder(params, input_shape, n_classes)
+        model = MODEL_BUILDERS[type(sizes)](input_shape, n_classes, **vars(sizes))
     except ValueError as err:  # e.g. kernels larger than the image
         raise PipelineError(
             f"train.{params.model} does not fit input shape {tuple(input_shape)} ({err}); use smaller kernels or pools."

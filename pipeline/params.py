@@ -18,10 +18,12 @@ from typing import Any, TypeVar
 import yaml
 
 from pipeline import paths
+from pipeline.datasets import REGISTRY
 from pipeline.errors import PipelineError
 
-DATASETS = ("digits", "iris", "mnist", "fashion_mnist")
-MODELS = ("mlp", "cnn")
+# The dataset names are the registry's (pipeline/datasets.py, NumPy only): a dataset added there is allowed here.
+# Its cost: every stage imports pipeline/datasets.py through this module, so it is a code dep of each in dvc.yaml.
+DATASETS = tuple(REGISTRY)
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "elu", "selu", "gelu", "silu", "leaky_relu")
 LR_SCHEDULES = ("constant", "cosine")
 OPTIMIZERS = ("adam", "sgd", "rmsprop", "adadelta", "adagrad", "adamax", "nadam", "ftrl")
@@ -33,6 +35,20 @@ LOSSES = (
     "kl_divergence",
     "mean_squared_error",
     "categorical_hinge",
+)
+
+
+# Keys that decide how fast the train stage runs, or how its processes find each other, but never the model it
+# trains (steps_per_execution only groups the same steps into fewer backend calls: bit-identical weights for any
+# value, tests/test_training.py; measured so on TensorFlow and JAX, with XLA and without). They are deliberately
+# not in the train stage's `params:` in dvc.yaml, nor in the resume fingerprint, so that changing only them
+# retrains nothing (tests/test_dvc_yaml.py checks it with DVC, tests/test_training.py the fingerprint);
+# `dvc params diff` and `dvc exp show` still show them, as they show every key of params.yaml.
+EXECUTION_ONLY = (
+    "train.steps_per_execution",
+    "train.distributed.launcher",
+    "train.distributed.coordinator",
+    "train.distributed.join_timeout",
 )
 
 
@@ -221,6 +237,12 @@ class CnnParams:
     dense_dropout: float
 
 
+# The model names of `train.model`, each with its own section of sizes (train.mlp, train.cnn): the one list of
+# models. pipeline.models keys its builders by these sections (TensorFlow is not imported here).
+ARCHITECTURES: dict[str, type] = {"mlp": MlpParams, "cnn": CnnParams}
+MODELS = tuple(ARCHITECTURES)
+
+
 @dataclass(frozen=True)
 class DistributedParams:
     SECTION = "train.distributed"
@@ -243,8 +265,7 @@ class TrainParams:
     SECTION = "train"
     RULES = {
         "model": choice(*MODELS),
-        "mlp": MlpParams,
-        "cnn": CnnParams,
+        **ARCHITECTURES,
         "optimizer": choice(*OPTIMIZERS),
         "learning_rate": real(0.0, 10.0, low_open=True),
         "lr_schedule": choice(*LR_SCHEDULES),
@@ -273,6 +294,20 @@ class TrainParams:
     steps_per_execution: int
     onednn: bool
     distributed: DistributedParams
+
+    def check_combinations(self, where: str) -> None:
+        """The checks no single key's rule can make: `train.distributed` against the rest of `train`."""
+        dist = self.distributed
+        if dist.engine == "none" and dist.processes != 1:
+            raise PipelineError(
+                f"{where}: 'train.distributed.processes' is {dist.processes}, but engine 'none' trains in one "
+                "process; set 'train.distributed.engine' to jax, or processes to 1."
+            )
+        if self.batch_size % dist.processes:
+            raise PipelineError(
+                f"{where}: 'train.batch_size' is {self.batch_size}, which {dist.processes} processes cannot split "
+                f"evenly ('train.distributed.processes'); use a batch size that is a multiple of {dist.processes}."
+            )
 
     def cpu_speed_warnings(self) -> list[str]:
         """Speed settings measured to slow this model down on a CPU (bench/step_time.py), as sentences to log."""
@@ -329,7 +364,10 @@ def parse_section(cls: type[Section], raw: Any, where: str = "params.yaml") -> S
             raise PipelineError(
                 f"{where}: '{name}.{key}' is {_describe(raw[key])}, but it must be {allowed}."
             ) from None
-    return cls(**values)
+    section = cls(**values)
+    if hasattr(section, "check_combinations"):  # a section whose keys constrain each other checks them here
+        section.check_combinations(where)
+    return section
 
 
 def read_params_file(path: Path = paths.PARAMS) -> dict[str, Any]:

@@ -9,25 +9,49 @@ epoch, and the resume rule sits beside the save rule.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import math
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline import distributed
 from pipeline.files import atomic_path, load_npz
+from pipeline.params import EXECUTION_ONLY, TrainParams, section_as_dict
+
+if TYPE_CHECKING:  # a one-process run never imports pipeline.distributed
+    from pipeline.distributed import Role
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.npz"
+
+
+def model_params(params: TrainParams) -> TrainParams:
+    """The params the model is built with. The JAX backend compiles the training step by itself (XLA);
+    `jit_compile: false` there would mean running it op by op, ~20x slower, so engine jax always compiles."""
+    return dataclasses.replace(params, jit_compile=True) if params.distributed.engine == "jax" else params
+
+
+def fingerprint_params(params: TrainParams) -> dict[str, Any]:
+    """The `train` params that shape the result, as `run_fingerprint` takes them: not the `EXECUTION_ONLY` keys
+    (a resumed run may come back on other nodes, with another coordinator address, or run more steps per call)."""
+    values = section_as_dict(params)
+    for dotted in EXECUTION_ONLY:
+        *parents, last = dotted.split(".")[1:]  # below "train"
+        section = values
+        for key in parents:
+            section = section[key]
+        del section[last]
+    return values
 
 
 def seed_everything(seed: int, *, deterministic_ops: bool = True) -> None:
@@ -70,17 +94,25 @@ def epoch_dataset(
     )
 
 
-def batches_per_epoch(n_examples: int, batch_size: int, *, drop_remainder: bool) -> int:
-    """How many batches `epoch_dataset` yields for one epoch."""
-    return n_examples // batch_size if drop_remainder else math.ceil(n_examples / batch_size)
+def full_batches_only(role: Role | None) -> bool:
+    """The drop-remainder rule of a run, stated here only: a distributed run (`role` given) trains on full batches.
+
+    A partial batch cannot be split evenly among the processes (`shard_batches`), so each epoch of a
+    distributed run leaves out its last `len(x) % batch_size` examples (a different few each epoch:
+    the order changes). A one-process run trains on every example; its last batch may be partial.
+    """
+    return role is not None
 
 
-def shard_batches(dataset: tf.data.Dataset, *, batch_size: int, role: distributed.Role) -> tf.data.Dataset:
-    """This process's slice of every batch of `dataset` (full batches only: `drop_remainder=True`).
+def batches_per_epoch(n_examples: int, batch_size: int, role: Role | None = None) -> int:
+    """How many batches one epoch of the run takes (`epoch_dataset` under `full_batches_only`)."""
+    return n_examples // batch_size if full_batches_only(role) else math.ceil(n_examples / batch_size)
 
-    The slices of all processes together form the one-process batch, in the same order. A partial
-    batch cannot be split evenly, so with a distributed engine each epoch trains on
-    `len(x) // batch_size` full batches (a different remainder is left out each epoch: the order changes).
+
+def shard_batches(dataset: tf.data.Dataset, *, batch_size: int, role: Role) -> tf.data.Dataset:
+    """This process's slice of every batch of `dataset`, whose batches must all be full (`full_batches_only`).
+
+    The slices of all processes together form the one-process batch, in the same order.
     """
     share = batch_size // role.count
     start, stop = role.index * share, (role.index + 1) * share
@@ -192,21 +224,25 @@ def fit_resumable(
     seed: int,
     state_dir: Path,
     fingerprint: str,
-    role: distributed.Role | None = None,
+    role: Role | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> Progress:
     """Fit `model` (compiled, seeded) and leave it holding its best epoch's weights.
 
     Resumes from `state_dir` when it holds the state of this very run
     (same `fingerprint`); the caller clears that state once the model is saved.
     With a distributed engine (`role`), every process runs this on its share of each
-    batch, and only process 0 writes the state.
+    batch, and only process 0 writes the state. `callbacks` are Keras callbacks of the
+    caller's, e.g. to time or log epochs (bench/timed_train.py): every epoch's `fit` runs
+    them after the one that keeps the best epoch and saves the state. Each epoch is its own
+    `fit` call, so their `on_train_begin`/`on_train_end` come once per epoch too.
     """
     state_path = state_dir / STATE_FILE
     restored = load_state(state_path, model, fingerprint)
     progress, best = restored if restored else (Progress(fingerprint=fingerprint), [])
     writer = role is None or role.writes_outputs
     if role is not None:
-        distributed.agree(role, progress.epochs_done, "the number of epochs already done (the resume state)")
+        role.agree(progress.epochs_done, "the number of epochs already done (the resume state)")
     if restored and progress.finished:
         log.info("training had already finished (epoch %d); exporting the best model", progress.epochs_done)
     elif restored:
@@ -219,7 +255,7 @@ def fit_resumable(
         if progress.finished:
             break
         dataset = epoch_dataset(
-            x_train, y_train, batch_size=batch_size, seed=seed, epoch=epoch, drop_remainder=role is not None
+            x_train, y_train, batch_size=batch_size, seed=seed, epoch=epoch, drop_remainder=full_batches_only(role)
         )
         if role is not None:
             dataset = shard_batches(dataset, batch_size=batch_size, role=role)
@@ -229,13 +265,26 @@ def fit_resumable(
             initial_epoch=epoch,
             validation_data=val,
             shuffle=False,  # the dataset is already in its epoch's order
-            callbacks=[epoch_end],
+            callbacks=[epoch_end, *callbacks],
             # A progress bar on a terminal; one line per epoch in CI logs; from process 0 only.
             verbose=(1 if sys.stdout.isatty() else 2) if writer else 0,
         )
     model.set_weights(best)
     log.info("best epoch %d: val_accuracy %.4f", progress.best_epoch, progress.best_val_accuracy)
     return progress
+
+
+def code_files(entry_point: Path) -> list[Path]:
+    """The code a run's fingerprint covers: `entry_point` (the stage's file) and every module of `pipeline`.
+
+    Every module of the package, not a hand-kept list of the ones the stage imports (it once named
+    four of the ten, missing `preprocessing.load_split`, which scales the data): nothing to keep in
+    sync, and the same list whichever engine runs and whoever calls the stage. It is a superset of
+    the train stage's code deps in dvc.yaml, so a change to any of them makes a saved state stale;
+    the cost of the superset is that editing a module the stage does not import (evaluation.py)
+    also discards an interrupted run's state, i.e. retrains from scratch: never a wrong resume.
+    """
+    return [entry_point, *sorted(Path(__file__).parent.glob("*.py"))]
 
 
 def run_fingerprint(params: dict[str, Any], files: list[Path]) -> str:

@@ -12,37 +12,14 @@ import argparse
 import logging
 from pathlib import Path
 
-import numpy as np
-
 from pipeline import paths
 from pipeline.cli import run_stage
-from pipeline.datasets import KERAS_DATASETS_URL, RAW_MANIFEST, get_spec
+from pipeline.datasets import KERAS_DATASETS_URL, RAW_MANIFEST, get_spec, write_bundled
 from pipeline.download import fetch_dataset
-from pipeline.files import atomic_directory, write_json_atomic, write_npz_atomic
+from pipeline.files import atomic_directory, write_json_atomic
 from pipeline.params import DataParams, load_params
 
 log = logging.getLogger("download")
-
-
-def bundled_arrays(name: str) -> dict[str, np.ndarray]:
-    """scikit-learn's bundled copy of `name` as arrays (imported here only: it costs ~1 s)."""
-    from sklearn import datasets
-
-    if name == "digits":
-        digits = datasets.load_digits()
-        return {
-            "x": digits.images.astype(np.uint8),  # integer intensities 0..16
-            "y": digits.target.astype(np.int64),
-            "class_names": np.array([str(c) for c in digits.target_names]),
-            "pixel_max": np.array(16.0),
-        }
-    iris = datasets.load_iris()
-    return {
-        "x": iris.data.astype(np.float64),
-        "y": iris.target.astype(np.int64),
-        "class_names": np.array([str(c) for c in iris.target_names]),
-        "feature_names": np.array(iris.feature_names),
-    }
 
 
 def download(params: DataParams, folder: Path) -> None:
@@ -53,7 +30,7 @@ def download(params: DataParams, folder: Path) -> None:
         fetch_dataset(spec.files, source, folder, params.checksums)
     else:
         source = "scikit-learn (bundled)"
-        write_npz_atomic(folder / f"{spec.name}.npz", **bundled_arrays(spec.name))
+        write_bundled(folder, spec.name)
     write_json_atomic(folder / RAW_MANIFEST, {"dataset": spec.name, "source": source})
     raw = spec.read(folder)  # a file that verifies but does not parse must fail here, not in preprocess
     log.info(

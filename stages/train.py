@@ -13,39 +13,52 @@ import logging
 import os
 import shutil
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pipeline import distributed, paths
+from pipeline import paths
 from pipeline.cli import run_stage
 from pipeline.files import read_json, write_csv_atomic, write_json_atomic
 from pipeline.params import TrainParams, load_params
 from pipeline.preprocessing import load_split
 
+if TYPE_CHECKING:
+    from pipeline.distributed import Role
+
 log = logging.getLogger("train")
 
 
-def main(args: argparse.Namespace) -> None:
+def main(args: argparse.Namespace, *, callbacks: Callable[[], Sequence[Any]] = tuple) -> None:
+    """Run the stage. `callbacks` is the extension point for tools that watch training (bench/timed_train.py):
+    a function called once, after TensorFlow has loaded (so that it can build Keras callbacks without loading
+    TensorFlow before this stage has set its environment), returning callbacks that run after every epoch's
+    own (`pipeline.training.fit_resumable`). Processes that the `local` launcher starts run without them."""
     params = load_params(TrainParams)
-    distributed.check_config(params)
     for warning in params.cpu_speed_warnings():
         log.warning(warning)
-    if distributed.launches_here(params.distributed):  # the `local` launcher: start the processes, watch them
-        distributed.launch_local(params.distributed, sys.argv[1:])
+    if params.distributed.engine != "none":
+        train_distributed(params, sys.argv[1:], callbacks)
         return
-    # Before Keras is imported: the engine picks its backend. (TensorFlow takes seconds to import; a typo should not.)
-    distributed.select_backend(params.distributed)
+    select_onednn(params.onednn)  # before TensorFlow is imported (it takes seconds to import; a typo should not)
+    model, progress = train_model(params, callbacks=callbacks)
+    save_outputs(model, progress)
+
+
+def train_distributed(params: TrainParams, argv: list[str], callbacks: Callable[[], Sequence[Any]] = tuple) -> None:
+    """A run of engine jax: start the processes (launcher `local`), or be one of them and train."""
+    from pipeline import distributed, launcher
+
+    if launcher.launches_here(params.distributed):  # start the training processes, watch them
+        launcher.launch_local(params.distributed, argv)
+        return
+    distributed.select_backend(params.distributed)  # before Keras is imported: the engine picks its backend
     select_onednn(params.onednn)
     with distributed.membership(params.distributed) as role:
-        model, progress = train_model(params, role)
-        if role.writes_outputs:  # the other processes of a distributed run write nothing
-            from pipeline import models
-
+        model, progress = train_model(params, role, callbacks=callbacks)
+        if role.writes_outputs:  # the other processes write nothing
             distributed.stop_distributing()
-            models.save_model_atomic(model, paths.MODEL)
-            write_json_atomic(paths.MODEL_SUMMARY, models.summarize_model(model) | {"best_epoch": progress.best_epoch})
-            write_csv_atomic(paths.TRAIN_HISTORY, progress.history)
-            shutil.rmtree(paths.RESUME_DIR, ignore_errors=True)  # the run is complete: nothing to resume
+            save_outputs(model, progress)
 
 
 def select_onednn(enabled: bool) -> None:
@@ -55,33 +68,43 @@ def select_onednn(enabled: bool) -> None:
     os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1" if enabled else "0"
 
 
-def train_model(params: TrainParams, role: distributed.Role) -> tuple[Any, Any]:
-    """Build and fit the model (this process's share of it, in a distributed run); returns it and its Progress."""
+def train_model(
+    params: TrainParams, role: Role | None = None, *, callbacks: Callable[[], Sequence[Any]] = tuple
+) -> tuple[Any, Any]:
+    """Build and fit the model (this process's share of it, given the `role` of a distributed run)."""
     from pipeline import models, training
+
+    extra_callbacks = callbacks()  # TensorFlow has loaded now (see main)
 
     meta = read_json(paths.PREPARED_META)
     train, val = (load_split(paths.split_file(name), meta["scaling"]) for name in ("train", "val"))
-    model_params = distributed.model_params(params)
+    model_params = training.model_params(params)
     training.seed_everything(params.seed, deterministic_ops=not model_params.jit_compile)
-    # The length of a cosine schedule; a distributed run drops each epoch's last partial batch (fit_resumable).
-    distributed_run = params.distributed.engine != "none"
-    steps_per_epoch = max(
-        1, training.batches_per_epoch(len(train[0]), params.batch_size, drop_remainder=distributed_run)
-    )
+    steps_per_epoch = max(1, training.batches_per_epoch(len(train[0]), params.batch_size, role))  # a cosine's length
     model = models.build_model(
         model_params, meta["input_shape"], len(meta["class_names"]), steps_per_epoch=steps_per_epoch
     )
-    # A change to any input, to this code, or to a param makes a saved resume state stale.
+    # A change to any input, to the code, or to a param makes a saved resume state stale.
     inputs = [paths.split_file("train"), paths.split_file("val"), paths.PREPARED_META]
-    code = [Path(__file__), Path(training.__file__), Path(models.__file__), Path(distributed.__file__)]
+    code = training.code_files(Path(__file__))
     progress = training.fit_resumable(
         model, train, val,
         epochs=params.epochs, batch_size=params.batch_size, patience=params.early_stopping_patience,
         seed=params.seed, state_dir=paths.RESUME_DIR,
-        fingerprint=training.run_fingerprint(distributed.fingerprint_params(params), inputs + code),
-        role=role if params.distributed.engine != "none" else None,
+        fingerprint=training.run_fingerprint(training.fingerprint_params(params), inputs + code),
+        role=role, callbacks=extra_callbacks,
     )  # fmt: skip
     return model, progress
+
+
+def save_outputs(model: Any, progress: Any) -> None:
+    """The model, its summary and the training history; then the resume state goes: the run is complete."""
+    from pipeline import models
+
+    models.save_model_atomic(model, paths.MODEL)
+    write_json_atomic(paths.MODEL_SUMMARY, models.summarize_model(model) | {"best_epoch": progress.best_epoch})
+    write_csv_atomic(paths.TRAIN_HISTORY, progress.history)
+    shutil.rmtree(paths.RESUME_DIR, ignore_errors=True)
 
 
 if __name__ == "__main__":

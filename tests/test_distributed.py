@@ -19,10 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ENV, copy_repo, edit_params, make_prepared_repo, stage
+import yaml
+from conftest import ENV, PROJECT_ROOT, copy_repo, edit_params, make_prepared_repo, stage
 
 from pipeline import paths
+from pipeline.errors import PipelineError
 from pipeline.files import load_npz
+from pipeline.params import TrainParams, parse_section
 
 EPOCHS = 6
 RUN_PARAMS = {
@@ -168,6 +171,21 @@ def test_two_processes_train_the_one_process_model(one_process: Path, two_proces
     result = stage(repo, "evaluate")
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((repo / paths.METRICS).read_text())["test"]["accuracy"] > 0.8
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"engine": "none", "processes": 2}, "'train.distributed.processes' is 2, but engine 'none' trains in one"),
+        ({"engine": "jax", "processes": 3}, "'train.batch_size' is 32, which 3 processes cannot split evenly"),
+    ],
+)
+def test_distributed_section_is_checked_with_the_rest_of_train(changes: dict[str, object], message: str) -> None:
+    """A combination no single key's rule catches fails where every other param error does: in parse_section."""
+    raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())["train"]
+    raw["distributed"] |= changes
+    with pytest.raises(PipelineError, match=re.escape(message)):
+        parse_section(TrainParams, raw, "params.yaml")
 
 
 def closed_port() -> int:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import json
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import PROJECT_ROOT, run
+from conftest import PROJECT_ROOT, copy_repo, dvc, edit_params, ran_stages, run
 
 from pipeline import params, paths
 
@@ -76,10 +77,33 @@ def test_code_deps_are_exactly_the_modules_the_stage_imports(name: str) -> None:
 
 @pytest.mark.parametrize("name", list(STAGES))
 def test_params_are_every_key_the_stage_reads_key_by_key(name: str) -> None:
+    """Every key the stage reads, except those named execution-only: they never change the results."""
     sections = sections_read(PROJECT_ROOT / "stages" / f"{name}.py")
     assert sections, f"stages/{name}.py reads no params section"
     expected = set().union(*(all_keys(cls, cls.SECTION) for cls in sections))
-    assert set(STAGES[name]["params"]) == expected
+    assert set(STAGES[name]["params"]) == expected - set(params.EXECUTION_ONLY)
+
+
+def test_execution_only_keys_are_keys_of_the_train_section() -> None:
+    assert set(params.EXECUTION_ONLY) <= all_keys(params.TrainParams, "train")
+
+
+def test_changing_only_execution_settings_retrains_nothing(digits_run: Path, tmp_path: Path) -> None:
+    """With real DVC: the four execution-only keys changed together rerun no stage, yet DVC still shows them."""
+    repo = copy_repo(digits_run, tmp_path / "repo")
+    changes = {
+        "train.steps_per_execution": 1,
+        "train.distributed.launcher": "external",
+        "train.distributed.coordinator": "10.0.0.5:12355",
+        "train.distributed.join_timeout": 60,
+    }
+    assert set(changes) == set(params.EXECUTION_ONLY)
+    edit_params(repo, **changes)
+    assert ran_stages(dvc(repo, "repro").stdout) == []
+    shown = dvc(repo, "params", "diff", "--json").stdout
+    assert all(key in shown for key in changes), shown  # `dvc params diff` still lists every one of them
+    edit_params(repo, **{"train.seed": 7})  # a key that does shape the model still makes train stale
+    assert list(json.loads(dvc(repo, "status", "--json").stdout)) == ["train"]
 
 
 def test_data_paths_in_dvc_yaml_are_the_ones_in_pipeline_paths() -> None:

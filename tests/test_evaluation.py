@@ -26,18 +26,25 @@ def test_class_never_predicted_scores_zero_not_nan() -> None:
 
 
 def test_grid_shows_only_misclassified_images() -> None:
-    images = np.random.default_rng(0).random((30, 8, 8, 1)).astype(np.float32)
+    """Correctly classified images are black, each misclassified one its own gray: every tile must be the gray of
+    the next misclassified image, in order, up to `max_images`; a black tile would be a correct image shown."""
     true = np.arange(30) % 3
     pred = true.copy()
-    pred[[1, 4, 7, 10, 20, 25, 29]] = 0  # 7 wrong, one of which (index 0 class) is already 0 -> stays right
-    wrong = int((true != pred).sum())
-    grid = misclassified_grid(
-        images, true_labels=true, predicted_labels=pred, class_names=["x", "y", "z"], max_images=5
-    )
-    cell = 96
-    assert grid.size == (5 * cell, 1 * (cell + 28))  # capped at 5 of the `wrong` ones
-    assert wrong > 5
-    full = misclassified_grid(
-        images, true_labels=true, predicted_labels=pred, class_names=["x", "y", "z"], max_images=50
-    )
-    assert full.size == (5 * cell, -(-wrong // 5) * (cell + 28))
+    pred[[0, 1, 4, 7, 10, 20, 25, 29]] = 0  # index 0 is of class 0 already: it stays correctly classified
+    wrong = np.flatnonzero(true != pred)
+    assert len(wrong) == 7
+    images = np.zeros((30, 8, 8, 1), dtype=np.float32)
+    images[wrong] = (0.3 + 0.1 * np.arange(len(wrong)))[:, None, None, None].astype(np.float32)
+    cell, caption = 96, 28
+    for max_images in (5, 50):
+        grid = misclassified_grid(
+            images, true_labels=true, predicted_labels=pred, class_names=["x", "y", "z"], max_images=max_images
+        )
+        shown = wrong[:max_images]
+        assert grid.size == (5 * cell, -(-len(shown) // 5) * (cell + caption))
+        pixels = np.asarray(grid)
+        for slot, index in enumerate(shown):
+            left, top = (slot % 5) * cell, (slot // 5) * (cell + caption)
+            tile = pixels[top + 4 : top + cell - 4, left + 4 : left + cell - 4]
+            gray = int(np.uint8(images[index, 0, 0, 0] * 255.0))
+            assert tile.min() == tile.max() == gray, f"slot {slot}: not misclassified image {index}"

@@ -10,7 +10,7 @@ from conftest import PROJECT_ROOT
 
 from pipeline import models
 from pipeline.errors import PipelineError
-from pipeline.params import TrainParams, parse_section
+from pipeline.params import MODELS, TrainParams, parse_section
 
 BASE = parse_section(TrainParams, yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())["train"])
 
@@ -109,3 +109,10 @@ def test_learning_rate_schedule_over_the_run(schedule: str, expected_by_step: di
     for step, expected in expected_by_step.items():
         optimizer.iterations.assign(step)
         assert float(optimizer.learning_rate) == pytest.approx(expected, abs=1e-7)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_model_params_allows_has_a_builder(name: str) -> None:
+    """The model names are listed once (params.ARCHITECTURES); each one `train.model` accepts must build."""
+    model = models.build_model(dataclasses.replace(BASE, model=name), (8, 8, 1), 3)
+    assert model.name == name

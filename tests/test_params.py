@@ -9,6 +9,7 @@ import pytest
 import yaml
 from conftest import PROJECT_ROOT, stage
 
+from pipeline.datasets import REGISTRY
 from pipeline.errors import PipelineError
 from pipeline.params import (
     DataParams,
@@ -180,3 +181,9 @@ def test_train_with_a_typo_fails_and_writes_nothing(project_repo: Path) -> None:
     assert result.returncode == 1
     assert "unknown key 'train.epoch'; did you mean 'train.epochs'?" in result.stderr
     assert not (project_repo / "models").exists()
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_every_registered_dataset_is_allowed(name: str) -> None:
+    """The dataset names are the registry's: one added to pipeline/datasets.py needs no second list here."""
+    assert parse_section(DataParams, SHIPPED["data"] | {"dataset": name}).dataset == name

@@ -145,6 +145,19 @@ def test_changed_param_makes_resume_state_stale(prepared_base: Path, tmp_path: P
     assert len(history) == 1 + EPOCHS and history[1].startswith("1,")
 
 
+def test_changed_code_makes_resume_state_stale(prepared_base: Path, tmp_path: Path) -> None:
+    """Any module the stage imports is part of the run: here preprocessing, whose `load_split` scales the data."""
+    repo = copy_repo(prepared_base, tmp_path / "repo")
+    start_and_kill([sys.executable, "-m", "stages.train"], repo, signal.SIGKILL)
+    with open(repo / "pipeline/preprocessing.py", "a", encoding="utf-8") as module:
+        module.write("# a changed line: the saved state belongs to the code before it\n")
+    result = stage(repo, "train")
+    assert result.returncode == 0, result.stderr
+    assert "ignoring resume state" in result.stderr and "written for other params, code or data" in result.stderr
+    assert "resuming" not in result.stderr
+    assert re.search(r"^Epoch 1/15", result.stdout, re.MULTILINE)
+
+
 def test_onednn_param_decides_over_the_environment(prepared_base: Path, tmp_path: Path) -> None:
     """Both runs under a shell that asks for oneDNN; the param turns it off in the second. oneDNN's convolutions
     round differently, so the weights differ only if the param reached TensorFlow (two runs with the same

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import sys
 from pathlib import Path
@@ -10,9 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import PROJECT_ROOT, run
+from conftest import PROJECT_ROOT, copy_repo, edit_params, run
 
-from pipeline import models, training
+from pipeline import models, paths, training
+from pipeline.distributed import Role
+from pipeline.files import load_npz
 from pipeline.params import TrainParams, parse_section
 
 BASE = parse_section(TrainParams, yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())["train"])
@@ -37,8 +40,9 @@ def test_epoch_dataset_batches_one_epoch_in_its_own_order() -> None:
         np.testing.assert_array_equal(bx.numpy(), by.numpy())  # features and labels stay paired
     full = list(training.epoch_dataset(x, y, batch_size=4, seed=3, epoch=1, drop_remainder=True))
     assert [len(bx) for bx, _ in full] == [4, 4]
-    assert training.batches_per_epoch(10, 4, drop_remainder=False) == len(batches)
-    assert training.batches_per_epoch(10, 4, drop_remainder=True) == len(full)
+    # The run's rule: one process takes every example, a distributed run full batches only.
+    assert training.batches_per_epoch(10, 4) == len(batches)
+    assert training.batches_per_epoch(10, 4, Role(index=0, count=2)) == len(full)
 
 
 def tiny_problem() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
@@ -138,3 +142,55 @@ def test_onednn_param_warns_when_tensorflow_is_already_loaded(
     with caplog.at_level(logging.WARNING):
         select_onednn(True)
     assert "train.onednn cannot apply" in caplog.text
+
+
+def test_one_process_run_does_not_pass_through_the_distributed_modules(digits_run: Path, tmp_path: Path) -> None:
+    """Engine none: the train stage's params go stage -> training -> models -> files, never through distribution."""
+    repo = copy_repo(digits_run, tmp_path / "repo")
+    edit_params(repo, **{"train.epochs": 2})
+    probe = (
+        "import argparse, sys; from stages import train; train.main(argparse.Namespace(quiet=True)); "
+        "print(sorted(m for m in sys.modules if m in ('pipeline.distributed', 'pipeline.launcher')))"
+    )
+    result = run([sys.executable, "-c", probe], repo)
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+    assert len((repo / paths.TRAIN_HISTORY).read_text().splitlines()) == 1 + 2  # it did train, just now
+
+
+def test_resume_fingerprint_covers_every_code_dep_of_the_train_stage() -> None:
+    # dvc.yaml's code deps are the modules the stage imports (tests/test_dvc_yaml.py checks that).
+    deps = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]["train"]["deps"]
+    covered = {str(path.relative_to(PROJECT_ROOT)) for path in training.code_files(PROJECT_ROOT / "stages/train.py")}
+    assert {dep for dep in deps if dep.endswith(".py")} <= covered
+
+
+def test_execution_only_params_leave_the_resume_fingerprint_alone() -> None:
+    """A resumed run may come back with other execution settings (more steps per call, another coordinator)."""
+    other = dataclasses.replace(
+        BASE,
+        steps_per_execution=1,
+        distributed=dataclasses.replace(BASE.distributed, launcher="external", coordinator="h:1", join_timeout=9),
+    )
+    assert training.fingerprint_params(other) == training.fingerprint_params(BASE)
+    assert training.fingerprint_params(dataclasses.replace(BASE, seed=7)) != training.fingerprint_params(BASE)
+
+
+def test_callbacks_of_the_caller_run_after_each_epoch_is_saved(tmp_path: Path) -> None:
+    """The extension point bench/timed_train.py uses: a caller's callback sees every epoch, its state already saved."""
+    import keras
+
+    seen = []
+
+    class Watch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            meta = json.loads(str(load_npz(tmp_path / training.STATE_FILE)["meta"]))
+            seen.append((epoch + 1, meta["epochs_done"], "val_accuracy" in (logs or {})))
+
+    params = dataclasses.replace(BASE, mlp=dataclasses.replace(BASE.mlp, hidden_units=(8,)))
+    training.seed_everything(params.seed)
+    train, val = tiny_problem()
+    training.fit_resumable(
+        models.build_model(params, (4,), 2), train, val, epochs=3, batch_size=16, patience=0, seed=1,
+        state_dir=tmp_path, fingerprint="run-1", callbacks=[Watch()],
+    )  # fmt: skip
+    assert seen == [(1, 1, True), (2, 2, True), (3, 3, True)]
