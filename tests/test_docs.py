@@ -47,7 +47,6 @@ PENDING = {
     "pipeline/folders.py",  # branch owndata
     "pipeline/images.py",  # branch owndata
     "pipeline/tables.py",  # branch owndata
-    "pipeline/launcher.py",  # branch refactor
     "pipeline/cpu.py",  # branch speed
     "pipeline/export.py",  # branch export
     "pipeline/runtimes.py",  # branch export
