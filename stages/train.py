@@ -80,6 +80,7 @@ def train_model(params: TrainParams, role: distributed.Role) -> tuple[Any, Any]:
         seed=params.seed, state_dir=paths.RESUME_DIR,
         fingerprint=training.run_fingerprint(distributed.fingerprint_params(params), inputs + code),
         role=role if params.distributed.engine != "none" else None,
+        class_weight=training.class_weights(train[1], params.class_weight),
     )  # fmt: skip
     return model, progress
 
