@@ -191,7 +191,7 @@ def available_memory() -> int:
 
 
 def _gigabytes(size: float) -> str:
-    return f"{size / 1e9:.1f} GB" if size >= 1e8 else f"{size / 1e6:.0f} MB"
+    return f"{size / 1e9:.1f} GB" if size >= 1e9 else f"{size / 1e6:.0f} MB"
 
 
 def check_memory(n_images: int, height: int, width: int, channels: int, limit_mb: int) -> None:
