@@ -39,7 +39,7 @@ RESIZE_METHOD = "pillow-box"  # recorded in meta.json, so a model says how its i
 # Above this many pixels (after a JPEG's reduced decoding) an image is refused: converting one
 # costs ~12 bytes per pixel at its peak, so 40 megapixels (e.g. 7000x5700) stay under ~0.5 GB.
 MAX_PIXELS = 40_000_000
-DRAFT_GAP = 2  # JPEGs decode at the smallest scale still >= DRAFT_GAP x the target (Pillow's thumbnail default)
+DRAFT_GAP = 4  # JPEGs decode at the smallest scale still >= DRAFT_GAP x the target (see the module docstring)
 
 # EXIF orientation -> the transpose that shows the photo upright (as PIL.ImageOps.exif_transpose).
 _ORIENTATION = {
@@ -100,25 +100,29 @@ def convert_image(source: bytes | Path | BinaryIO, conversion: Conversion, what:
 
 def _to_pixels(image: Image.Image, conversion: Conversion, what: str) -> np.ndarray:
     mode = COLOR_MODES[conversion.color_mode]
-    orientation = image.getexif().get(_EXIF_ORIENTATION_TAG, 1)
-    swap = orientation in _SWAPS_AXES
-    if conversion.size is None:
-        width, height = image.size
-    else:  # the size to resize to before turning the image upright
-        height, width = conversion.size[::-1] if swap else conversion.size
-    if image.format == "JPEG":
-        image.draft(mode, (width * DRAFT_GAP, height * DRAFT_GAP))
-    if image.size[0] * image.size[1] > MAX_PIXELS:
+    if image.format == "JPEG" and conversion.size is not None:  # the EXIF turn may swap the axes: either is fine
+        image.draft(mode, (max(conversion.size) * DRAFT_GAP,) * 2)
+    if image.size[0] * image.size[1] > MAX_PIXELS:  # before anything decodes the pixels
         raise PipelineError(
             f"{what} is {image.size[0]}x{image.size[1]} pixels, more than the {MAX_PIXELS:,} this pipeline "
             "decodes (pipeline/images.py, MAX_PIXELS); downscale it before using it."
         )
     image.load()
+    orientation = image.getexif().get(_EXIF_ORIENTATION_TAG, 1)
+    if conversion.size is None:
+        width, height = image.size
+    else:  # the size to resize to before turning the image upright
+        height, width = conversion.size[::-1] if orientation in _SWAPS_AXES else conversion.size
     if image.mode.startswith("I"):
         # 16-bit grayscale: Pillow's convert("L") would clip every value above 255 to white.
         image = Image.fromarray(np.round(np.asarray(image, dtype=np.float64) / 257.0).clip(0, 255).astype(np.uint8))
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
-        image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
+        # Composited on white by pasting through the alpha channel: the same result as alpha_composite
+        # (within one grey level), in about half the memory (~7 bytes per pixel at the peak instead of ~16).
+        rgba = image if image.mode == "RGBA" else image.convert("RGBA")
+        image = Image.new(mode, rgba.size, "white")
+        image.paste(rgba.convert(mode), mask=rgba.getchannel("A"))
+        del rgba
     if image.mode != mode:
         image = image.convert(mode)
     if image.size != (width, height):

@@ -60,11 +60,11 @@ class InputSpec:
             if self.conversion().color_mode == "rgb":
                 return f"{height}x{width} RGB images (image files of any size, e.g. PNG or JPEG)"
             return f"{height}x{width} grayscale images (image files of any size, or .npy arrays ({height}, {width}))"
+        return f"rows of {self.input_shape[0]} features ({', '.join(self.feature_names) or 'unnamed'})"
 
     def conversion(self) -> Conversion:
         """How image files become this model's pixels: as preprocess converted the training images."""
         return Conversion.from_record(self.image or {}, self.input_shape)
-        return f"rows of {self.input_shape[0]} features ({', '.join(self.feature_names) or 'unnamed'})"
 
 
 @dataclass(frozen=True)
