@@ -136,9 +136,9 @@ def test_bombs_huge_and_broken_images_are_one_sentence(monkeypatch: pytest.Monke
     monkeypatch.setattr(images, "MAX_PIXELS", 1000)
     with pytest.raises(PipelineError, match="big.png is 40x40 pixels, more than the 1,000"):
         convert_image(image, Conversion(), "big.png")
-    # A JPEG decodes at a reduced scale: 400x400 for a 16x16 target decodes at 50x50, under the cap.
+    # A JPEG decodes at a reduced scale: 400x400 for a 16x16 target decodes at 100x100, under the cap.
     photo = encoded(Image.new("RGB", (400, 400), (0, 90, 0)), "JPEG")
-    monkeypatch.setattr(images, "MAX_PIXELS", 50 * 50)
+    monkeypatch.setattr(images, "MAX_PIXELS", 100 * 100)
     assert convert_image(photo, Conversion("rgb", (16, 16)), "photo.jpg").shape == (16, 16, 3)
     with pytest.raises(PipelineError, match=r"cut.png is not a readable image \(.*\); replace or delete the file"):
         convert_image(image[: len(image) // 2], Conversion(), "cut.png")
