@@ -4,38 +4,24 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from pipeline import images
+from pipeline import folders, images
 from pipeline.errors import PipelineError
 from pipeline.folders import check_memory, decode_splits, index_folder, own_source
 from pipeline.images import Conversion, convert_image
 from pipeline.preprocessing import check_every_class_in_every_split
 from pipeline.tables import parse_table
-from pipeline.training import class_weights
 
 COLOURS = ((200, 30, 30), (30, 150, 40), (40, 60, 210))
 SHAPES = ("circle", "square", "triangle")
 # Images per class: triangles are fewer, as real folders are rarely balanced.
 COUNTS = {"circle": 60, "square": 60, "triangle": 36}
-# A small CNN that learns the shapes in a few seconds (~0.97-1.0 test accuracy, grayscale and RGB).
-SHAPES_PARAMS = {
-    "data.dataset": "image_folder",
-    "data.source": "data/own/shapes",
-    "preprocess.image_size": [16, 16],
-    "train.model": "cnn",
-    "train.cnn.filters": [16, 32],
-    "train.cnn.dense_units": 64,
-    "train.steps_per_execution": 1,
-    "train.epochs": 40,
-    "train.batch_size": 16,
-    "train.learning_rate": 0.003,
-    "train.early_stopping_patience": 10,
-}
 
 
 def draw_shape(shape: str, rng: np.random.Generator, side: int | None = None, *, centred: bool = False) -> Image.Image:
@@ -229,16 +215,27 @@ def test_decoding_checks_hashes_sizes_and_memory(tmp_path: Path) -> None:
     check_memory(100, 16, 16, 3, 1)  # 0.4 MB with its float32 copy: fits in 1 MB
 
 
+def test_decoding_in_several_processes_gives_the_same_arrays(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(3)
+    rows = []
+    for i in range(24):
+        path = tmp_path / f"{i:02d}.{'jpg' if i % 2 else 'png'}"
+        draw_shape(SHAPES[i % 3], rng).save(path)
+        rows.append([str(path), hashlib.sha256(path.read_bytes()).hexdigest()])
+    files = {"train": np.array(rows[:16]), "test": np.array(rows[16:])}
+    alone = decode_splits(files, Conversion("rgb", (12, 12)), 0)
+    monkeypatch.setattr(folders, "IMAGES_PER_PROCESS", 4)  # two processes on two cores
+    monkeypatch.setattr(folders, "CHUNK", 5)
+    assert folders.decoding_processes(24) == min(2, len(os.sched_getaffinity(0)))
+    pooled = decode_splits(files, Conversion("rgb", (12, 12)), 0)
+    for split in files:
+        np.testing.assert_array_equal(pooled[split], alone[split])
+
+
 def test_a_class_too_small_for_the_splits_is_named() -> None:
     labels = {"train": np.array([0, 0, 1]), "val": np.array([0, 1]), "test": np.array([0])}
     with pytest.raises(PipelineError, match="class 'dog' has 2 examples: too few for .* in the test split"):
         check_every_class_in_every_split(labels, ("cat", "dog"), 0.1, 0.2)
-
-
-def test_balanced_class_weights_come_from_the_training_split() -> None:
-    one_hot = np.eye(3, dtype=np.float32)[[0, 0, 0, 1]]  # 3 of class 0, 1 of class 1, none of class 2
-    assert class_weights(one_hot, "none") is None
-    assert class_weights(one_hot, "balanced") == pytest.approx({0: 4 / 9, 1: 4 / 3, 2: 1.0})
 
 
 # ----------------------------------------------------------------------------- CSV tables

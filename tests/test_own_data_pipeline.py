@@ -12,6 +12,8 @@ from conftest import dvc, edit_params, git_commit, make_project_repo, ran_stages
 from PIL import Image
 from test_own_data import COUNTS, SHAPES, draw_folder, draw_shape, one_error, sha256_of
 
+from pipeline.training import class_weights
+
 # A small CNN that learns the shapes in seconds: 0.97-1.0 test accuracy measured, grayscale and RGB.
 SHAPES_TRAINING = {
     "train.cnn.filters": [16, 32],
@@ -82,6 +84,12 @@ def test_image_folder_end_to_end_with_reruns_predict_and_a_remote(tmp_path: Path
     assert sha256_of(clone / "data/own/shapes") and (clone / "data/own/shapes/circle/new.png").is_file()
     assert ran_stages(dvc(clone, "repro").stdout) == []
     assert "up to date" in dvc(clone, "status").stdout
+
+
+def test_balanced_class_weights_come_from_the_training_split() -> None:
+    one_hot = np.eye(3, dtype=np.float32)[[0, 0, 0, 1]]  # 3 of class 0, 1 of class 1, none of class 2
+    assert class_weights(one_hot, "none") is None
+    assert class_weights(one_hot, "balanced") == pytest.approx({0: 4 / 9, 1: 4 / 3, 2: 1.0})
 
 
 def write_iris_csv(path: Path) -> list[str]:
