@@ -6,9 +6,11 @@ cannot drift apart. One function, in this order:
 
 1. Decode with Pillow, its decompression-bomb limit on (`Image.MAX_IMAGE_PIXELS`, ~89 megapixels;
    its warning counts as the error here), and no image above `MAX_PIXELS` once decoded.
-   JPEGs decode at a reduced scale (libjpeg's DCT scaling, Pillow's `draft`) when they are more
-   than `DRAFT_GAP` times the target size, as Pillow's own `thumbnail()` does: a 512x512 photo
-   for a 64x64 target decodes at 256x256, several times faster, and a huge JPEG never fills memory.
+   JPEGs decode at a reduced scale (libjpeg's DCT scaling, Pillow's `draft`, as Pillow's own
+   `thumbnail()` does) when they are more than `DRAFT_GAP` times the target's longer side: a
+   512x512 photo for a 64x64 target decodes at 256x256, and a huge JPEG never fills memory.
+   4x rather than thumbnail()'s 2x: at 2x, sharp edges blurred visibly (up to 0.16 on a 0..1
+   scale in tests/test_predict.py's scanned digit), at 4x they stay within 0.05.
 2. GIFs and other animations: the first frame. 16-bit grayscale: divided by 257 to 8 bits
    (Pillow's own conversion would clip it to white). Palette images: through their palette.
    Transparency (alpha, or a palette's transparent colour): composited on white.
@@ -36,8 +38,9 @@ from pipeline.errors import PipelineError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 COLOR_MODES = {"grayscale": "L", "rgb": "RGB"}
 RESIZE_METHOD = "pillow-box"  # recorded in meta.json, so a model says how its inputs were made
-# Above this many pixels (after a JPEG's reduced decoding) an image is refused: converting one
-# costs ~12 bytes per pixel at its peak, so 40 megapixels (e.g. 7000x5700) stay under ~0.5 GB.
+# Above this many pixels (after a JPEG's reduced decoding) an image is refused before it decodes:
+# converting an RGBA PNG peaks at ~7 bytes per pixel (grayscale) to ~13 (RGB), measured on a
+# 6000x6000 one (276 / 487 MB), so 40 megapixels (e.g. 7000x5700) stay around 0.5 GB.
 MAX_PIXELS = 40_000_000
 DRAFT_GAP = 4  # JPEGs decode at the smallest scale still >= DRAFT_GAP x the target (see the module docstring)
 
