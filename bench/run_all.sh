@@ -23,3 +23,5 @@ $PY -m bench.overhead --source "$SOURCE" --rounds 5
 $PY -m bench.npz_format --source "$SOURCE" --rounds 3
 $PY -m bench.scaling --source "$SOURCE" --epochs 1
 $PY -m bench.distributed --source "$SOURCE" --epochs 2
+# 3d: your own image folder (20,000 generated images) against Keras's image_dataset_from_directory
+$PY -m bench.image_loading --images 20000 --runs 3

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.files import load_npz, write_npz_atomic
+from pipeline.files import load_npz, read_json, write_npz_atomic
 
 KERAS_DATASETS_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
 RAW_MANIFEST = "dataset.json"
@@ -42,7 +42,7 @@ class RawDataset:
     """A dataset as published: integer labels, unscaled features, optional official test split."""
 
     name: str
-    kind: str  # "image" (N, H, W) pixels, or "tabular" (N, F) features
+    kind: str  # "image" (N, H, W) pixels, "tabular" (N, F) features, or "image_files" (N, 2) [path, sha256] rows
     x_train: np.ndarray
     y_train: np.ndarray
     x_test: np.ndarray | None
@@ -180,6 +180,38 @@ def _read_bundled(folder: Path, name: str) -> RawDataset:
     )
 
 
+def _read_image_index(folder: Path) -> RawDataset:
+    """Your image folder as the download stage indexed it: kind "image_files", x = (N, 2) [path, sha256] rows.
+
+    Preprocess decodes the files (pipeline/folders.py); nothing is decoded here.
+    """
+    from pipeline import folders  # here, not at the top: every stage imports this module (through params.py)
+
+    index = read_json(folder / folders.INDEX_FILE)
+
+    def rows(split: str) -> tuple[np.ndarray, np.ndarray]:
+        entries = index[split]
+        files = np.array([[path, sha] for path, _, sha in entries], dtype=str).reshape(len(entries), 2)
+        return files, np.array([label for _, label, _ in entries], dtype=np.int64)
+
+    (x_train, y_train), (x_test, y_test) = rows("train"), rows("test")
+    official = len(x_test) > 0
+    return RawDataset(
+        "image_folder", "image_files", x_train, y_train, x_test if official else None, y_test if official else None,
+        tuple(index["class_names"]), 255.0,
+    )  # fmt: skip
+
+
+def _read_table_copy(folder: Path) -> RawDataset:
+    from pipeline import tables  # as above: only the stages that read a table depend on tables.py
+
+    label_column = read_json(folder / RAW_MANIFEST)["label_column"]
+    table = tables.read_table(folder / tables.TABLE_FILE, label_column)
+    return RawDataset(
+        "csv", "tabular", table.features, table.labels, None, None, table.class_names, None, table.feature_names
+    )
+
+
 FASHION_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
@@ -219,6 +251,9 @@ REGISTRY: dict[str, DatasetSpec] = {
         ),
         _read_idx_dataset("fashion_mnist", FASHION_CLASSES, _FASHION_MAX),
     ),
+    # Your own data under data/own/ (docs/own-data.md): nothing to download, the download stage indexes it.
+    "image_folder": DatasetSpec("image_folder", "your image folder, one subfolder per class", (), _read_image_index),
+    "csv": DatasetSpec("csv", "your CSV table, one column of labels (data.label_column)", (), _read_table_copy),
 }  # fmt: skip
 
 

@@ -48,23 +48,28 @@ def misclassified_grid(
     max_images: int,
     cell: int = 96,
 ) -> Image.Image:
-    """A grid of the first `max_images` misclassified images (values in [0, 1]) captioned true/predicted."""
+    """A grid of the first `max_images` misclassified images (values in [0, 1]) captioned true/predicted.
+
+    Images of shape (N, H, W, 1) give a grayscale grid; (N, H, W, 3) a colour one.
+    """
     wrong = np.flatnonzero(true_labels != predicted_labels)[:max_images]
     font = ImageFont.load_default()
     caption = 28
     columns = max(1, min(5, len(wrong)))
     rows = max(1, -(-len(wrong) // columns))
-    grid = Image.new("L", (columns * cell, rows * (cell + caption)), color=255)
+    mode = "RGB" if images.shape[-1] == 3 else "L"
+    grid = Image.new(mode, (columns * cell, rows * (cell + caption)), color="white")
     draw = ImageDraw.Draw(grid)
     if len(wrong) == 0:
-        draw.text((4, 4), "no misclassified test images", fill=0, font=font)
+        draw.text((4, 4), "no misclassified test images", fill="black", font=font)
     for slot, index in enumerate(wrong):
-        pixels = np.clip(images[index].squeeze(-1) * 255.0, 0, 255).astype(np.uint8)
-        tile = Image.fromarray(pixels, mode="L").resize((cell - 8, cell - 8), Image.NEAREST)
+        pixels = np.clip(images[index] * 255.0, 0, 255).astype(np.uint8)
+        pixels = pixels.squeeze(-1) if mode == "L" else pixels
+        tile = Image.fromarray(pixels).resize((cell - 8, cell - 8), Image.NEAREST)
         left, top = (slot % columns) * cell, (slot // columns) * (cell + caption)
         grid.paste(tile, (left + 4, top + 4))
-        draw.text((left + 4, top + cell - 2), f"true {class_names[true_labels[index]]}", fill=0, font=font)
-        draw.text((left + 4, top + cell + 11), f"pred {class_names[predicted_labels[index]]}", fill=0, font=font)
+        draw.text((left + 4, top + cell - 2), f"true {class_names[true_labels[index]]}", fill="black", font=font)
+        draw.text((left + 4, top + cell + 11), f"pred {class_names[predicted_labels[index]]}", fill="black", font=font)
     return grid
 
 

@@ -55,7 +55,7 @@ def build_cnn(
     """
     if len(input_shape) != 3:
         raise PipelineError(
-            f"train.model=cnn needs images of shape (H, W, 1), but the prepared data has shape {tuple(input_shape)}; "
+            f"train.model=cnn needs images of shape (H, W, C), but the prepared data has shape {tuple(input_shape)}; "
             "use train.model=mlp for tabular data such as iris."
         )
     inputs = keras.Input(shape=tuple(input_shape))

@@ -24,6 +24,8 @@ from pipeline.errors import PipelineError
 # The dataset names are the registry's (pipeline/datasets.py, NumPy only): a dataset added there is allowed here.
 # Its cost: every stage imports pipeline/datasets.py through this module, so it is a code dep of each in dvc.yaml.
 DATASETS = tuple(REGISTRY)
+COLOR_MODES = ("grayscale", "rgb")
+CLASS_WEIGHTS = ("none", "balanced")
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "elu", "selu", "gelu", "silu", "leaky_relu")
 LR_SCHEDULES = ("constant", "cosine")
 OPTIMIZERS = ("adam", "sgd", "rmsprop", "adadelta", "adagrad", "adamax", "nadam", "ftrl")
@@ -166,6 +168,18 @@ def host_port() -> Rule:
     return rule
 
 
+def image_size() -> Rule:
+    def rule(value: Any) -> tuple[int, ...]:
+        allowed = "[] (each image's own size) or [height, width], two integers from 1 to 4096, e.g. [64, 64]"
+        if not isinstance(value, list) or len(value) not in (0, 2):
+            raise _Invalid(allowed)
+        if any(isinstance(side, bool) or not isinstance(side, int) or not 1 <= side <= 4096 for side in value):
+            raise _Invalid(allowed)
+        return tuple(value)
+
+    return rule
+
+
 def _bounds_text(low: int | None, high: int | None) -> str:
     if low is not None and high is not None:
         return f" from {low} to {high}"
@@ -182,10 +196,16 @@ def _bounds_text(low: int | None, high: int | None) -> str:
 @dataclass(frozen=True)
 class DataParams:
     SECTION = "data"
-    RULES = {"dataset": choice(*DATASETS), "source": text(), "checksums": sha256_mapping()}
+    RULES = {
+        "dataset": choice(*DATASETS),
+        "source": text(),
+        "checksums": sha256_mapping(),
+        "label_column": text(),
+    }
     dataset: str
     source: str
     checksums: dict[str, str]
+    label_column: str
 
 
 @dataclass(frozen=True)
@@ -195,10 +215,16 @@ class PreprocessParams:
         "val_fraction": real(0.0, 1.0, low_open=True, high_open=True),
         "test_fraction": real(0.0, 1.0, low_open=True, high_open=True),
         "seed": integer(0, 2**32 - 1),
+        "image_size": image_size(),
+        "color_mode": choice(*COLOR_MODES),
+        "memory_limit_mb": integer(0),
     }
     val_fraction: float
     test_fraction: float
     seed: int
+    image_size: tuple[int, ...]
+    color_mode: str
+    memory_limit_mb: int
 
 
 @dataclass(frozen=True)
@@ -278,6 +304,7 @@ class TrainParams:
         "steps_per_execution": integer(1, 100_000),
         "onednn": boolean(),
         "distributed": DistributedParams,
+        "class_weight": choice(*CLASS_WEIGHTS),
     }
     model: str
     mlp: MlpParams
@@ -294,6 +321,7 @@ class TrainParams:
     steps_per_execution: int
     onednn: bool
     distributed: DistributedParams
+    class_weight: str
 
     def check_combinations(self, where: str) -> None:
         """The checks no single key's rule can make: `train.distributed` against the rest of `train`."""

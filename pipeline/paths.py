@@ -9,6 +9,8 @@ from pathlib import Path
 PARAMS = Path("params.yaml")
 
 RAW_DIR = Path("data/raw")
+# Where your own image folders and CSV tables live (`dvc add data/own/NAME`); the download stage depends on it.
+OWN_DATA_DIR = Path("data/own")
 PREPARED_DIR = Path("data/prepared")
 PREPARED_META = PREPARED_DIR / "meta.json"
 

@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipeline.errors import PipelineError
+from pipeline.images import IMAGE_SUFFIXES, Conversion, convert_image
 from pipeline.preprocessing import apply_minmax, scale_pixels
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 ARRAY_SUFFIX = ".npy"
 CSV_SUFFIX = ".csv"
 IMAGE_FILE_MAX = 255.0  # 8-bit image files: the value that scales to 1.0, as preprocess does for MNIST
@@ -35,6 +34,7 @@ class InputSpec:
     class_names: tuple[str, ...]
     scaling: dict[str, Any]
     feature_names: tuple[str, ...] = ()
+    image: dict[str, Any] | None = None  # how preprocess converted image files (your own folder); None: built-in
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any]) -> InputSpec:
@@ -45,6 +45,7 @@ class InputSpec:
                 class_names=tuple(meta["class_names"]),
                 scaling=meta["scaling"],
                 feature_names=tuple(meta.get("feature_names", ())),
+                image=meta.get("image"),
             )
         except (KeyError, TypeError) as err:
             raise PipelineError(f"the preprocessing description lacks {err}; rerun preprocess (dvc repro).") from None
@@ -56,8 +57,14 @@ class InputSpec:
     def describe(self) -> str:
         if self.kind == "image":
             height, width = self.input_shape[:2]
-            return f"{height}x{width} grayscale images (PNG/JPEG files, or .npy arrays of shape ({height}, {width}))"
+            if self.conversion().color_mode == "rgb":
+                return f"{height}x{width} RGB images (image files of any size, e.g. PNG or JPEG)"
+            return f"{height}x{width} grayscale images (image files of any size, or .npy arrays ({height}, {width}))"
         return f"rows of {self.input_shape[0]} features ({', '.join(self.feature_names) or 'unnamed'})"
+
+    def conversion(self) -> Conversion:
+        """How image files become this model's pixels: as preprocess converted the training images."""
+        return Conversion.from_record(self.image or {}, self.input_shape)
 
 
 @dataclass(frozen=True)
@@ -109,30 +116,11 @@ def scale_features(features: np.ndarray, scaling: dict[str, Any]) -> np.ndarray:
 # ----------------------------------------------------------------------------- readers
 
 
-def image_pixels(image: Image.Image, height: int, width: int, *, invert: bool = False) -> np.ndarray:
-    """An image of any size and mode -> (height, width) grayscale 0..255, as the training images look.
-
-    Transparent areas become white. Downsizing averages areas (BOX), the way
-    scikit-learn's 8x8 digits were made from 32x32 bitmaps.
-    """
-    image = ImageOps.exif_transpose(image)
-    if image.mode.startswith("I"):  # 16-bit grayscale PNG: Pillow's convert("L") would clip it to white
-        image = Image.fromarray(np.round(np.asarray(image, dtype=np.float64) / 257.0).clip(0, 255).astype(np.uint8))
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
-    gray = image.convert("L").resize((width, height), Image.Resampling.BOX)
-    if invert:
-        gray = ImageOps.invert(gray)
-    return np.asarray(gray, dtype=np.float32)
-
-
 def read_image(path: Path, spec: InputSpec, *, invert: bool = False) -> Batch:
-    height, width = spec.input_shape[:2]
-    try:
-        with Image.open(path) as image:
-            pixels = image_pixels(image, height, width, invert=invert)
-    except (UnidentifiedImageError, OSError) as err:
-        raise PipelineError(f"{path} is not a readable PNG or JPEG image ({err}).") from None
+    """An image file of any size and format, converted by the function preprocess used (pipeline/images.py)."""
+    pixels = convert_image(path, spec.conversion(), str(path))
+    if invert:
+        pixels = 255 - pixels
     return Batch((str(path),), scale_pixels(pixels[np.newaxis], IMAGE_FILE_MAX))
 
 

@@ -8,6 +8,7 @@ Tabular features are few; they are stored already scaled.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,8 +23,13 @@ if TYPE_CHECKING:  # train and evaluate import this module; they need not depend
 
 
 def scale_pixels(images: np.ndarray, pixel_max: float) -> np.ndarray:
-    """Pixels to [0, 1] by the format's maximum (255, or 16 for digits), with a channel axis: (N, H, W, 1)."""
-    return (images.astype(np.float32) / np.float32(pixel_max))[..., np.newaxis]
+    """Pixels to [0, 1] by the format's maximum (255, or 16 for digits), with a channel axis.
+
+    Grayscale is stored (N, H, W) and gets its channel axis here: (N, H, W, 1); RGB is stored
+    with its channels already, (N, H, W, 3), and keeps them.
+    """
+    scaled = images.astype(np.float32) / np.float32(pixel_max)
+    return scaled[..., np.newaxis] if scaled.ndim == 3 else scaled
 
 
 def stored_pixels(images: np.ndarray, what: str) -> np.ndarray:
@@ -93,6 +99,22 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     return kept, held_out
 
 
+def check_every_class_in_every_split(
+    labels: dict[str, np.ndarray], class_names: tuple[str, ...], val_fraction: float, test_fraction: float
+) -> None:
+    """Each class must reach the training, validation and test splits, or its scores mean nothing."""
+    for name, split_labels in labels.items():
+        counts = np.bincount(split_labels, minlength=len(class_names))
+        if counts.min() == 0:
+            scarce = class_names[int(counts.argmin())]
+            total = sum(int(np.sum(y == class_names.index(scarce))) for y in labels.values())
+            raise PipelineError(
+                f"class '{scarce}' has {total} examples: too few for preprocess.val_fraction={val_fraction} and "
+                f"preprocess.test_fraction={test_fraction} to leave it one in the {name} split; add examples "
+                "of it, or raise the fraction."
+            )
+
+
 @dataclass(frozen=True)
 class Split:
     x: np.ndarray  # images: uint8 pixels (N, H, W) as published; tabular: scaled float32 features
@@ -100,13 +122,22 @@ class Split:
 
 
 def prepare_splits(
-    raw: RawDataset, val_fraction: float, test_fraction: float, seed: int
+    raw: RawDataset,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    *,
+    decode: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None,
+    image_record: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Split], dict[str, Any]]:
     """Train/val/test splits as stored (see the module docstring), one-hot, and the description later stages need.
 
     The official test split is kept where there is one; otherwise a stratified
     test split is held out first. Validation is always carved from training data.
-    Scaling is fitted on the training split only.
+    Scaling is fitted on the training split only. Image files (kind "image_files",
+    your own folder) are split by their labels first, then `decode` turns each
+    split's files into pixels: nothing is decoded twice or held twice.
+    `image_record` (how files became pixels) goes into the description for predict.
     """
     if raw.x_test is not None and raw.y_test is not None:
         x_pool, y_pool, x_test, y_test = raw.x_train, raw.y_train, raw.x_test, raw.y_test
@@ -123,12 +154,23 @@ def prepare_splits(
         "val": (x_pool[val_idx], y_pool[val_idx]),
         "test": (x_test, y_test),
     }
-    if raw.kind == "image":
+    check_every_class_in_every_split(
+        {n: y for n, (_, y) in parts.items()}, raw.class_names, val_fraction, test_fraction
+    )
+    kind = raw.kind
+    if kind == "image_files":
+        if decode is None:
+            raise PipelineError(f"{raw.name}: image files need a decoder; this is a bug in the preprocess stage.")
+        pixels = decode({name: x for name, (x, _) in parts.items()})
+        parts = {name: (pixels[name], y) for name, (_, y) in parts.items()}
+        kind = "image"
+    if kind == "image":
         if raw.pixel_max is None:
             raise PipelineError(f"{raw.name}: image dataset without a pixel maximum; the registry entry is incomplete.")
         scaling: dict[str, Any] = {"method": "divide", "pixel_max": raw.pixel_max}
         stored = {name: stored_pixels(x, f"{raw.name} {name} split") for name, (x, _) in parts.items()}
-        input_shape = [*parts["train"][0].shape[1:], 1]  # scale_pixels adds the channel axis on load
+        shape = list(parts["train"][0].shape[1:])
+        input_shape = shape + [1] if len(shape) == 2 else shape  # scale_pixels adds a grayscale channel axis on load
     else:
         low, span = fit_minmax(parts["train"][0])
         scaling = {"method": "minmax", "min": low.tolist(), "range": span.tolist()}
@@ -138,7 +180,7 @@ def prepare_splits(
     splits = {name: Split(stored[name], one_hot(y, n_classes)) for name, (_, y) in parts.items()}
     meta = {
         "dataset": raw.name,
-        "kind": raw.kind,
+        "kind": kind,
         "input_shape": input_shape,
         "class_names": list(raw.class_names),
         "feature_names": list(raw.feature_names),
@@ -147,4 +189,6 @@ def prepare_splits(
         "test_split": test_origin,
         "val_split": f"stratified {val_fraction} of the training data, seed {seed + 1}",
     }
+    if image_record is not None:
+        meta["image"] = image_record
     return splits, meta

@@ -225,6 +225,7 @@ def fit_resumable(
     state_dir: Path,
     fingerprint: str,
     role: Role | None = None,
+    class_weight: dict[int, float] | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> Progress:
     """Fit `model` (compiled, seeded) and leave it holding its best epoch's weights.
@@ -232,10 +233,12 @@ def fit_resumable(
     Resumes from `state_dir` when it holds the state of this very run
     (same `fingerprint`); the caller clears that state once the model is saved.
     With a distributed engine (`role`), every process runs this on its share of each
-    batch, and only process 0 writes the state. `callbacks` are Keras callbacks of the
-    caller's, e.g. to time or log epochs (bench/timed_train.py): every epoch's `fit` runs
-    them after the one that keeps the best epoch and saves the state. Each epoch is its own
-    `fit` call, so their `on_train_begin`/`on_train_end` come once per epoch too.
+    batch, and only process 0 writes the state. `class_weight` (see `class_weights`)
+    weighs each training example's loss by its class; None leaves the loss as it is.
+    `callbacks` are Keras callbacks of the caller's, e.g. to time or log epochs
+    (bench/timed_train.py): every epoch's `fit` runs them after the one that keeps the best
+    epoch and saves the state. Each epoch is its own `fit` call, so their
+    `on_train_begin`/`on_train_end` come once per epoch too.
     """
     state_path = state_dir / STATE_FILE
     restored = load_state(state_path, model, fingerprint)
@@ -265,6 +268,7 @@ def fit_resumable(
             initial_epoch=epoch,
             validation_data=val,
             shuffle=False,  # the dataset is already in its epoch's order
+            class_weight=class_weight,
             callbacks=[epoch_end, *callbacks],
             # A progress bar on a terminal; one line per epoch in CI logs; from process 0 only.
             verbose=(1 if sys.stdout.isatty() else 2) if writer else 0,
@@ -285,6 +289,20 @@ def code_files(entry_point: Path) -> list[Path]:
     also discards an interrupted run's state, i.e. retrains from scratch: never a wrong resume.
     """
     return [entry_point, *sorted(Path(__file__).parent.glob("*.py"))]
+
+
+def class_weights(labels_one_hot: np.ndarray, method: str) -> dict[int, float] | None:
+    """Per-class loss weights from the training split: None (all 1) or scikit-learn's "balanced".
+
+    balanced: n_examples / (n_classes * count of the class), so every class adds the same total
+    weight to the loss however many examples it has. A class absent from the split gets 1.
+    """
+    if method == "none":
+        return None
+    counts = labels_one_hot.sum(axis=0).astype(np.float64)
+    n_classes = len(counts)
+    total = counts.sum()
+    return {i: float(total / (n_classes * count)) if count else 1.0 for i, count in enumerate(counts)}
 
 
 def run_fingerprint(params: dict[str, Any], files: list[Path]) -> str:

@@ -3,7 +3,10 @@
 digits and iris come from scikit-learn's bundled copies (no network);
 mnist and fashion_mnist are fetched from `data.source` (default: the canonical
 Keras URLs), retried, verified against their published checksums and written
-atomically: on any failure data/raw/ is left as it was.
+atomically: on any failure data/raw/ is left as it was. Your own data
+(image_folder, csv) is read from `data.source` under data/own/: an image folder
+is indexed (paths and sha256 of its images, not copies), a CSV table is checked
+and copied (docs/own-data.md).
 """
 
 from __future__ import annotations
@@ -12,26 +15,47 @@ import argparse
 import logging
 from pathlib import Path
 
-from pipeline import paths
+from pipeline import folders, paths, tables
 from pipeline.cli import run_stage
 from pipeline.datasets import KERAS_DATASETS_URL, RAW_MANIFEST, get_spec, write_bundled
 from pipeline.download import fetch_dataset
-from pipeline.files import atomic_directory, write_json_atomic
+from pipeline.errors import PipelineError
+from pipeline.files import atomic_directory, write_bytes_atomic, write_json_atomic
 from pipeline.params import DataParams, load_params
 
 log = logging.getLogger("download")
 
 
+def snapshot_own_data(params: DataParams, folder: Path) -> dict[str, str]:
+    """Index an image folder, or check and copy a CSV table, into `folder`; returns the manifest's extra keys."""
+    source = folders.own_source(params.source)
+    if params.dataset == "image_folder":
+        index = folders.index_folder(source)
+        write_json_atomic(folder / folders.INDEX_FILE, index)
+        log.info("%s: %s, %s", source, index["layout"], index["skipped"])
+        return {}
+    if not source.is_file():
+        raise PipelineError(f"data.source: {source} is not a file; data.dataset=csv needs a CSV file.")
+    data = tables.read_bytes(source)
+    tables.parse_table(tables.decode_text(data, source), source, params.label_column)  # errors name the user's file
+    write_bytes_atomic(folder / tables.TABLE_FILE, data)
+    return {"label_column": params.label_column}
+
+
 def download(params: DataParams, folder: Path) -> None:
     """Put the dataset's files and its manifest into `folder` and check that they read back."""
     spec = get_spec(params.dataset)
+    extra: dict[str, str] = {}
     if spec.files:
         source = params.source or KERAS_DATASETS_URL
         fetch_dataset(spec.files, source, folder, params.checksums)
+    elif spec.name in ("image_folder", "csv"):
+        source = str(folders.own_source(params.source))
+        extra = snapshot_own_data(params, folder)
     else:
         source = "scikit-learn (bundled)"
         write_bundled(folder, spec.name)
-    write_json_atomic(folder / RAW_MANIFEST, {"dataset": spec.name, "source": source})
+    write_json_atomic(folder / RAW_MANIFEST, {"dataset": spec.name, "source": source} | extra)
     raw = spec.read(folder)  # a file that verifies but does not parse must fail here, not in preprocess
     log.info(
         "%s: %d training and %s test examples from %s",

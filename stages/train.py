@@ -93,6 +93,7 @@ def train_model(
         seed=params.seed, state_dir=paths.RESUME_DIR,
         fingerprint=training.run_fingerprint(training.fingerprint_params(params), inputs + code),
         role=role, callbacks=extra_callbacks,
+        class_weight=training.class_weights(train[1], params.class_weight),
     )  # fmt: skip
     return model, progress
 

@@ -239,6 +239,8 @@ def repo_paths(command: list[str]) -> list[str]:
         word = argument.split("=", 1)[1] if re.match(r"^[\w.+-]+=", argument) else argument
         if word.startswith(("-", "/", "~", "$")) or ":" in word:
             continue
+        if word.startswith("data/own/") and word != "data/own/README.md":
+            continue  # the user's own data: its names are examples (docs/own-data.md), not files of this repo
         first = word.split("/", 1)[0]
         if first in tracked_top_level() and first not in ("", ".", ".."):
             paths.append(word)

@@ -1,0 +1,135 @@
+"""THE conversion of an image file into the pixels a model takes, shared by preprocess and predict.
+
+Preprocess converts every training image with `convert_image`, and predict converts every new
+image with it too, reading the settings back from meta.json (`Conversion.from_record`): the two
+cannot drift apart. One function, in this order:
+
+1. Decode with Pillow, its decompression-bomb limit on (`Image.MAX_IMAGE_PIXELS`, ~89 megapixels;
+   its warning counts as the error here), and no image above `MAX_PIXELS` once decoded.
+   JPEGs decode at a reduced scale (libjpeg's DCT scaling, Pillow's `draft`, as Pillow's own
+   `thumbnail()` does) when they are more than `DRAFT_GAP` times the target's longer side: a
+   512x512 photo for a 64x64 target decodes at 256x256, and a huge JPEG never fills memory.
+   4x rather than thumbnail()'s 2x: at 2x, sharp edges blurred visibly (up to 0.16 on a 0..1
+   scale in tests/test_predict.py's scanned digit), at 4x they stay within 0.05.
+2. GIFs and other animations: the first frame. 16-bit grayscale: divided by 257 to 8 bits
+   (Pillow's own conversion would clip it to white). Palette images: through their palette.
+   Transparency (alpha, or a palette's transparent colour): composited on white.
+3. To grayscale (Pillow's ITU-R 601-2 luma) or RGB.
+4. Resized to (H, W) by area averaging (Pillow's BOX filter): each output pixel is the mean of the
+   source pixels it covers, the way scikit-learn's 8x8 digits were made. The aspect ratio is not
+   kept (the image is stretched), as in `keras.utils.image_dataset_from_directory`'s default.
+5. Turned by its EXIF orientation tag (a phone photo taken sideways), after resizing, which gives
+   the same pixels as turning first: the filter is symmetric.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from pipeline.errors import PipelineError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+COLOR_MODES = {"grayscale": "L", "rgb": "RGB"}
+RESIZE_METHOD = "pillow-box"  # recorded in meta.json, so a model says how its inputs were made
+# Above this many pixels (after a JPEG's reduced decoding) an image is refused before it decodes:
+# converting an RGBA PNG peaks at ~7 bytes per pixel (grayscale) to ~13 (RGB), measured on a
+# 6000x6000 one (276 / 487 MB), so 40 megapixels (e.g. 7000x5700) stay around 0.5 GB.
+MAX_PIXELS = 40_000_000
+DRAFT_GAP = 4  # JPEGs decode at the smallest scale still >= DRAFT_GAP x the target (see the module docstring)
+
+# EXIF orientation -> the transpose that shows the photo upright (as PIL.ImageOps.exif_transpose).
+_ORIENTATION = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_SWAPS_AXES = (5, 6, 7, 8)
+_EXIF_ORIENTATION_TAG = 0x0112
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """How image files become pixels: the colour mode and the (height, width); size None = keep each image's own."""
+
+    color_mode: str = "grayscale"
+    size: tuple[int, int] | None = None
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.color_mode == "grayscale" else 3
+
+    def record(self) -> dict[str, Any]:
+        """What meta.json stores, so predict converts new images exactly so."""
+        return {"color_mode": self.color_mode, "image_size": list(self.size or ()), "resize": RESIZE_METHOD}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], input_shape: tuple[int, ...]) -> Conversion:
+        if record.get("resize", RESIZE_METHOD) != RESIZE_METHOD:
+            raise PipelineError(
+                f"the model's images were resized by '{record['resize']}', which this version cannot do; "
+                "rerun the pipeline (dvc repro)."
+            )
+        return cls(record.get("color_mode", "grayscale"), (int(input_shape[0]), int(input_shape[1])))
+
+
+def convert_image(source: bytes | Path | BinaryIO, conversion: Conversion, what: str) -> np.ndarray:
+    """One image file's bytes (or path) -> uint8 pixels (H, W) for grayscale, (H, W, 3) for RGB.
+
+    `what` names the file in the one-sentence error raised for anything that does not decode.
+    """
+    if isinstance(source, bytes):
+        source = io.BytesIO(source)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source) as image:
+                return _to_pixels(image, conversion, what)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise PipelineError(f"{what} is too large to decode safely ({err}); downscale it before using it.") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:  # Pillow's ways of saying "corrupt"
+        raise PipelineError(f"{what} is not a readable image ({err}); replace or delete the file.") from None
+
+
+def _to_pixels(image: Image.Image, conversion: Conversion, what: str) -> np.ndarray:
+    mode = COLOR_MODES[conversion.color_mode]
+    if image.format == "JPEG" and conversion.size is not None:  # the EXIF turn may swap the axes: either is fine
+        image.draft(mode, (max(conversion.size) * DRAFT_GAP,) * 2)
+    if image.size[0] * image.size[1] > MAX_PIXELS:  # before anything decodes the pixels
+        raise PipelineError(
+            f"{what} is {image.size[0]}x{image.size[1]} pixels, more than the {MAX_PIXELS:,} this pipeline "
+            "decodes (pipeline/images.py, MAX_PIXELS); downscale it before using it."
+        )
+    image.load()
+    orientation = image.getexif().get(_EXIF_ORIENTATION_TAG, 1)
+    if conversion.size is None:
+        width, height = image.size
+    else:  # the size to resize to before turning the image upright
+        height, width = conversion.size[::-1] if orientation in _SWAPS_AXES else conversion.size
+    if image.mode.startswith("I"):
+        # 16-bit grayscale: Pillow's convert("L") would clip every value above 255 to white.
+        image = Image.fromarray(np.round(np.asarray(image, dtype=np.float64) / 257.0).clip(0, 255).astype(np.uint8))
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        # Composited on white by pasting through the alpha channel: the same result as alpha_composite
+        # (within one grey level), in about half the memory (~7 bytes per pixel at the peak instead of ~16).
+        rgba = image if image.mode == "RGBA" else image.convert("RGBA")
+        image = Image.new(mode, rgba.size, "white")
+        image.paste(rgba.convert(mode), mask=rgba.getchannel("A"))
+        del rgba
+    if image.mode != mode:
+        image = image.convert(mode)
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.BOX)
+    if orientation in _ORIENTATION:
+        image = image.transpose(_ORIENTATION[orientation])
+    return np.asarray(image, dtype=np.uint8)

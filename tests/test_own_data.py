@@ -1,0 +1,271 @@
+"""Your own data: image folders and CSV tables, from real files drawn here, through real DVC and Keras."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from pipeline import folders, images
+from pipeline.errors import PipelineError
+from pipeline.folders import check_memory, decode_splits, index_folder, own_source
+from pipeline.images import Conversion, convert_image
+from pipeline.preprocessing import check_every_class_in_every_split
+from pipeline.tables import parse_table
+
+COLOURS = ((200, 30, 30), (30, 150, 40), (40, 60, 210))
+SHAPES = ("circle", "square", "triangle")
+# Images per class: triangles are fewer, as real folders are rarely balanced.
+COUNTS = {"circle": 60, "square": 60, "triangle": 36}
+
+
+def draw_shape(shape: str, rng: np.random.Generator, side: int | None = None, *, centred: bool = False) -> Image.Image:
+    """One filled circle, square or triangle in one of three colours, on white, of a random size and place."""
+    side = side or int(rng.integers(20, 48))
+    image = Image.new("RGB", (side, side), "white")
+    extent = (0.8 if centred else rng.uniform(0.55, 0.9)) * side
+    left, top = (
+        ((side - extent) / 2,) * 2 if centred else (rng.uniform(0, side - extent), rng.uniform(0, side - extent))
+    )
+    colour = COLOURS[int(rng.integers(len(COLOURS)))]
+    draw = ImageDraw.Draw(image)
+    if shape == "circle":
+        draw.ellipse((left, top, left + extent, top + extent), fill=colour)
+    elif shape == "square":
+        draw.rectangle((left, top, left + extent, top + extent), fill=colour)
+    else:
+        draw.polygon([(left, top + extent), (left + extent, top + extent), (left + extent / 2, top)], fill=colour)
+    return image
+
+
+def draw_folder(root: Path, counts: dict[str, int], seed: int = 0) -> None:
+    """PNG and JPEG files alternately, one subfolder per class."""
+    rng = np.random.default_rng(seed)
+    for shape, count in counts.items():
+        (root / shape).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            image = draw_shape(shape, rng)
+            if i % 2:
+                image.save(root / shape / f"{i:03d}.jpg", quality=90)
+            else:
+                image.save(root / shape / f"{i:03d}.png")
+
+
+def sha256_of(*paths: Path) -> dict[str, str]:
+    """Every file under `paths`, by path: to check that a failed stage left them as they were."""
+    files = sorted(f for p in paths for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file())
+    return {str(f): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+
+
+def one_error(result) -> str:
+    """A failed stage's one ERROR line (and that there was exactly one, and no traceback)."""
+    assert result.returncode == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    return errors[0]
+
+
+# ----------------------------------------------------------------------------- converting one image
+
+
+def encoded(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def test_every_format_converts_to_the_same_pixels() -> None:
+    red = Image.new("RGB", (40, 20), (255, 0, 0))
+    rgb, gray = Conversion("rgb", (10, 20)), Conversion("grayscale", (10, 20))
+    for fmt in ("PNG", "BMP", "WEBP", "TIFF", "GIF"):
+        options = {"lossless": True} if fmt == "WEBP" else {}
+        pixels = convert_image(encoded(red, fmt, **options), rgb, fmt)
+        assert pixels.shape == (10, 20, 3) and np.abs(pixels.astype(int) - [255, 0, 0]).max() <= 2, fmt
+        assert convert_image(encoded(red, fmt, **options), gray, fmt).shape == (10, 20)
+    assert np.abs(convert_image(encoded(red, "JPEG"), rgb, "jpeg").astype(int) - [255, 0, 0]).max() <= 8
+    assert convert_image(encoded(red, "PNG"), gray, "png").max() == 76  # ITU-R 601-2 luma of pure red
+
+
+def test_alpha_palette_16_bit_gif_frames_and_exif_orientation() -> None:
+    size = Conversion("rgb", (8, 8))
+    clear = Image.new("RGBA", (16, 16), (0, 0, 0, 0))  # fully transparent black -> white
+    assert (convert_image(encoded(clear, "PNG"), size, "alpha") == 255).all()
+    palette = Image.new("P", (16, 16), 0)
+    palette.putpalette([0, 0, 0, 10, 200, 30])
+    palette.info["transparency"] = 0
+    assert (convert_image(encoded(palette, "PNG", transparency=0), size, "palette") == 255).all()
+    deep = Image.fromarray(np.full((16, 16), 257 * 100, dtype=np.uint16))
+    assert (convert_image(encoded(deep, "PNG"), Conversion("grayscale", (8, 8)), "16-bit") == 100).all()
+    frames = [Image.new("RGB", (16, 16), colour) for colour in ((0, 0, 255), (255, 0, 0))]
+    gif = encoded(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    assert convert_image(gif, size, "gif")[0, 0, 2] > 200  # the first frame: blue
+    # A photo stored sideways: 20 wide, 10 high, with the top half dark; orientation 6 turns it upright.
+    sideways = np.full((10, 20), 255, dtype=np.uint8)
+    sideways[:, :10] = 0
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    upright = convert_image(encoded(Image.fromarray(sideways), "PNG", exif=exif), Conversion("grayscale"), "exif")
+    assert upright.shape == (20, 10) and upright[:10].max() == 0 and upright[10:].min() == 255
+
+
+def test_bombs_huge_and_broken_images_are_one_sentence(monkeypatch: pytest.MonkeyPatch) -> None:
+    image = encoded(Image.new("L", (40, 40)), "PNG")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow's limit: 1,600 pixels warns, 3,200 errors
+    with pytest.raises(PipelineError, match="bomb.png is too large to decode safely"):
+        convert_image(image, Conversion(), "bomb.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 89_478_485)
+    monkeypatch.setattr(images, "MAX_PIXELS", 1000)
+    with pytest.raises(PipelineError, match="big.png is 40x40 pixels, more than the 1,000"):
+        convert_image(image, Conversion(), "big.png")
+    # A JPEG decodes at a reduced scale: 400x400 for a 16x16 target decodes at 100x100, under the cap.
+    photo = encoded(Image.new("RGB", (400, 400), (0, 90, 0)), "JPEG")
+    monkeypatch.setattr(images, "MAX_PIXELS", 100 * 100)
+    assert convert_image(photo, Conversion("rgb", (16, 16)), "photo.jpg").shape == (16, 16, 3)
+    with pytest.raises(PipelineError, match=r"cut.png is not a readable image \(.*\); replace or delete the file"):
+        convert_image(image[: len(image) // 2], Conversion(), "cut.png")
+
+
+# ----------------------------------------------------------------------------- indexing a folder
+
+
+def test_index_sorts_classes_skips_and_counts_other_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    root = Path("data/own/pets")
+    for name in ("dog/a.png", "cat/b.JPG", "cat/deep/c.png", "Zebra/d.gif"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (4, 4)).save(root / name, format="PNG")
+    for name in (".DS_Store", "cat/Thumbs.db", "cat/.hidden.png", "dog/notes.txt", "README.md", ".git/x.png"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text("x")
+    index = index_folder(own_source("data/own/pets"))
+    assert index["class_names"] == ["Zebra", "cat", "dog"]  # sorted, as image_dataset_from_directory sorts them
+    assert [(path, label) for path, label, _ in index["train"]] == [
+        ("data/own/pets/Zebra/d.gif", 0), ("data/own/pets/cat/b.JPG", 1),
+        ("data/own/pets/cat/deep/c.png", 1), ("data/own/pets/dog/a.png", 2),
+    ]  # fmt: skip
+    assert index["test"] == [] and index["layout"] == "class folders"
+    assert "skipped 5 files (3 hidden or system files, 1 without an image extension, 1 outside" in index["skipped"]
+
+
+def test_train_and_test_folders_give_the_official_test_split(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in ("train/a/1.png", "train/a/2.png", "train/b/3.png", "test/a/4.png", "test/b/5.png"):
+        (Path("data/own/k") / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("L", (4, 4)).save(Path("data/own/k") / name)
+    index = index_folder(own_source("data/own/k"))
+    assert index["layout"] == "train/ and test/ folders" and index["class_names"] == ["a", "b"]
+    assert len(index["train"]) == 3 and [label for _, label, _ in index["test"]] == [0, 1]
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        (["a/1.png"], r"has only one class folder \('a'\); a classifier needs at least two"),
+        (["a/1.png", "b/notes.txt"], "class folder data/own/x/b holds no images"),
+        (["1.png"], "data/own/x has no class folders"),
+        (["train/a/1.png", "train/b/1.png", "test/a/1.png"], r"data/own/x/test has class folders \['a'\], but"),
+        (["train/a/1.png", "train/b/1.png", "test/a/1.png", "test/b/1.png", "val/a/1.png"], "data/own/x/val: a folder"),
+    ],
+)
+def test_bad_folders_are_one_sentence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files, message) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in files:
+        (Path("data/own/x") / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("L", (4, 4)).save(Path("data/own/x") / name, format="PNG")
+    with pytest.raises(PipelineError, match=message):
+        index_folder(own_source("data/own/x"))
+
+
+def test_sources_outside_data_own_or_missing_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for source in ("/home/me/pets", "pets", "data/own", "data/own/../../pets"):
+        with pytest.raises(PipelineError, match="is not inside data/own/; move the data to data/own/NAME and track"):
+            own_source(source)
+    with pytest.raises(PipelineError, match="data.source: data/own/pets does not exist"):
+        own_source("data/own/pets")
+    with pytest.raises(PipelineError, match="data.source is empty"):
+        own_source("")
+
+
+# ----------------------------------------------------------------------------- decoding, memory, splits, weights
+
+
+def test_decoding_checks_hashes_sizes_and_memory(tmp_path: Path) -> None:
+    first, second = tmp_path / "a.png", tmp_path / "b.png"
+    Image.new("L", (8, 8), 10).save(first)
+    Image.new("L", (8, 6), 20).save(second)
+    digest = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (first, second)}
+    rows = np.array([[str(first), digest[first]], [str(second), digest[second]]])
+    pixels = decode_splits({"train": rows[:1], "test": rows[1:]}, Conversion("grayscale", (4, 4)), 0)
+    assert pixels["train"].shape == (1, 4, 4) and int(pixels["test"][0, 0, 0]) == 20
+    with pytest.raises(PipelineError, match=r"b.png is 8x6 pixels but .*a.png is 8x8: images of different sizes"):
+        decode_splits({"train": rows}, Conversion("grayscale"), 0)
+    second.write_bytes(first.read_bytes())
+    with pytest.raises(PipelineError, match="b.png changed after the download stage indexed it; run `dvc repro`"):
+        decode_splits({"train": rows}, Conversion("grayscale", (4, 4)), 0)
+    with pytest.raises(
+        PipelineError, match=r"20,000 images of 256x256x3 take 3.9 GB .* than 1 MB \(preprocess.memory_limit_mb=1\)"
+    ):
+        check_memory(20_000, 256, 256, 3, 1)
+    check_memory(100, 16, 16, 3, 1)  # 0.4 MB with its float32 copy: fits in 1 MB
+
+
+def test_decoding_in_several_processes_gives_the_same_arrays(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(3)
+    rows = []
+    for i in range(24):
+        path = tmp_path / f"{i:02d}.{'jpg' if i % 2 else 'png'}"
+        draw_shape(SHAPES[i % 3], rng).save(path)
+        rows.append([str(path), hashlib.sha256(path.read_bytes()).hexdigest()])
+    files = {"train": np.array(rows[:16]), "test": np.array(rows[16:])}
+    alone = decode_splits(files, Conversion("rgb", (12, 12)), 0)
+    monkeypatch.setattr(folders, "IMAGES_PER_PROCESS", 4)  # two processes on two cores
+    monkeypatch.setattr(folders, "CHUNK", 5)
+    assert folders.decoding_processes(24) == min(2, len(os.sched_getaffinity(0)))
+    pooled = decode_splits(files, Conversion("rgb", (12, 12)), 0)
+    for split in files:
+        np.testing.assert_array_equal(pooled[split], alone[split])
+
+
+def test_a_class_too_small_for_the_splits_is_named() -> None:
+    labels = {"train": np.array([0, 0, 1]), "val": np.array([0, 1]), "test": np.array([0])}
+    with pytest.raises(PipelineError, match="class 'dog' has 2 examples: too few for .* in the test split"):
+        check_every_class_in_every_split(labels, ("cat", "dog"), 0.1, 0.2)
+
+
+# ----------------------------------------------------------------------------- CSV tables
+
+
+def test_csv_labels_by_name_strings_or_integers_and_feature_order() -> None:
+    table = parse_table("b, species ,a\n1,dog,2\n3,cat,4\n\n5,dog,6\n", Path("t.csv"), "species")
+    assert table.class_names == ("cat", "dog") and table.labels.tolist() == [1, 0, 1]
+    assert table.feature_names == ("b", "a") and table.features.tolist() == [[1, 2], [3, 4], [5, 6]]
+    numbered = parse_table("x,label\n1,10\n2,2\n3,10\n", Path("t.csv"), "label")
+    assert numbered.class_names == ("2", "10")  # integers sort as numbers
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "t.csv is empty; it needs a header row"),
+        ("\n\n", "t.csv is empty"),
+        ("x,label\n", "t.csv has a header row but no data rows"),
+        ("x,y\n1,2\n", r"t.csv has no column 'label' \(data.label_column\); its columns are x, y"),
+        ("x,label\n1,a\n2\n", "t.csv line 3 has 1 values, but the header names 2 columns"),
+        ("x,label\n1,a\n,b\n", "t.csv line 3, column 'x' has no value"),
+        ("x,label\n1,a\nfour,b\n", "t.csv: column 'x' is not numeric \\(line 3 holds 'four'\\)"),
+        ("x,label\n1,a\nnan,b\n", "t.csv line 3, column 'x': 'nan' is not a finite number"),
+        ("x,label\n1,a\n2,a\n", "t.csv: column 'label' holds only one value \\('a'\\)"),
+        ("label\na\nb\n", "t.csv has no feature columns besides 'label'"),
+        ("x,x,label\n1,2,a\n", "t.csv: the header names column 'x' twice"),
+    ],
+)
+def test_bad_csv_is_one_sentence(text: str, message: str) -> None:
+    with pytest.raises(PipelineError, match=message) as caught:
+        parse_table(text, Path("t.csv"), "label")
+    assert "\n" not in str(caught.value)

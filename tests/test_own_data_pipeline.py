@@ -1,0 +1,229 @@
+"""Your own data through the real pipeline: `dvc exp run`, reruns, predict, a remote, and every kind of bad data."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import dvc, edit_params, git_commit, make_project_repo, ran_stages, read_metrics, run, stage
+from PIL import Image
+from test_own_data import COUNTS, SHAPES, draw_folder, draw_shape, one_error, sha256_of
+
+from pipeline.training import class_weights
+
+# A small CNN that learns the shapes in seconds: 0.97-1.0 test accuracy measured, grayscale and RGB.
+SHAPES_TRAINING = {
+    "train.cnn.filters": [16, 32],
+    "train.cnn.dense_units": 64,
+    "train.steps_per_execution": 1,
+    "train.epochs": 40,
+    "train.batch_size": 16,
+    "train.learning_rate": 0.003,
+    "train.early_stopping_patience": 10,
+}
+USE_SHAPES = [
+    "-S", "data.dataset=image_folder", "-S", "data.source=data/own/shapes",
+    "-S", "preprocess.image_size=[16,16]", "-S", "train.model=cnn",
+]  # fmt: skip
+
+
+def test_image_folder_end_to_end_with_reruns_predict_and_a_remote(tmp_path: Path) -> None:
+    repo = make_project_repo(tmp_path / "repo")
+    shapes = repo / "data/own/shapes"
+    draw_folder(shapes, COUNTS)
+    (shapes / ".DS_Store").write_bytes(b"\0")
+    (shapes / "circle" / "notes.txt").write_text("drawn by the test")
+    dvc(repo, "add", "data/own/shapes")
+    edit_params(repo, **SHAPES_TRAINING)
+    git_commit(repo, "my shapes")
+
+    gray = dvc(repo, "exp", "run", *USE_SHAPES)
+    assert ran_stages(gray.stdout) == ["download", "preprocess", "train", "evaluate"]
+    assert read_metrics(repo)["test"]["accuracy"] >= 0.9
+    assert "skipped 2 files (1 hidden or system files, 1 without an image extension" in gray.stderr
+    meta = json.loads((repo / "data/prepared/meta.json").read_text())
+    assert meta["input_shape"] == [16, 16, 1] and meta["class_names"] == list(SHAPES)
+    git_commit(repo, "grayscale run")
+
+    # One more image: the index changes, so preprocess reruns and what follows it is out of date.
+    draw_shape("circle", np.random.default_rng(99)).save(shapes / "circle" / "new.png")
+    dvc(repo, "add", "data/own/shapes")
+    added = dvc(repo, "repro", "preprocess")
+    assert ran_stages(added.stdout) == ["download", "preprocess"]
+    assert json.loads((repo / "data/prepared/meta.json").read_text())["sizes"]["train"] == meta["sizes"]["train"] + 1
+    status = dvc(repo, "status").stdout
+    assert "train:" in status and "evaluate:" in status
+
+    rgb = dvc(repo, "exp", "run", *USE_SHAPES, "-S", "preprocess.color_mode=rgb")
+    assert ran_stages(rgb.stdout) == ["preprocess", "train", "evaluate"]
+    assert read_metrics(repo)["test"]["accuracy"] >= 0.9
+    assert json.loads((repo / "data/prepared/meta.json").read_text())["input_shape"] == [16, 16, 3]
+    assert Image.open(repo / "reports/misclassified.png").mode == "RGB"
+    assert ran_stages(dvc(repo, "repro").stdout) == []
+    git_commit(repo, "rgb run")
+
+    # New drawings, larger than the training images, PNG and JPEG: converted as the training images were.
+    rng = np.random.default_rng(7)
+    drawings = []
+    for shape, fmt in zip(SHAPES, ("png", "jpg", "png"), strict=True):
+        drawings.append(tmp_path / f"new_{shape}.{fmt}")
+        draw_shape(shape, rng, 64, centred=True).save(drawings[-1])
+    predicted = stage(repo, "predict", "--json", *map(str, drawings), check=True)
+    assert [record["predictions"][0]["class"] for record in json.loads(predicted.stdout)] == list(SHAPES)
+
+    # The folder, the prepared data and the model through a local-folder remote into a fresh clone.
+    dvc(repo, "remote", "add", "-d", "team", str(tmp_path / "remote"))
+    git_commit(repo, "team remote")
+    dvc(repo, "push")
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
+    dvc(clone, "pull")
+    assert sha256_of(clone / "data/own/shapes") and (clone / "data/own/shapes/circle/new.png").is_file()
+    assert ran_stages(dvc(clone, "repro").stdout) == []
+    assert "up to date" in dvc(clone, "status").stdout
+
+
+def test_balanced_class_weights_come_from_the_training_split() -> None:
+    one_hot = np.eye(3, dtype=np.float32)[[0, 0, 0, 1]]  # 3 of class 0, 1 of class 1, none of class 2
+    assert class_weights(one_hot, "none") is None
+    assert class_weights(one_hot, "balanced") == pytest.approx({0: 4 / 9, 1: 4 / 3, 2: 1.0})
+
+
+def write_iris_csv(path: Path) -> list[str]:
+    """Iris with its species as strings, the label column in the middle and the features shuffled."""
+    from sklearn.datasets import load_iris
+
+    iris = load_iris()
+    columns = ["petal width", "sepal length", "species", "petal length", "sepal width"]
+    source = {name.replace(" (cm)", ""): iris.data[:, i] for i, name in enumerate(iris.feature_names)}
+    species = [iris.target_names[t] for t in iris.target]
+    lines = [",".join(columns)]
+    for row in range(len(species)):
+        lines.append(",".join(species[row] if c == "species" else f"{source[c][row]:.1f}" for c in columns))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return columns
+
+
+def test_iris_as_a_csv_table_with_string_labels(tmp_path: Path) -> None:
+    repo = make_project_repo(tmp_path / "repo")
+    write_iris_csv(repo / "data/own/iris.csv")
+    dvc(repo, "add", "data/own/iris.csv")
+    git_commit(repo, "my table")
+    result = dvc(
+        repo, "exp", "run", "-S", "data.dataset=csv", "-S", "data.source=data/own/iris.csv",
+        "-S", "data.label_column=species",
+    )  # fmt: skip
+    assert ran_stages(result.stdout) == ["download", "preprocess", "train", "evaluate"]
+    metrics = read_metrics(repo)
+    assert metrics["test"]["accuracy"] >= 0.9 and set(metrics["per_class"]) == {"setosa", "versicolor", "virginica"}
+    # New rows with the columns in yet another order, the label column left out.
+    new = tmp_path / "new.csv"
+    new.write_text("sepal width,petal length,sepal length,petal width\n3.5,1.4,5.1,0.2\n3.0,5.8,7.2,2.2\n")
+    predicted = stage(repo, "predict", str(new), check=True).stdout.splitlines()
+    assert [line.split(": ")[1].split(" (")[0] for line in predicted] == ["setosa", "virginica"]
+
+
+# ----------------------------------------------------------------------------- bad data: one sentence, nothing touched
+
+
+@pytest.fixture(scope="module")
+def small_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A repository whose download and preprocess stages have run on a small good folder."""
+    repo = make_project_repo(tmp_path_factory.mktemp("bad") / "repo")
+    draw_folder(repo / "data/own/good", {"circle": 12, "square": 12})
+    edit_params(
+        repo, **{"data.dataset": "image_folder", "data.source": "data/own/good", "preprocess.image_size": [8, 8]}
+    )
+    for name in ("download", "preprocess"):
+        assert stage(repo, name).returncode == 0
+    return repo
+
+
+def folder(repo: Path, name: str, files: dict[str, Image.Image | str]) -> str:
+    root = repo / "data/own" / name
+    shutil.rmtree(root, ignore_errors=True)
+    for path, content in files.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, str):
+            (root / path).write_text(content)
+        else:
+            content.save(root / path)
+    return f"data/own/{name}"
+
+
+SMALL = Image.new("RGB", (10, 10), "red")
+
+
+@pytest.mark.parametrize(
+    ("params", "files", "message"),
+    [
+        ({"data.source": "data/own/nowhere"}, None, "data.source: data/own/nowhere does not exist"),
+        ({"data.source": "pets"}, None, "data.source='pets' is not inside data/own/; move the data to data/own/NAME"),
+        ({}, {"a/1.png": SMALL, "b/notes.txt": "x"}, "class folder data/own/bad/b holds no images"),
+        ({}, {"a/1.png": SMALL}, "data/own/bad has only one class folder ('a')"),
+        ({"data.dataset": "csv"}, None, "data.source: data/own/good is not a file; data.dataset=csv needs a CSV file"),
+    ],
+)
+def test_bad_data_stops_the_download_stage(small_repo: Path, params: dict, files: dict | None, message: str) -> None:
+    source = folder(small_repo, "bad", files) if files else "data/own/good"
+    before = sha256_of(small_repo / "data/raw", small_repo / "data/prepared")
+    edit_params(small_repo, **({"data.source": source} | params))
+    try:
+        assert message in one_error(stage(small_repo, "download"))
+    finally:
+        edit_params(small_repo, **{"data.dataset": "image_folder", "data.source": "data/own/good"})
+    assert sha256_of(small_repo / "data/raw", small_repo / "data/prepared") == before
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ("x,label\n1,a\n2,a\n", "data/own/t.csv: column 'label' holds only one value ('a')"),
+        ("x,kind\n1,a\n2,b\n", "data/own/t.csv has no column 'label' (data.label_column)"),
+        ("", "data/own/t.csv is empty"),
+    ],
+)
+def test_bad_tables_stop_the_download_stage(small_repo: Path, table: str, message: str) -> None:
+    (small_repo / "data/own/t.csv").write_text(table)
+    before = sha256_of(small_repo / "data/raw")
+    edit_params(small_repo, **{"data.dataset": "csv", "data.source": "data/own/t.csv"})
+    try:
+        assert message in one_error(stage(small_repo, "download"))
+    finally:
+        edit_params(small_repo, **{"data.dataset": "image_folder", "data.source": "data/own/good"})
+    assert sha256_of(small_repo / "data/raw") == before
+
+
+def uniform_folder(counts: dict[str, int], extra: dict[str, Image.Image | str]) -> dict[str, Image.Image | str]:
+    """10x10 images, `counts` per class, plus `extra` files."""
+    return {f"{name}/{i:02d}.png": SMALL for name, count in counts.items() for i in range(count)} | extra
+
+
+TWO = {"a": 12, "b": 12}
+
+
+@pytest.mark.parametrize(
+    ("params", "files", "message"),
+    [
+        ({}, uniform_folder({"a": 12, "b": 3}, {}), "class 'b' has 3 examples: too few for preprocess.val_fraction"),
+        ({"preprocess.image_size": []}, uniform_folder(TWO, {"a/z.png": Image.new("L", (10, 12))}),
+         "data/own/bad/a/z.png is 10x12 pixels but data/own/bad/a/"),
+        ({}, uniform_folder(TWO, {"a/z.jpg": "not a photo"}), "data/own/bad/a/z.jpg is not a readable image"),
+        ({"preprocess.image_size": [4096, 4096], "preprocess.memory_limit_mb": 100}, uniform_folder(TWO, {}),
+         "24 images of 4096x4096x1 take 403 MB as uint8 and 2.0 GB with the float32 copy train makes, more than 100"),
+    ],
+)  # fmt: skip
+def test_bad_data_stops_the_preprocess_stage(small_repo: Path, params: dict, files: dict, message: str) -> None:
+    edit_params(small_repo, **({"data.source": folder(small_repo, "bad", files)} | params))
+    before = sha256_of(small_repo / "data/prepared")
+    try:
+        assert stage(small_repo, "download").returncode == 0
+        assert message in one_error(stage(small_repo, "preprocess"))
+    finally:
+        defaults = {"preprocess.image_size": [8, 8], "preprocess.memory_limit_mb": 0}
+        edit_params(small_repo, **({"data.source": "data/own/good"} | defaults))
+    assert sha256_of(small_repo / "data/prepared") == before
