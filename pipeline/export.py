@@ -12,6 +12,7 @@ inside the functions that need them.
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -139,10 +140,14 @@ def write_saved_model(model, serve, dest: Path) -> None:
     archive.write_out(str(dest), verbose=False)
 
 
-def _first_reason(err: Exception) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    reasons = [line for line in lines if "op is neither" in line or "not supported" in line.lower()]
-    return ((reasons or lines or [type(err).__name__])[0])[:300].rstrip(".")
+def _unsupported_ops(message: str) -> str:
+    """The ops a converter named as missing, else the first line of its message: the part a user can act on."""
+    ops = re.findall(r"'tf\.(\w+)' op is neither a custom op nor a flex op", message)
+    ops = ops or re.findall(r"\[[^\]]*: (\w+)\] is not supported", message)
+    if ops:
+        return f"ops it cannot convert: {', '.join(dict.fromkeys(ops))}"
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return (lines[0] if lines else "no reason given")[:200].rstrip(".")
 
 
 def write_tflite(saved_model: Path, serve, dest: Path) -> None:
@@ -162,10 +167,19 @@ def write_tflite(saved_model: Path, serve, dest: Path) -> None:
         flatbuffer = converter.convert()
     except Exception as err:  # the converter raises ConverterError or plain errors from MLIR
         raise PipelineError(
-            f"the tflite converter refused the model ({_first_reason(err)}); remove the layer it names, "
-            "or drop tflite from export.formats."
+            f"the tflite converter refused the model ({_unsupported_ops(str(err))}); use layers LiteRT has "
+            "built-in ops for, or drop tflite from export.formats."
         ) from None
     dest.write_bytes(flatbuffer)
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
 
 
 def write_onnx(saved_model: Path, serve, dest: Path) -> None:
@@ -173,15 +187,26 @@ def write_onnx(saved_model: Path, serve, dest: Path) -> None:
         import tf2onnx
     except ImportError:
         raise PipelineError(f"the onnx export needs tf2onnx; {INSTALL_HINT}.") from None
-    logging.getLogger("tf2onnx").setLevel(logging.WARNING)  # its INFO lines narrate every optimisation pass
+    # tf2onnx does not fail on an op it cannot map: it logs an error and writes a model no runtime
+    # loads. Its errors are collected here (and kept off the console) and turned into one sentence.
+    tf2onnx_log, errors = logging.getLogger("tf2onnx"), _Collect()
+    tf2onnx_log.setLevel(logging.WARNING)  # its INFO lines narrate every optimisation pass
+    tf2onnx_log.addHandler(errors)
+    tf2onnx_log.propagate = False
     try:
         tf2onnx.convert.from_function(
             serve, input_signature=serve.input_signature, opset=ONNX_OPSET, output_path=str(dest)
         )
-    except Exception as err:  # tf2onnx raises ValueError, KeyError, ... for ops it cannot map
+    except Exception as err:  # tf2onnx raises ValueError, KeyError, ... for graphs it cannot map
+        errors.messages.append(str(err))
+    finally:
+        tf2onnx_log.removeHandler(errors)
+        tf2onnx_log.propagate = True
+    if errors.messages:
         raise PipelineError(
-            f"the onnx converter (tf2onnx) refused the model ({_first_reason(err)}); drop onnx from export.formats."
-        ) from None
+            f"the onnx converter (tf2onnx) refused the model ({_unsupported_ops(chr(10).join(errors.messages))}); "
+            "drop onnx from export.formats."
+        )
 
 
 # Converters of the formats other than saved_model: (the SavedModel, the serving function, target).
