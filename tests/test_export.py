@@ -46,6 +46,7 @@ def test_digits_exports_match_model_keras_and_describe_themselves(digits_run: Pa
     assert figures["tolerance"] == TOLERANCE and figures["test_examples"] == 359  # the whole test split
     for name in FORMATS:
         assert figures[name]["max_abs_diff"] <= TOLERANCE, name
+        assert figures[name]["tolerance_used"] == figures[name]["max_abs_diff"] / TOLERANCE, name
         assert figures[name]["top1_mismatches"] == 0 and figures[name]["top1_agreement"] == 1.0, name
         assert figures[name]["size_bytes"] > 1000, name
     export = digits_run / "models/export"
@@ -188,6 +189,12 @@ def test_a_model_the_converters_refuse_leaves_the_earlier_export(small_cnn, tmp_
 
 
 # ----------------------------------------------------------------------------- the stage's errors
+
+
+def test_the_stage_has_help() -> None:
+    result = stage(PROJECT_ROOT, "export", "--help")
+    assert result.returncode == 0 and "python -m stages.export" in result.stdout
+    assert "export: models/model.keras" in result.stdout
 
 
 @pytest.mark.parametrize(
