@@ -131,6 +131,26 @@ def serving_function(model, input_shape: Sequence[int]):
     return serve
 
 
+def float32_twin(model):
+    """`model` with every layer computing in float32 and the same weights; `model` itself if it already does.
+
+    A model trained under `mixed_bfloat16` keeps float32 weights but computes in bfloat16,
+    and LiteRT has no bfloat16 kernels (the converter refuses Conv2D, MatMul, ... on bfloat16,
+    measured): every format is made from this twin, which any runtime runs.
+    """
+    import keras
+
+    if all(layer.compute_dtype == "float32" for layer in model.layers):
+        return model
+
+    def in_float32(layer):
+        return layer.__class__.from_config(layer.get_config() | {"dtype": "float32"})
+
+    twin = keras.models.clone_model(model, clone_function=in_float32)
+    twin.set_weights([np.asarray(weight, dtype=np.float32) for weight in model.get_weights()])
+    return twin
+
+
 def write_saved_model(model, serve, dest: Path) -> None:
     import keras
 
@@ -231,8 +251,14 @@ def export_model(
 ) -> dict[str, Any]:
     """Write every format into `dest` (replaced whole, only if all pass parity); return the parity figures."""
     reference = keras_runner(model).predict(x_test)
-    serve = serving_function(model, meta["input_shape"])
     figures: dict[str, Any] = {"tolerance": tolerance, "test_examples": len(x_test)}
+    twin = float32_twin(model)
+    if twin is not model:  # the exports are checked against the twin; how far it is from model.keras is recorded
+        twin_reference = keras_runner(twin).predict(x_test)
+        figures["float32_twin"] = parity_figures(reference, twin_reference)
+        reference = twin_reference
+    model = twin
+    serve = serving_function(model, meta["input_shape"])
     try:
         with atomic_directory(dest) as folder:
             shutil.copy2(model_file, folder / KERAS_FILE)

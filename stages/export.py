@@ -35,6 +35,11 @@ def main(args: argparse.Namespace) -> None:
         model, paths.MODEL, meta, x_test, formats=params.formats, tolerance=params.tolerance, dest=paths.EXPORT_DIR
     )
     write_json_atomic(paths.EXPORT_PARITY, figures)
+    if "float32_twin" in figures:
+        log.info(
+            "model.keras computes in a lower precision: the formats are its float32 twin, within %.2g of it",
+            figures["float32_twin"]["max_abs_diff"],
+        )
     for name in params.formats:
         log.info(
             "%s: %d bytes, probabilities within %.2g of model.keras, top-1 identical on %d test examples",
