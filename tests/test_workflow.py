@@ -210,7 +210,7 @@ def test_pull_request_pulls_reproduces_and_reports_the_diff(
     assert "Pulled from the DVC remote 'team'" in results[pull_step["name"]].stdout
     # What was pulled is reused: only the stages that read train.epochs run.
     (repro_step,) = steps_running("dvc repro")
-    assert ran_stages(results[repro_step["name"]].stdout) == ["train", "evaluate"]
+    assert ran_stages(results[repro_step["name"]].stdout) == ["train", "evaluate", "export"]
 
     summary = (runner_temp / "step_summary.md").read_text()
     short_base = short_sha(checkout, base)
