@@ -284,7 +284,8 @@ def test_a_single_commit_repository_reports_this_runs_metrics(digits_run: Path, 
     assert result.returncode == 0, result.stderr
     summary = (tmp_path / "step_summary.md").read_text()
     assert "No earlier commit to compare with. Metrics of this run:" in summary
-    header, _, row = (line for line in summary.splitlines() if line.startswith("|"))
+    header, _, *rows = (line for line in summary.splitlines() if line.startswith("|"))
+    (row,) = (line for line in rows if line.strip("|").split("|")[0].strip() == "metrics.json")  # one row per file
     columns = dict(zip(header.strip("|").split("|"), row.strip("|").split("|"), strict=True))
     accuracy = {name.strip(): value.strip() for name, value in columns.items()}["test.accuracy"]
     assert float(accuracy) == pytest.approx(read_metrics(repo)["test"]["accuracy"], abs=1e-5)
