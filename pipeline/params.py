@@ -31,6 +31,7 @@ LR_SCHEDULES = ("constant", "cosine")
 OPTIMIZERS = ("adam", "sgd", "rmsprop", "adadelta", "adagrad", "adamax", "nadam", "ftrl")
 DISTRIBUTED_ENGINES = ("none", "jax")
 LAUNCHERS = ("local", "external")
+EXPORT_FORMATS = ("saved_model", "tflite", "onnx")  # pipeline/export.py, FORMATS: what each one writes
 LOSSES = (
     "categorical_crossentropy",
     "categorical_focal_crossentropy",
@@ -128,6 +129,20 @@ def integer_list(low: int, *, min_length: int = 0) -> Rule:
         if not isinstance(value, list) or len(value) < min_length:
             raise _Invalid(allowed)
         if any(isinstance(item, bool) or not isinstance(item, int) or item < low for item in value):
+            raise _Invalid(allowed)
+        return tuple(value)
+
+    return rule
+
+
+def choice_list(*names: str) -> Rule:
+    """A non-empty list of distinct names out of `names`, e.g. the export formats."""
+
+    def rule(value: Any) -> tuple[str, ...]:
+        allowed = f"a non-empty list of distinct names out of {', '.join(names)}"
+        if not isinstance(value, list) or not value or any(item not in names for item in value):
+            raise _Invalid(allowed)
+        if len(set(value)) != len(value):
             raise _Invalid(allowed)
         return tuple(value)
 
@@ -358,6 +373,14 @@ class EvaluateParams:
     RULES = {"batch_size": integer(1, 1_000_000), "misclassified_max": integer(0, 400)}
     batch_size: int
     misclassified_max: int
+
+
+@dataclass(frozen=True)
+class ExportParams:
+    SECTION = "export"
+    RULES = {"formats": choice_list(*EXPORT_FORMATS), "tolerance": real(0.0, 1.0, low_open=True)}
+    formats: tuple[str, ...]
+    tolerance: float
 
 
 Section = TypeVar("Section")

@@ -17,6 +17,9 @@ PREPARED_META = PREPARED_DIR / "meta.json"
 MODELS_DIR = Path("models")
 MODEL = MODELS_DIR / "model.keras"
 MODEL_SUMMARY = MODELS_DIR / "summary.json"
+# The export stage's folder: model.keras, serving.json and one file (or folder) per format
+# (pipeline/export.py names them); the registry's artifact (dvc.yaml, `artifacts:`).
+EXPORT_DIR = MODELS_DIR / "export"
 
 REPORTS_DIR = Path("reports")
 TRAIN_HISTORY = REPORTS_DIR / "train_history.csv"
@@ -24,6 +27,7 @@ CONFUSION = REPORTS_DIR / "confusion.csv"
 PER_CLASS = REPORTS_DIR / "per_class.csv"
 MISCLASSIFIED = REPORTS_DIR / "misclassified.png"
 METRICS = Path("metrics.json")
+EXPORT_PARITY = REPORTS_DIR / "export_parity.json"  # the export stage's metrics: each format against model.keras
 
 # Scratch state of an interrupted train stage. Deliberately not a DVC output:
 # DVC deletes a stage's outputs before running it, which would delete the

@@ -6,6 +6,10 @@ values as in data/raw (digits 0..16, MNIST 0..255, iris in cm), one example or a
 stack with a leading axis; CSV files hold one row of raw features per example
 (tabular models; an optional header names the columns). Not a pipeline stage:
 run it by hand, e.g. `python -m stages.predict digit.png --top-k 3`.
+
+`--model` also takes the export stage's formats (models/export/: the SavedModel folder,
+model.tflite, model.onnx), each run through its own runtime; the serving.json beside
+them then describes the input, so an exported folder works without data/prepared.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 from pipeline import paths
 from pipeline.cli import run_stage
 from pipeline.errors import PipelineError
+from pipeline.export import description_beside
 from pipeline.files import read_json
 from pipeline.prediction import (
     InputSpec,
@@ -39,9 +44,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="invert image files first: for dark ink on a light background (the training images are light on dark)",
     )
-    parser.add_argument("--model", type=Path, default=paths.MODEL, help="the model (default: %(default)s)")
     parser.add_argument(
-        "--meta", type=Path, default=paths.PREPARED_META, help="the preprocessing description (default: %(default)s)"
+        "--model",
+        type=Path,
+        default=paths.MODEL,
+        help="a .keras, .tflite or .onnx file or a SavedModel folder (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--meta",
+        type=Path,
+        help=f"the input description (default: the serving.json beside an exported model, else {paths.PREPARED_META})",
     )
 
 
@@ -52,16 +64,16 @@ def load_spec(meta_path: Path) -> InputSpec:
 
 
 def main(args: argparse.Namespace) -> None:
-    spec = load_spec(args.meta)
+    spec = load_spec(args.meta or description_beside(args.model) or paths.PREPARED_META)
     check_top_k(args.top_k, spec)
     batch = read_inputs(args.inputs, spec, invert=args.invert)
-    if not args.model.is_file():
+    if not args.model.exists():
         raise PipelineError(f"{args.model} not found; run the train stage first (dvc repro train) or pass --model.")
-    from pipeline.models import load_model  # imports TensorFlow: only once every input has passed its checks
+    from pipeline.runtimes import open_model  # imports the model's runtime: only once every input has passed
 
-    model = load_model(args.model)
-    check_model_matches(model.input_shape, model.output_shape[-1], spec)
-    probabilities = model.predict(batch.x, verbose=0)
+    model = open_model(args.model)
+    check_model_matches(model.input_shape, model.n_outputs, spec)
+    probabilities = model.predict(batch.x)
     ranked = top_classes(probabilities, spec.class_names, args.top_k)
     if args.json:
         sys.stdout.write(json.dumps(as_records(batch.labels, ranked), indent=2) + "\n")

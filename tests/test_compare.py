@@ -37,7 +37,7 @@ def two_commits(digits_run: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     """digits_run plus a second commit that trained for FEW_EPOCHS epochs."""
     repo = copy_repo(digits_run, tmp_path_factory.mktemp("compare") / "repo")
     edit_params(repo, **{"train.epochs": FEW_EPOCHS})
-    assert ran_stages(dvc(repo, "repro").stdout) == ["train", "evaluate"]
+    assert ran_stages(dvc(repo, "repro").stdout) == ["train", "evaluate", "export"]
     git_commit(repo, f"train for {FEW_EPOCHS} epochs")
     return repo
 
@@ -120,7 +120,7 @@ def test_exp_run_and_queued_experiments_all_show_in_exp_show(digits_run: Path, t
     # One repository for both halves of the issue: an experiment run in the workspace, then two queued ones.
     repo = copy_repo(digits_run, tmp_path / "repo")
     result = dvc(repo, "exp", "run", "-n", "epochs-2", "-S", "train.epochs=2")
-    assert ran_stages(result.stdout) == ["train", "evaluate"]
+    assert ran_stages(result.stdout) == ["train", "evaluate", "export"]
     for epochs in (3, 4):
         dvc(repo, "exp", "run", "--queue", "-n", f"queued-{epochs}", "-S", f"train.epochs={epochs}")
     states = {name: row["state"] for name, row in experiments(repo).items()}

@@ -38,7 +38,7 @@ def test_evaluate_param_reruns_only_evaluate(digits_run: Path, tmp_path: Path) -
 def test_train_epochs_reruns_train_and_evaluate_only(digits_run: Path, tmp_path: Path) -> None:
     repo = copy_repo(digits_run, tmp_path / "repo")
     edit_params(repo, **{"train.epochs": 3})
-    assert ran_stages(dvc(repo, "repro").stdout) == ["train", "evaluate"]
+    assert ran_stages(dvc(repo, "repro").stdout) == ["train", "evaluate", "export"]
     assert read_metrics(repo)["model"]["best_epoch"] <= 3
 
 
@@ -50,7 +50,7 @@ def test_iris_tutorial_net_reaches_accuracy(project_repo: Path) -> None:
         "-S", "train.batch_size=8",
         "-S", "train.learning_rate=0.01",
     )  # fmt: skip
-    assert ran_stages(result.stdout) == ["download", "preprocess", "train", "evaluate"]
+    assert ran_stages(result.stdout) == ["download", "preprocess", "train", "evaluate", "export"]
     metrics = read_metrics(project_repo)
     assert metrics["test"]["accuracy"] >= 0.90
     assert set(metrics["per_class"]) == {"setosa", "versicolor", "virginica"}

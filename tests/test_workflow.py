@@ -210,7 +210,7 @@ def test_pull_request_pulls_reproduces_and_reports_the_diff(
     assert "Pulled from the DVC remote 'team'" in results[pull_step["name"]].stdout
     # What was pulled is reused: only the stages that read train.epochs run.
     (repro_step,) = steps_running("dvc repro")
-    assert ran_stages(results[repro_step["name"]].stdout) == ["train", "evaluate"]
+    assert ran_stages(results[repro_step["name"]].stdout) == ["train", "evaluate", "export"]
 
     summary = (runner_temp / "step_summary.md").read_text()
     short_base = short_sha(checkout, base)
@@ -284,7 +284,8 @@ def test_a_single_commit_repository_reports_this_runs_metrics(digits_run: Path, 
     assert result.returncode == 0, result.stderr
     summary = (tmp_path / "step_summary.md").read_text()
     assert "No earlier commit to compare with. Metrics of this run:" in summary
-    header, _, row = (line for line in summary.splitlines() if line.startswith("|"))
+    header, _, *rows = (line for line in summary.splitlines() if line.startswith("|"))
+    (row,) = (line for line in rows if line.strip("|").split("|")[0].strip() == "metrics.json")  # one row per file
     columns = dict(zip(header.strip("|").split("|"), row.strip("|").split("|"), strict=True))
     accuracy = {name.strip(): value.strip() for name, value in columns.items()}["test.accuracy"]
     assert float(accuracy) == pytest.approx(read_metrics(repo)["test"]["accuracy"], abs=1e-5)

@@ -1,0 +1,54 @@
+"""export: models/model.keras + data/prepared/test.npz + meta.json + params `export.*` -> models/export/
+(model.keras, serving.json and one SavedModel / .tflite / .onnx per format) + reports/export_parity.json.
+
+Each format is read back through its own runtime and checked against model.keras on the
+whole test split (docs/export.md, "Ship the model"). The test split is only compared
+here, never scored: evaluate stays the one stage that measures the model on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from pipeline import paths
+from pipeline.cli import run_stage
+from pipeline.errors import PipelineError
+from pipeline.files import read_json, write_json_atomic
+from pipeline.params import ExportParams, load_params
+from pipeline.preprocessing import load_split
+
+log = logging.getLogger("export")
+
+
+def main(args: argparse.Namespace) -> None:
+    params = load_params(ExportParams)
+    if not paths.MODEL.is_file():
+        raise PipelineError(f"{paths.MODEL} not found; run the train stage first (dvc repro train).")
+    from pipeline.export import export_model  # TensorFlow: imported only once the params are known to be good
+    from pipeline.models import load_model
+
+    meta = read_json(paths.PREPARED_META)
+    x_test, _ = load_split(paths.split_file("test"), meta["scaling"])
+    model = load_model(paths.MODEL)
+    figures = export_model(
+        model, paths.MODEL, meta, x_test, formats=params.formats, tolerance=params.tolerance, dest=paths.EXPORT_DIR
+    )
+    write_json_atomic(paths.EXPORT_PARITY, figures)
+    if "float32_twin" in figures:
+        log.info(
+            "model.keras computes in a lower precision: the formats are its float32 twin, within %.2g of it",
+            figures["float32_twin"]["max_abs_diff"],
+        )
+    for name in params.formats:
+        log.info(
+            "%s: %d bytes, probabilities within %.2g of model.keras, top-1 identical on %d test examples",
+            name,
+            figures[name]["size_bytes"],
+            figures[name]["max_abs_diff"],
+            len(x_test),
+        )
+
+
+if __name__ == "__main__":
+    run_stage(main, __doc__)
