@@ -25,3 +25,5 @@ $PY -m bench.scaling --source "$SOURCE" --epochs 1
 $PY -m bench.distributed --source "$SOURCE" --epochs 2
 # 3d: your own image folder (20,000 generated images) against Keras's image_dataset_from_directory
 $PY -m bench.image_loading --images 20000 --runs 3
+# 7: the exported formats: size and latency
+$PY -m bench.export_latency --rounds 10

@@ -146,6 +146,7 @@ def choice_list(*names: str) -> Rule:
             raise _Invalid(allowed)
         return tuple(value)
 
+    rule.names = names
     return rule
 
 
