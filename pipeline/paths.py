@@ -18,6 +18,7 @@ MODEL_SUMMARY = MODELS_DIR / "summary.json"
 
 REPORTS_DIR = Path("reports")
 TRAIN_HISTORY = REPORTS_DIR / "train_history.csv"
+LIVE_METRICS = REPORTS_DIR / "live.json"  # the train stage's progress, rewritten after every epoch
 CONFUSION = REPORTS_DIR / "confusion.csv"
 PER_CLASS = REPORTS_DIR / "per_class.csv"
 MISCLASSIFIED = REPORTS_DIR / "misclassified.png"

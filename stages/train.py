@@ -1,5 +1,5 @@
 """train: data/prepared/{train,val}.npz + params `train.*` -> models/model.keras, models/summary.json,
-reports/train_history.csv.
+reports/train_history.csv, reports/live.json (the last two rewritten after every epoch, for watching).
 
 Builds the model named by `train.model`, fits it with a per-epoch reshuffle,
 keeps the epoch with the best validation accuracy, stops early when asked, and
@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,10 @@ def train_model(params: TrainParams, role: distributed.Role) -> tuple[Any, Any]:
         seed=params.seed, state_dir=paths.RESUME_DIR,
         fingerprint=training.run_fingerprint(distributed.fingerprint_params(params), inputs + code),
         role=role if params.distributed.engine != "none" else None,
+        report=partial(
+            training.publish_progress,
+            epochs=params.epochs, live_path=paths.LIVE_METRICS, history_path=paths.TRAIN_HISTORY,
+        ),
     )  # fmt: skip
     return model, progress
 
