@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,34 +75,44 @@ class Swept:
     final: dict[str, str]  # and after
     file_epochs: list[int] = field(default_factory=list)  # live.json's epoch, read from the running workspace
     shown: list[dict[str, Any]] = field(default_factory=list)  # what `dvc exp show` said of the running experiment
+    seen: set[str] = field(default_factory=set)  # every live.json read, for the failure message
 
 
-def watch_queue(repo: Path, swept: Swept, timeout: float = 500) -> None:
-    """Until the queue is done: read the running experiment's reports/live.json every 0.1 s (a file in its
-    temporary workspace, which is where `dvc exp show` reads it), and ask `dvc exp show` itself once it is halfway."""
+def watch_queue(repo: Path, swept: Swept, timeout: float = 600) -> None:
+    """Until the queue is done: read the running experiment's reports/live.json every 0.05 s (a file in its
+    temporary workspace, where `dvc exp show` reads it), and ask `dvc exp show` itself once it is halfway.
+
+    The file is read in a thread of its own: a `dvc` command takes seconds on a loaded machine."""
+    stop = threading.Event()
+
+    def read_live_files() -> None:
+        while not stop.is_set():
+            for live in (repo / ".dvc" / "tmp" / "exps").glob("*/reports/live.json"):
+                try:
+                    content = json.loads(live.read_text())
+                except FileNotFoundError:  # gone with its workspace; a torn file would fail the test
+                    continue
+                swept.seen.add(f"{live.parent.parent.name}: epoch {content['epoch']} of {content['epochs']}")
+                if content["epochs"] == LIVE_EPOCHS and content["epoch"] not in swept.file_epochs[-1:]:
+                    swept.file_epochs.append(content["epoch"])
+            stop.wait(0.05)
+
+    reader = threading.Thread(target=read_live_files, daemon=True)
+    reader.start()
     deadline = time.monotonic() + timeout
-    next_status = 0.0
-    while True:
-        for live in (repo / ".dvc" / "tmp" / "exps").glob("*/reports/live.json"):
-            try:
-                content = json.loads(live.read_text())
-            except (OSError, ValueError) as err:  # vanished with its workspace; a torn file would be a failure
-                assert isinstance(err, OSError), f"{live} was read half-written"
-                continue
-            if content["epochs"] == LIVE_EPOCHS and (
-                not swept.file_epochs or swept.file_epochs[-1] != content["epoch"]
-            ):
-                swept.file_epochs.append(content["epoch"])
-        if not swept.shown and swept.file_epochs and 2 <= swept.file_epochs[-1] <= LIVE_EPOCHS // 2:
-            swept.shown = [row for row in experiments(repo).values() if row["state"] == "running"]
-        if time.monotonic() > next_status:
+    try:
+        while True:
+            if not swept.shown and swept.file_epochs and 2 <= swept.file_epochs[-1] <= LIVE_EPOCHS // 2:
+                swept.shown = [row for row in experiments(repo).values() if row["state"] == "running"]
             states = queue_states(repo)
             if not {"Queued", "Running"} & set(states.values()):
                 swept.final = states
                 return
             assert time.monotonic() < deadline, f"the queue did not finish in {timeout} s: {states}"
-            next_status = time.monotonic() + 3
-        time.sleep(0.1)
+            time.sleep(1)
+    finally:
+        stop.set()
+        reader.join()
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +165,7 @@ def test_bad_combination_fails_alone_with_its_sentence_in_the_queue_log(swept: S
 
 def test_live_metrics_of_the_running_experiment_rise_epoch_by_epoch(swept: Swept) -> None:
     epochs = swept.file_epochs
-    assert epochs == sorted(epochs) and epochs[-1] == LIVE_EPOCHS, epochs
+    assert epochs and epochs == sorted(epochs) and epochs[-1] == LIVE_EPOCHS, (epochs, sorted(swept.seen))
     assert len([epoch for epoch in epochs if 0 < epoch < LIVE_EPOCHS]) >= 2, epochs
     # `dvc exp show`, asked while the run was halfway, showed its live metrics from its workspace.
     assert len(swept.shown) == 1, swept.shown
