@@ -1,12 +1,16 @@
-"""The wrapper every stage runs under: `--help`, logging, and one-sentence errors."""
+"""The wrapper every stage runs under: `--help`, logging, one-sentence errors, quiet TensorFlow, a summary line."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
+import subprocess
 import sys
+import time
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 
 from pipeline.errors import PipelineError
@@ -53,8 +57,11 @@ def run_stage(
         stream=sys.stderr,
     )
     signal.signal(signal.SIGTERM, _raise_terminated)
+    restore_stderr = filter_tensorflow_noise()
+    written, started = record_written_files(), time.monotonic()
     try:
         main(args)
+        log.info("%s", summary_line(_stage_name(main_spec), written, time.monotonic() - started))
     except PipelineError as err:
         log.error("%s", err)
         sys.exit(1)
@@ -64,3 +71,115 @@ def run_stage(
     except Terminated:
         log.error("terminated (SIGTERM); outputs written so far are complete, nothing is half-written")
         sys.exit(143)
+    finally:
+        restore_stderr()
+
+
+# ----------------------------------------------------------------------------- the summary line
+
+
+def _stage_name(main_spec: object) -> str:
+    name = getattr(main_spec, "name", None) or Path(sys.argv[0]).stem
+    return name.rsplit(".", 1)[-1]
+
+
+def record_written_files() -> list[Path]:
+    """A list that fills with every file or folder this process writes atomically (pipeline/files.py), in order.
+
+    Every atomic write ends in one `os.replace` of a hidden temporary (`.NAME.XXXX.tmp...`) onto its
+    destination; an audit hook sees those renames, so the summary names what the stage really wrote
+    without each stage listing its outputs a second time. Destinations inside hidden folders (the
+    resume state, the files of a folder still being assembled) are left out.
+    """
+    written: list[Path] = []
+
+    def hook(event: str, args: tuple) -> None:
+        if event == "os.rename" and isinstance(args[0], (str, Path)) and isinstance(args[1], (str, Path)):
+            source, dest = Path(args[0]), Path(os.path.relpath(args[1]))
+            if source.name.startswith(".") and ".tmp" in source.name and not dest.name.startswith("."):
+                if not any(part.startswith(".") for part in dest.parts[:-1]) and dest not in written:
+                    written.append(dest)
+
+    sys.addaudithook(hook)  # an audit hook cannot be removed: it lives as long as the process, as the list does
+    return written
+
+
+def summary_line(stage: str, written: list[Path], seconds: float) -> str:
+    """The last line of a successful stage, e.g. `train: done in 12.3 s, wrote models/model.keras, ...`.
+
+    The same shape for every stage, so `grep -o '[a-z_]*: done in [0-9.]* s'` over a `dvc repro` log
+    is a per-stage time table (docs/sweeps.md).
+    """
+    files = ", ".join(path.as_posix() for path in written) if written else "no files"
+    return f"{stage}: done in {seconds:.1f} s, wrote {files}"
+
+
+# ----------------------------------------------------------------------------- quiet TensorFlow
+
+# TensorFlow's C++ start-up lines that carry nothing for a user of this pipeline. TF_CPP_MIN_LOG_LEVEL
+# (set to 2 in pipeline/__init__.py) hides some of them, but not the lines that the libraries print
+# while they load, before they read it (measured on TF 2.21): absl's "before InitializeLog" warning
+# and the oneDNN notice, once per shared library, i.e. twice per process. Nor the tf.data NodeDef
+# line, an ERROR that TensorFlow's own pip build prints for its own graphs (version skew between
+# its Python and C++ halves, "unknown attributes will be ignored").
+TENSORFLOW_NOISE = (
+    r"^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$",
+    r"^[IWE]\d{4} [\d:. ]+\d+ \S+:\d+\] (?:"
+    r"oneDNN custom operations are on"
+    r"|This TensorFlow binary is optimized to use available CPU instructions"
+    r"|Unable to register cu(?:DNN|FFT|BLAS) factory"
+    r"|Could not find cuda drivers on your machine"
+    r"|failed call to cuInit"
+    r"|NodeDef mentions attribute use_unbounded_threadpool which is not in the op definition"
+    r")",
+    r"^To enable the following instructions: .*rebuild TensorFlow with the appropriate compiler flags\.$",
+)
+
+# Runs in a child process, so that whatever the stage prints last before it dies (a C++ abort, a
+# segfault's message) still reaches the terminal; it ignores Ctrl-C and SIGTERM and ends when the
+# stage closes its stderr.
+_FILTER_PROGRAM = """
+import re, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+noise = re.compile(sys.argv[1])
+for line in sys.stdin.buffer:
+    if not noise.match(line.decode("utf-8", "replace").rstrip("\\r\\n")):
+        sys.stdout.buffer.write(line)
+        sys.stdout.buffer.flush()
+"""
+
+
+def filter_tensorflow_noise() -> Callable[[], None]:
+    """Route this process's stderr (file descriptor 2, so C++ output too) through a filter of TENSORFLOW_NOISE.
+
+    Returns the function that undoes it and waits for the filter to pass on the last lines.
+    `TF_CPP_MIN_LOG_LEVEL=0` (TensorFlow's own switch for "show me everything") turns the filter off.
+    """
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0":
+        return lambda: None
+    sys.stderr.flush()
+    try:
+        original = os.dup(2)
+    except OSError:  # no stderr at all: nothing to filter
+        return lambda: None
+    pattern = "|".join(f"(?:{noise})" for noise in TENSORFLOW_NOISE)
+    program = [sys.executable, "-I", "-S", "-c", _FILTER_PROGRAM, pattern]
+    try:
+        child = subprocess.Popen(program, stdin=subprocess.PIPE, stdout=original, stderr=original)
+    except OSError:  # no filter is better than no stage
+        os.close(original)
+        return lambda: None
+    os.dup2(child.stdin.fileno(), 2)  # children of the stage (the distributed launcher's) inherit it too
+    child.stdin.close()
+
+    def restore() -> None:
+        sys.stderr.flush()
+        os.dup2(original, 2)  # closes this process's end of the pipe: the filter sees its end
+        os.close(original)
+        try:
+            child.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # a child process still holds the pipe; the filter ends with it
+            pass
+
+    return restore

@@ -23,6 +23,7 @@ EXPORT_DIR = MODELS_DIR / "export"
 
 REPORTS_DIR = Path("reports")
 TRAIN_HISTORY = REPORTS_DIR / "train_history.csv"
+LIVE_METRICS = REPORTS_DIR / "live.json"  # the train stage's progress, rewritten after every epoch
 CONFUSION = REPORTS_DIR / "confusion.csv"
 PER_CLASS = REPORTS_DIR / "per_class.csv"
 MISCLASSIFIED = REPORTS_DIR / "misclassified.png"

@@ -15,7 +15,7 @@ import json
 import logging
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,7 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline.files import atomic_path, load_npz
+from pipeline.files import atomic_path, load_npz, write_csv_atomic, write_json_atomic
 from pipeline.params import EXECUTION_ONLY, TrainParams, section_as_dict
 
 if TYPE_CHECKING:  # a one-process run never imports pipeline.distributed
@@ -179,16 +179,52 @@ def load_state(path: Path, model: keras.Model, fingerprint: str) -> tuple[Progre
     return Progress(fingerprint=fingerprint, **meta), best
 
 
+Report = Callable[[Progress], None]
+
+
+def live_metrics(progress: Progress, epochs: int) -> dict[str, Any]:
+    """The run so far, as reports/live.json shows it while training goes on: a function of the progress only,
+    so a resumed or watched run ends with the same bytes as one nobody interrupted or watched."""
+    latest = progress.history[-1] if progress.history else {}
+    return {
+        "epoch": progress.epochs_done,
+        "epochs": epochs,  # planned; early stopping may end the run before
+        "finished": progress.finished,
+        "best_epoch": progress.best_epoch,
+        "best_val_accuracy": progress.best_val_accuracy,
+        "latest": {name: value for name, value in latest.items() if name != "epoch"},
+    }
+
+
+def publish_progress(progress: Progress, *, epochs: int, live_path: Path, history_path: Path) -> None:
+    """Write the history so far and then the live metrics, each atomically: a `Report` for `fit_resumable`.
+
+    Readers from outside (`dvc exp show` on a queued run, `dvc plots show` in the run's workspace) see
+    every epoch once it is saved. The writer is the process that saves the resume state, and only it.
+    """
+    write_csv_atomic(history_path, progress.history)
+    write_json_atomic(live_path, live_metrics(progress, epochs))
+
+
 class _EpochEnd(keras.callbacks.Callback):
-    """Track the best epoch and early stopping, then save the whole state, after every epoch."""
+    """Track the best epoch and early stopping, then save the whole state (and report it), after every epoch."""
 
     def __init__(
-        self, state_path: Path, progress: Progress, best: list[np.ndarray], patience: int, epochs: int, *, save: bool
+        self,
+        state_path: Path,
+        progress: Progress,
+        best: list[np.ndarray],
+        patience: int,
+        epochs: int,
+        *,
+        save: bool,
+        report: Report | None = None,
     ):
         super().__init__()
         self.state_path, self.progress, self.best, self.patience, self.epochs, self.save = (
             state_path, progress, best, patience, epochs, save,
         )  # fmt: skip
+        self.report = report
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = logs or {}
@@ -211,6 +247,8 @@ class _EpochEnd(keras.callbacks.Callback):
         self.model.stop_training = True  # this `fit` call is this one epoch; fit_resumable starts the next
         if self.save:  # one writer: in a distributed run every process holds the same state
             save_state(self.state_path, self.model, self.best, progress)
+            if self.report:  # after the save: what it shows is never ahead of what a resume restores
+                self.report(progress)
 
 
 def fit_resumable(
@@ -227,6 +265,7 @@ def fit_resumable(
     role: Role | None = None,
     class_weight: dict[int, float] | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
+    report: Report | None = None,
 ) -> Progress:
     """Fit `model` (compiled, seeded) and leave it holding its best epoch's weights.
 
@@ -239,6 +278,9 @@ def fit_resumable(
     (bench/timed_train.py): every epoch's `fit` runs them after the one that keeps the best
     epoch and saves the state. Each epoch is its own `fit` call, so their
     `on_train_begin`/`on_train_end` come once per epoch too.
+    `report` (e.g. `publish_progress`) is called by the writer with the progress after every saved
+    epoch, and once after a resume restored it: DVC deletes a stage's outputs before it runs, so a
+    resumed run rebuilds them from the state at once.
     """
     state_path = state_dir / STATE_FILE
     restored = load_state(state_path, model, fingerprint)
@@ -251,7 +293,9 @@ def fit_resumable(
     elif restored:
         log.info("resuming at epoch %d of %d from %s", progress.epochs_done + 1, epochs, state_path)
     x_train, y_train = (tf.convert_to_tensor(a) for a in train)  # once: every epoch's batches gather from these
-    epoch_end = _EpochEnd(state_path, progress, best, patience, epochs, save=writer)
+    epoch_end = _EpochEnd(state_path, progress, best, patience, epochs, save=writer, report=report)
+    if restored and writer and report:
+        report(progress)
     # One `fit` call per epoch, each on that epoch's own finite dataset (see `epoch_dataset`); Keras keeps
     # its compiled train step between calls, and `epochs`/`initial_epoch` keep its "Epoch k/N" log right.
     for epoch in range(progress.epochs_done, epochs):

@@ -1,5 +1,5 @@
 """train: data/prepared/{train,val}.npz + params `train.*` -> models/model.keras, models/summary.json,
-reports/train_history.csv.
+reports/train_history.csv, reports/live.json (the last two rewritten after every epoch, for watching).
 
 Builds the model named by `train.model`, fits it with a per-epoch reshuffle,
 keeps the epoch with the best validation accuracy, stops early when asked, and
@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -94,6 +95,10 @@ def train_model(
         fingerprint=training.run_fingerprint(training.fingerprint_params(params), inputs + code),
         role=role, callbacks=extra_callbacks,
         class_weight=training.class_weights(train[1], params.class_weight),
+        report=partial(
+            training.publish_progress,
+            epochs=params.epochs, live_path=paths.LIVE_METRICS, history_path=paths.TRAIN_HISTORY,
+        ),
     )  # fmt: skip
     return model, progress
 
