@@ -10,6 +10,7 @@ from collections.abc import Callable
 from types import FrameType
 
 from pipeline.errors import PipelineError
+from pipeline.files import describe_environment_error
 
 log = logging.getLogger("pipeline")
 
@@ -57,6 +58,12 @@ def run_stage(
         main(args)
     except PipelineError as err:
         log.error("%s", err)
+        sys.exit(1)
+    except OSError as err:  # a full disk or an unwritable output is the machine's state, not a bug: one sentence
+        message = describe_environment_error(err)
+        if message is None:
+            raise
+        log.error("%s", message)
         sys.exit(1)
     except KeyboardInterrupt:
         log.error("interrupted (Ctrl-C); outputs written so far are complete, nothing is half-written")

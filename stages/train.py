@@ -9,6 +9,7 @@ resumes from its last completed epoch if it was killed (state in .resume/train/)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import shutil
@@ -18,7 +19,7 @@ from typing import Any
 
 from pipeline import distributed, paths
 from pipeline.cli import run_stage
-from pipeline.files import read_json, write_csv_atomic, write_json_atomic
+from pipeline.files import exclusive_lock, read_json, write_csv_atomic, write_json_atomic
 from pipeline.params import TrainParams, load_params
 from pipeline.preprocessing import load_split
 
@@ -26,6 +27,13 @@ log = logging.getLogger("train")
 
 
 def main(args: argparse.Namespace) -> None:
+    # Two runs in one workspace would write one resume state; the local launcher holds this for its processes.
+    held_by_launcher = distributed.PROCESS_ID_ENV in os.environ
+    with contextlib.nullcontext() if held_by_launcher else exclusive_lock(paths.TRAIN_LOCK, "train stage"):
+        train(args)
+
+
+def train(args: argparse.Namespace) -> None:
     params = load_params(TrainParams)
     distributed.check_config(params)
     for warning in params.cpu_speed_warnings():
