@@ -194,12 +194,11 @@ def _short(err: BaseException) -> str:
     return text if len(text) <= 100 else text[:100] + "…"
 
 
-def _http_transfer(
-    opener: urllib.request.OpenerDirector, url: str, dest: Path, spec: RemoteFile, limits: TimeLimits
-) -> None:
+def _open(opener: urllib.request.OpenerDirector, url: str, limits: TimeLimits) -> http.client.HTTPResponse:
+    """The server's response, its status and headers read; a failure is _Transient if worth retrying."""
     try:
         request = urllib.request.Request(url, headers={"User-Agent": "keras-dvc-pipeline"})
-        response = opener.open(request, timeout=limits.idle_seconds)
+        return opener.open(request, timeout=limits.idle_seconds)
     except urllib.error.HTTPError as err:
         if err.code >= 500 or err.code in (408, 429):
             raise _Transient(f"HTTP {err.code} {_short(err.reason)}") from None
@@ -211,6 +210,12 @@ def _http_transfer(
         raise PipelineError(f"the server's reply is not valid HTTP ({type(err).__name__}: {_short(err)})") from None
     except ValueError as err:  # http.client's InvalidURL and friends
         raise PipelineError(f"'{url}' is not a valid URL ({_short(err)})") from None
+
+
+def _http_transfer(
+    opener: urllib.request.OpenerDirector, url: str, dest: Path, spec: RemoteFile, limits: TimeLimits
+) -> None:
+    response = _open(opener, url, limits)
     with response:
         total = response.headers.get("Content-Length")
         total_bytes = int(total) if total and total.isdigit() else None

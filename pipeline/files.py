@@ -63,7 +63,8 @@ def atomic_path(dest: Path | str) -> Iterator[Path]:
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(dest.parent, f".{dest.stem}.*.tmp{dest.suffix}")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.stem}.", suffix=f".tmp{dest.suffix}", dir=dest.parent)
+    with _naming(dest):
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.stem}.", suffix=f".tmp{dest.suffix}", dir=dest.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     # mkstemp creates 0600; the finished file gets the permissions a plain open() would give.
@@ -75,12 +76,24 @@ def atomic_path(dest: Path | str) -> Iterator[Path]:
         os.replace(tmp, dest)
         _fsync_dir(dest.parent)
     except OSError as err:
-        # A full disk fails a write() that names no file; the user needs to know which output it was.
-        if err.filename is None or err.filename == str(tmp):
-            raise OSError(err.errno, err.strerror, str(dest)) from err
-        raise
+        raise _named(err, dest, tmp) from err
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _named(err: OSError, dest: Path, *scratch: Path) -> OSError:
+    # A full disk fails a write() that names no file, or names our scratch file: the user needs the output's name.
+    if err.filename is None or Path(err.filename).name in {p.name for p in scratch}:
+        return OSError(err.errno, err.strerror, str(dest))
+    return err
+
+
+@contextlib.contextmanager
+def _naming(dest: Path) -> Iterator[None]:
+    try:
+        yield
+    except OSError as err:
+        raise _named(err, dest, Path(err.filename or "")) from err
 
 
 def write_bytes_atomic(dest: Path | str, data: bytes) -> None:
@@ -225,7 +238,8 @@ def atomic_directory(dest: Path | str) -> Iterator[Path]:
     dest.parent.mkdir(parents=True, exist_ok=True)
     recover_directory(dest)
     _remove_leftovers(dest.parent, f".{dest.name}.*.tmp")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    with _naming(dest):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
@@ -265,21 +279,22 @@ def exclusive_lock(path: Path | str, what: str) -> Iterator[None]:
 
 # OSErrors that are the machine's state, not a bug: run_stage turns them into one sentence.
 ENVIRONMENT_ERRNOS = {
-    errno.ENOSPC: "the disk is full; free some space",
-    errno.EDQUOT: "the disk quota is exhausted; free some space",
-    errno.EROFS: "the file system is read-only; make it writable",
-    errno.EACCES: "permission denied; make it writable for this user",
-    errno.EPERM: "the operation is not permitted; check the permissions",
+    errno.ENOSPC: ("write", "free some space on its disk"),
+    errno.EDQUOT: ("write", "free some space within your disk quota"),
+    errno.EROFS: ("write", "remount it read-write or run in a writable copy of the workspace"),
+    errno.EACCES: ("access", "give this user access to it"),
+    errno.EPERM: ("access", "give this user access to it"),
 }
 
 
 def describe_environment_error(err: OSError) -> str | None:
     """One sentence for a full disk or an unwritable path (None for any other OSError: that is a bug)."""
-    cause = ENVIRONMENT_ERRNOS.get(err.errno or 0)
-    if cause is None:
+    if err.errno not in ENVIRONMENT_ERRNOS:
         return None
+    verb, cause = ENVIRONMENT_ERRNOS[err.errno]
     where = err.filename if err.filename is not None else "an output file"
+    code = errno.errorcode.get(err.errno, str(err.errno))
     return (
-        f"{where}: {err.strerror} ({errno.errorcode.get(err.errno or 0, err.errno)}); {cause}, then rerun "
+        f"cannot {verb} {where}: {err.strerror} ({code}); {cause}, then rerun "
         "(the outputs written before are intact, and an interrupted train stage resumes where it stopped)."
     )

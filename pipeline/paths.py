@@ -46,6 +46,7 @@ def rerun_hint(path: Path | str) -> str:
             return f"rerun the stage that writes it: dvc repro -f {stage}."
     return "check the file, or rerun the stage that writes it."
 
+
 # Held (flock) by a running train stage: a second one in the same workspace is refused. Beside RESUME_DIR,
 # not in it: a finished run deletes that folder while it still holds the lock.
 TRAIN_LOCK = Path(".resume/train.lock")
