@@ -250,6 +250,10 @@ def atomic_directory(dest: Path | str) -> Iterator[Path]:
         os.replace(tmp, dest)
         _fsync_dir(dest.parent)
         shutil.rmtree(old, ignore_errors=True)
+    except OSError as err:  # name the output the user knows, not the scratch folder it was being written in
+        if err.filename is not None and str(err.filename).startswith(str(tmp)):
+            raise OSError(err.errno, err.strerror, str(dest) + str(err.filename)[len(str(tmp)) :]) from err
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
