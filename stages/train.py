@@ -19,9 +19,9 @@ from typing import Any
 
 from pipeline import distributed, paths
 from pipeline.cli import run_stage
-from pipeline.files import exclusive_lock, read_json, write_csv_atomic, write_json_atomic
+from pipeline.files import exclusive_lock, write_csv_atomic, write_json_atomic
 from pipeline.params import TrainParams, load_params
-from pipeline.preprocessing import load_split
+from pipeline.preprocessing import load_checked_split, read_meta
 
 log = logging.getLogger("train")
 
@@ -67,8 +67,8 @@ def train_model(params: TrainParams, role: distributed.Role) -> tuple[Any, Any]:
     """Build and fit the model (this process's share of it, in a distributed run); returns it and its Progress."""
     from pipeline import models, training
 
-    meta = read_json(paths.PREPARED_META)
-    train, val = (load_split(paths.split_file(name), meta["scaling"]) for name in ("train", "val"))
+    meta = read_meta(paths.PREPARED_META)
+    train, val = (load_checked_split(paths.split_file(name), meta) for name in ("train", "val"))
     model_params = distributed.model_params(params)
     training.seed_everything(params.seed, deterministic_ops=not model_params.jit_compile)
     # The length of a cosine schedule; a distributed run drops each epoch's last partial batch (fit_resumable).
