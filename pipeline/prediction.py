@@ -97,7 +97,7 @@ def check_top_k(top_k: int, spec: InputSpec) -> None:
     n_classes = len(spec.class_names)
     if not 1 <= top_k <= n_classes:
         raise PipelineError(
-            f"--top-k {top_k} is out of range: the model knows {n_classes} classes; give a number from 1 to {n_classes}."
+            f"--top-k {top_k} is out of range: the model knows {n_classes} classes; give 1 to {n_classes}."
         )
 
 
