@@ -155,8 +155,10 @@ def _load_npy(path: Path) -> np.ndarray:
         array = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:  # object arrays (pickles) are refused, never loaded
         raise PipelineError(f"{path} is not a readable numeric .npy array ({err}).") from None
-    if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_) or np.iscomplexobj(array):
-        raise PipelineError(f"{path} holds {array.dtype} values; a real-valued numeric array is needed.")
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
+        raise PipelineError(f"{path} holds {array.dtype} values; a numeric array is needed.")
+    if np.iscomplexobj(array):
+        raise PipelineError(f"{path} holds complex numbers; real values are needed.")
     if not np.all(np.isfinite(array)):
         raise PipelineError(f"{path} holds NaN or infinite values; every value must be a finite number.")
     array = array.astype(np.float64)

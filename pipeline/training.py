@@ -120,10 +120,11 @@ def save_state(path: Path, model: keras.Model, best_weights: list[np.ndarray], p
         np.savez(handle, **arrays)
 
 
-def _set_aside(path: Path, problem: str) -> None:
+def _set_aside(path: Path, why: str) -> None:
+    """Move a damaged state out of the way (kept for a look, until a finished run clears .resume/train)."""
     aside = path.with_name(path.name + ".corrupt")
     os.replace(path, aside)
-    log.warning("resume state %s %s: set aside as %s; training from scratch", path, problem, aside)
+    log.warning("ignoring %s; set aside as %s, training from scratch", why, aside)
 
 
 # What each counter of Progress must be in a saved state (a hand-edited or damaged file is refused, not trusted).
@@ -169,7 +170,7 @@ def load_state(path: Path, model: keras.Model, fingerprint: str) -> tuple[Progre
         if not isinstance(meta, dict):
             raise ValueError("its meta is not a JSON object")
     except (PipelineError, OSError, ValueError, KeyError) as err:
-        _set_aside(path, f"is unreadable ({err})")
+        _set_aside(path, f"unreadable resume state {path} ({err})")
         return None
     if meta.pop("fingerprint", None) != fingerprint:
         log.warning(
@@ -182,7 +183,7 @@ def load_state(path: Path, model: keras.Model, fingerprint: str) -> tuple[Progre
     model.optimizer.build(model.trainable_variables)  # optimizers build lazily; their slots must exist first
     problem = _state_problem(arrays, meta, model)
     if problem is not None:
-        _set_aside(path, problem)
+        _set_aside(path, f"damaged resume state {path}: it {problem}")
         return None
     for i, variable in enumerate(model.variables):
         variable.assign(arrays[f"model_{i}"])

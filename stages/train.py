@@ -27,14 +27,15 @@ log = logging.getLogger("train")
 
 
 def main(args: argparse.Namespace) -> None:
-    # Two runs in one workspace would write one resume state; the local launcher holds this for its processes.
-    held_by_launcher = distributed.PROCESS_ID_ENV in os.environ
-    with contextlib.nullcontext() if held_by_launcher else exclusive_lock(paths.TRAIN_LOCK, "train stage"):
-        train(args)
-
-
-def train(args: argparse.Namespace) -> None:
     params = load_params(TrainParams)
+    # Two runs in one workspace would write one resume state. The local launcher holds the lock for the
+    # processes it starts; processes a scheduler starts (srun, mpirun, Kubernetes) are the scheduler's to place.
+    lone_or_launcher = params.distributed.engine == "none" or distributed.launches_here(params.distributed)
+    with exclusive_lock(paths.TRAIN_LOCK, "train stage") if lone_or_launcher else contextlib.nullcontext():
+        train(params)
+
+
+def train(params: TrainParams) -> None:
     distributed.check_config(params)
     for warning in params.cpu_speed_warnings():
         log.warning(warning)
