@@ -22,6 +22,7 @@ import pytest
 from conftest import ENV, copy_repo, edit_params, make_prepared_repo, stage
 
 from pipeline import paths
+from pipeline.errors import PipelineError
 from pipeline.files import load_npz
 
 EPOCHS = 6
@@ -71,7 +72,7 @@ def epochs_saved(repo: Path) -> int:
     state = repo / paths.RESUME_DIR / "state.npz"
     try:
         return json.loads(str(load_npz(state)["meta"]))["epochs_done"]
-    except (OSError, ValueError, KeyError):  # not written yet
+    except (PipelineError, KeyError):  # not written yet
         return 0
 
 
