@@ -163,8 +163,11 @@ def test_train_on_a_full_or_read_only_disk_fails_in_one_sentence_and_the_rerun_r
         fill(resume, leave=4096)
         one_error(stage(repo, "train"), "cannot write .resume/train/state.npz", "ENOSPC")
     assert not (repo / "models" / "model.keras").exists()
-    with read_only(repo / "models"):  # trains, saves its state, cannot export
-        one_error(stage(repo, "train"), "cannot write models/model.keras", "EROFS")
+    (repo / ".resume/train/state.npz").write_bytes(b"PK\x03\x04 half a state")  # as a crashed disk might leave it
+    with read_only(repo / "models"):  # sets that aside, trains, saves its state, cannot export
+        result = stage(repo, "train")
+        one_error(result, "cannot write models/model.keras", "EROFS")
+        assert "set aside" in result.stderr and "training from scratch" in result.stderr
     assert (repo / ".resume/train/state.npz").exists(), "the finished epoch's state must survive the failed export"
     with read_only(repo / "reports"):  # exports the model from the saved state, cannot write its history
         result = stage(repo, "train")

@@ -16,7 +16,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import copy_repo, edit_params, stage
+from conftest import copy_repo, stage
 from test_predict import prepared
 
 from pipeline import paths
@@ -317,16 +317,3 @@ def test_predict_with_damaged_meta_or_input_fails_before_loading_tensorflow(digi
     result = stage(repo, "predict", str(tmp_path / "digit.npy"))
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert "data/prepared/meta.json" in result.stderr and "dvc repro -f preprocess" in result.stderr
-
-
-def test_train_sets_a_damaged_resume_state_aside_and_trains_fresh(digits_run: Path, tmp_path: Path) -> None:
-    repo = copy_repo(digits_run, tmp_path / "repo")
-    edit_params(repo, **{"train.epochs": 1})
-    state = repo / paths.RESUME_DIR / "state.npz"
-    state.parent.mkdir(parents=True)
-    state.write_bytes(b"PK\x03\x04 half a state")
-    model_before = (repo / paths.MODEL).read_bytes()
-    result = stage(repo, "train")
-    assert result.returncode == 0, result.stderr
-    assert "set aside" in result.stderr and "training from scratch" in result.stderr, result.stderr
-    assert "resuming" not in result.stderr and (repo / paths.MODEL).read_bytes() != model_before
