@@ -163,6 +163,7 @@ def test_train_on_a_full_or_read_only_disk_fails_in_one_sentence_and_the_rerun_r
         fill(resume, leave=4096)
         one_error(stage(repo, "train"), "cannot write .resume/train/state.npz", "ENOSPC")
     assert not (repo / "models" / "model.keras").exists()
+    (repo / ".resume/train").mkdir(parents=True, exist_ok=True)  # the full tmpfs held the first one
     (repo / ".resume/train/state.npz").write_bytes(b"PK\x03\x04 half a state")  # as a crashed disk might leave it
     with read_only(repo / "models"):  # sets that aside, trains, saves its state, cannot export
         result = stage(repo, "train")
