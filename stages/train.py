@@ -30,7 +30,8 @@ def main(args: argparse.Namespace) -> None:
     params = load_params(TrainParams)
     # Two runs in one workspace would write one resume state. The local launcher holds the lock for the
     # processes it starts; processes a scheduler starts (srun, mpirun, Kubernetes) are the scheduler's to place.
-    lone_or_launcher = params.distributed.engine == "none" or distributed.launches_here(params.distributed)
+    dist = params.distributed
+    lone_or_launcher = dist.engine == "none" or dist.processes == 1 or distributed.launches_here(dist)
     with exclusive_lock(paths.TRAIN_LOCK, "train stage") if lone_or_launcher else contextlib.nullcontext():
         train(params)
 
