@@ -23,7 +23,7 @@ from pipeline import paths
 from pipeline.errors import PipelineError
 from pipeline.files import load_npz, write_npz_atomic
 from pipeline.models import check_model_fits, load_model
-from pipeline.prediction import check_top_k, read_inputs
+from pipeline.prediction import check_probabilities, check_top_k, read_inputs
 from pipeline.preprocessing import load_checked_split, read_meta
 from pipeline.training import Progress, load_state, save_state
 
@@ -317,3 +317,10 @@ def test_predict_with_damaged_meta_or_input_fails_before_loading_tensorflow(digi
     result = stage(repo, "predict", str(tmp_path / "digit.npy"))
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert "data/prepared/meta.json" in result.stderr and "dvc repro -f preprocess" in result.stderr
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_a_model_giving_nan_is_refused_rather_than_printed(bad: float) -> None:
+    check_probabilities(np.array([[0.25, 0.75]]), Path("models/model.keras"))
+    with pytest.raises(PipelineError, match="model.keras gave NaN or infinite probabilities.*dvc repro -f train"):
+        check_probabilities(np.array([[bad, 0.5]]), Path("models/model.keras"))
