@@ -14,6 +14,7 @@ from pathlib import Path
 from types import FrameType
 
 from pipeline.errors import PipelineError
+from pipeline.files import describe_environment_error
 
 log = logging.getLogger("pipeline")
 
@@ -64,6 +65,12 @@ def run_stage(
         log.info("%s", summary_line(_stage_name(main_spec), written, time.monotonic() - started))
     except PipelineError as err:
         log.error("%s", err)
+        sys.exit(1)
+    except OSError as err:  # a full disk or an unwritable output is the machine's state, not a bug: one sentence
+        message = describe_environment_error(err)
+        if message is None:
+            raise
+        log.error("%s", message)
         sys.exit(1)
     except KeyboardInterrupt:
         log.error("interrupted (Ctrl-C); outputs written so far are complete, nothing is half-written")

@@ -9,7 +9,7 @@ TensorFlow; scikit-learn only inside `bundled_arrays`, when it is called.
 from __future__ import annotations
 
 import gzip
-import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.files import load_npz, read_json, write_npz_atomic
+from pipeline.files import load_npz, read_json, recover_directory, write_npz_atomic
 
 KERAS_DATASETS_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
 RAW_MANIFEST = "dataset.json"
@@ -74,11 +74,13 @@ def parse_idx(data: bytes, what: str = "IDX data") -> np.ndarray:
     if ndim == 0 or len(data) < header:
         raise PipelineError(f"{what} has a truncated IDX header; the file is corrupt.")
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected = header + int(np.prod(shape))
+    expected = header + math.prod(shape)  # Python integers: np.prod wraps around in int64 for hostile sizes
     if len(data) != expected:
         raise PipelineError(
             f"{what} holds {len(data)} bytes but its IDX header {shape} needs {expected}; the file is corrupt."
         )
+    if 0 in shape:
+        raise PipelineError(f"{what} has IDX shape {shape}: it is empty; the file is corrupt or not this dataset.")
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
 
 
@@ -98,10 +100,22 @@ def _read_idx_gz(path: Path, max_bytes: int) -> np.ndarray:
     return parse_idx(read_gzip(path, max_bytes), path.name)
 
 
-def _check_pairs(name: str, x: np.ndarray, y: np.ndarray, split: str, n_classes: int) -> None:
+def _check_split(name: str, x: np.ndarray, y: np.ndarray, split: str, n_classes: int) -> None:
+    """Images (N, H, W) with no empty axis, one whole-number label in 0..n_classes-1 per image."""
+    if x.ndim != 3 or 0 in x.shape:
+        raise PipelineError(
+            f"{name}: {split} images have shape {x.shape}, not (N, H, W) with N, H, W >= 1; the files are not this "
+            "dataset (or are empty)."
+        )
+    if y.ndim != 1:
+        raise PipelineError(
+            f"{name}: {split} labels have shape {y.shape}; one class number per image, shape (N,), is needed."
+        )
+    if not np.issubdtype(y.dtype, np.integer):
+        raise PipelineError(f"{name}: {split} labels are {y.dtype}; they must be whole numbers (class indices).")
     if len(x) != len(y):
         raise PipelineError(f"{name}: {split} has {len(x)} images but {len(y)} labels; the files do not match.")
-    if len(y) and (y.min() < 0 or y.max() >= n_classes):
+    if y.min() < 0 or y.max() >= n_classes:
         raise PipelineError(f"{name}: {split} labels must lie in 0..{n_classes - 1}; the files are not this dataset.")
 
 
@@ -112,11 +126,7 @@ def _read_idx_dataset(name: str, class_names: tuple[str, ...], max_bytes: int) -
         x_test = _read_idx_gz(folder / "t10k-images-idx3-ubyte.gz", max_bytes)
         y_test = _read_idx_gz(folder / "t10k-labels-idx1-ubyte.gz", max_bytes)
         for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
-            if x.ndim != 3 or y.ndim != 1:
-                raise PipelineError(
-                    f"{name}: {split} images must be (N, H, W) and labels (N,); the files are not this dataset."
-                )
-            _check_pairs(name, x, y, split, len(class_names))
+            _check_split(name, x, y, split, len(class_names))
         return RawDataset(
             name, "image", x_train, y_train.astype(np.int64), x_test, y_test.astype(np.int64), class_names, 255.0
         )
@@ -124,15 +134,22 @@ def _read_idx_dataset(name: str, class_names: tuple[str, ...], max_bytes: int) -
     return read
 
 
+_MNIST_KEYS = ("x_train", "y_train", "x_test", "y_test")
+_MNIST_CONTENT_MAX = 80_000_000  # the real arrays take 54,950,000 bytes; a zip bomb is refused before it unpacks
+
+
 def _read_mnist_npz(folder: Path) -> RawDataset:
     try:
-        arrays = load_npz(folder / "mnist.npz")
-        x_train, y_train, x_test, y_test = (arrays[k] for k in ("x_train", "y_train", "x_test", "y_test"))
-    except (KeyError, ValueError, OSError) as err:
-        raise PipelineError(f"mnist.npz is not a valid MNIST archive ({err}); the file is corrupt.") from None
+        arrays = load_npz(folder / "mnist.npz", max_bytes=_MNIST_CONTENT_MAX)
+    except PipelineError as err:
+        raise PipelineError(f"mnist.npz is not a valid MNIST archive: {err}") from None
+    missing = [key for key in _MNIST_KEYS if key not in arrays]
+    if missing:
+        raise PipelineError(f"mnist.npz lacks the arrays {missing}; the file is not Keras's MNIST archive.")
+    x_train, y_train, x_test, y_test = (arrays[key] for key in _MNIST_KEYS)
     classes = tuple(str(digit) for digit in range(10))
     for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
-        _check_pairs("mnist", x, y, split, len(classes))
+        _check_split("mnist.npz", x, y, split, len(classes))
     return RawDataset(
         "mnist", "image", x_train, y_train.astype(np.int64), x_test, y_test.astype(np.int64), classes, 255.0
     )
@@ -266,8 +283,14 @@ def get_spec(name: str) -> DatasetSpec:
 
 def read_raw(folder: Path) -> RawDataset:
     """Read whatever the download stage left in `folder` (its manifest names the dataset)."""
+    recover_directory(folder)  # a download killed mid-swap left its previous version aside
     manifest = folder / RAW_MANIFEST
     if not manifest.exists():
         raise PipelineError(f"{manifest} not found; run the download stage first (dvc repro download).")
-    name = json.loads(manifest.read_text(encoding="utf-8"))["dataset"]
+    content = read_json(manifest)
+    name = content.get("dataset") if isinstance(content, dict) else None
+    if not isinstance(name, str):
+        raise PipelineError(
+            f"{manifest} does not name a dataset; rerun the stage that writes it: dvc repro -f download."
+        )
     return get_spec(name).read(folder)

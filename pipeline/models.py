@@ -128,9 +128,36 @@ def save_model_atomic(model: keras.Model, dest: Path) -> None:
 
 
 def load_model(path: Path) -> keras.Model:
+    """The model at `path`, in Keras's safe mode: a file whose config would run code (a Lambda layer) is refused.
+
+    A damaged file makes Keras raise almost anything (zipfile, h5py, JSON, KeyError, TypeError), so
+    every exception becomes one sentence here: there is nothing in such a file worth a traceback.
+    """
     if not path.exists():
         raise PipelineError(f"{path} not found; run the train stage first (dvc repro train).")
-    return keras.saving.load_model(path)
+    try:
+        return keras.saving.load_model(path, safe_mode=True)
+    except Exception as err:  # noqa: BLE001 - see the docstring
+        detail = " ".join(str(err).split())[:160]
+        if "Lambda" in detail or "safe_mode" in detail:
+            raise PipelineError(
+                f"{path} is refused: its config would run Python code when loaded (a Lambda layer, refused by Keras's "
+                "safe mode); use a model this project's train stage wrote (dvc repro -f train)."
+            ) from None
+        raise PipelineError(
+            f"{path} is not a readable Keras model ({type(err).__name__}: {detail}); "
+            "rerun the stage that writes it: dvc repro -f train."
+        ) from None
+
+
+def check_model_fits(model: keras.Model, path: Path, input_shape: Sequence[int], n_classes: int) -> None:
+    """The model must take meta.json's input shape and give its number of classes (not another dataset's model)."""
+    takes, gives = tuple(model.input_shape[1:]), model.output_shape[-1]
+    if takes != tuple(input_shape) or gives != n_classes:
+        raise PipelineError(
+            f"{path} takes inputs of shape {takes} and gives {gives} classes, but data/prepared/meta.json describes "
+            f"{tuple(input_shape)} and {n_classes} classes: it was trained on other data; rerun dvc repro -f train."
+        )
 
 
 def summarize_model(model: keras.Model) -> dict:

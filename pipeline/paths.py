@@ -39,3 +39,21 @@ RESUME_DIR = Path(".resume/train")
 def split_file(split: str) -> Path:
     """The prepared `.npz` of one split: train, val or test."""
     return PREPARED_DIR / f"{split}.npz"
+
+
+# Which stage writes each output: an unreadable or hand-edited file there is fixed by rerunning that stage.
+WRITERS = {RAW_DIR: "download", PREPARED_DIR: "preprocess", MODELS_DIR: "train", REPORTS_DIR: "evaluate"}
+
+
+def rerun_hint(path: Path | str) -> str:
+    """What to do about a bad `path`: rerun the stage that writes it, from scratch (`-f`)."""
+    path = Path(path)
+    for folder, stage in WRITERS.items():
+        if path == folder or folder in path.parents:
+            return f"rerun the stage that writes it: dvc repro -f {stage}."
+    return "check the file, or rerun the stage that writes it."
+
+
+# Held (flock) by a running train stage: a second one in the same workspace is refused. Beside RESUME_DIR,
+# not in it: a finished run deletes that folder while it still holds the lock.
+TRAIN_LOCK = Path(".resume/train.lock")

@@ -17,12 +17,15 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import PipelineError
+from pipeline.files import check_npy_header
 from pipeline.images import IMAGE_SUFFIXES, Conversion, convert_image
 from pipeline.preprocessing import apply_minmax, scale_pixels
 
 ARRAY_SUFFIX = ".npy"
 CSV_SUFFIX = ".csv"
 IMAGE_FILE_MAX = 255.0  # 8-bit image files: the value that scales to 1.0, as preprocess does for MNIST
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+CSV_MAX_BYTES = 64 * 2**20  # read whole into memory: larger inputs belong in .npy files, or in several CSVs
 
 
 @dataclass(frozen=True)
@@ -92,8 +95,17 @@ def check_inputs(paths: Sequence[Path], spec: InputSpec) -> None:
 
 
 def check_top_k(top_k: int, spec: InputSpec) -> None:
-    if not 1 <= top_k <= len(spec.class_names):
-        raise PipelineError(f"--top-k {top_k} is out of range: the model knows {len(spec.class_names)} classes.")
+    """Refuse a K outside 1..classes, above the class count too, rather than cap it.
+
+    Capping would print fewer classes than asked without an error, and a script reading exactly K
+    entries per input would then misread them; the class count is known before any input is read,
+    so the refusal costs nothing and says what to give instead.
+    """
+    n_classes = len(spec.class_names)
+    if not 1 <= top_k <= n_classes:
+        raise PipelineError(
+            f"--top-k {top_k} is out of range: the model knows {n_classes} classes; give 1 to {n_classes}."
+        )
 
 
 def check_model_matches(model_input_shape: Sequence[int | None], n_outputs: int, spec: InputSpec) -> None:
@@ -126,14 +138,21 @@ def read_image(path: Path, spec: InputSpec, *, invert: bool = False) -> Batch:
 
 def _load_npy(path: Path) -> np.ndarray:
     try:
+        with open(path, "rb") as handle:  # the header first: NumPy would allocate whatever it claims (596 GiB, say)
+            check_npy_header(handle, path.stat().st_size)
         array = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as err:  # object arrays (pickles) are refused, never loaded
+    except (ValueError, OSError, EOFError) as err:  # object arrays (pickles) are refused, never loaded
         raise PipelineError(f"{path} is not a readable numeric .npy array ({err}).") from None
     if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
         raise PipelineError(f"{path} holds {array.dtype} values; a numeric array is needed.")
+    if np.iscomplexobj(array):
+        raise PipelineError(f"{path} holds complex numbers; real values are needed.")
     if not np.all(np.isfinite(array)):
         raise PipelineError(f"{path} holds NaN or infinite values; every value must be a finite number.")
-    return array.astype(np.float64)
+    array = array.astype(np.float64)
+    if array.size and np.abs(array).max() > FLOAT32_MAX:
+        raise PipelineError(f"{path} holds values beyond ±{FLOAT32_MAX:.3g}, which the float32 model cannot take.")
+    return array
 
 
 def _as_image_stack(array: np.ndarray, shape: tuple[int, ...], path: Path) -> tuple[np.ndarray, bool]:
@@ -182,6 +201,8 @@ def _parse_float(text: str, where: str) -> float:
         raise PipelineError(f"{where}: '{text}' is not a number.") from None
     if not np.isfinite(value):
         raise PipelineError(f"{where}: '{text}' is not a finite number.")
+    if abs(value) > FLOAT32_MAX:
+        raise PipelineError(f"{where}: '{text}' is beyond ±{FLOAT32_MAX:.3g}, which the float32 model cannot take.")
     return value
 
 
@@ -207,7 +228,10 @@ def _column_order(header: Sequence[str], spec: InputSpec, path: Path) -> list[in
 
 def parse_csv(text: str, path: Path, spec: InputSpec) -> Batch:
     """Rows of raw feature values; an optional header row names the columns."""
-    rows = [row for row in csv.reader(io.StringIO(text)) if any(cell.strip() for cell in row)]
+    try:
+        rows = [row for row in csv.reader(io.StringIO(text)) if any(cell.strip() for cell in row)]
+    except csv.Error as err:  # e.g. a field over csv's 128 KB limit, or a NUL byte
+        raise PipelineError(f"{path} is not a valid CSV file ({err}); give one row of numbers per example.") from None
     if not rows:
         raise PipelineError(f"{path} has no rows; give one row of {spec.input_shape[0]} values per example.")
     first_line = 1
@@ -229,6 +253,8 @@ def parse_csv(text: str, path: Path, spec: InputSpec) -> Batch:
 
 def read_csv(path: Path, spec: InputSpec) -> Batch:
     try:
+        if path.stat().st_size > CSV_MAX_BYTES:
+            raise PipelineError(f"{path} is larger than {CSV_MAX_BYTES // 2**20} MiB; split it into smaller files.")
         text = path.read_text(encoding="utf-8-sig")
     except (UnicodeDecodeError, OSError) as err:
         raise PipelineError(f"{path} is not a readable UTF-8 CSV file ({err}).") from None
@@ -248,7 +274,19 @@ def read_inputs(paths: Sequence[Path], spec: InputSpec, *, invert: bool = False)
         else:
             batches.append(read_csv(path, spec))
     labels = tuple(label for batch in batches for label in batch.labels)
-    return Batch(labels, np.concatenate([batch.x for batch in batches]).astype(np.float32))
+    x = np.concatenate([batch.x for batch in batches]).astype(np.float32)
+    if not np.all(np.isfinite(x)):  # finite raw values can still overflow once scaled (a tiny min-max range)
+        bad = labels[int(np.flatnonzero(~np.isfinite(x).reshape(len(x), -1).all(axis=1))[0])]
+        raise PipelineError(f"{bad}: its values overflow float32 once scaled as in training; check the input.")
+    return Batch(labels, x)
+
+
+def check_probabilities(probabilities: np.ndarray, model_path: Path) -> None:
+    """A damaged model can give NaN: refuse it rather than print it (NaN is not even valid JSON)."""
+    if not np.all(np.isfinite(probabilities)):
+        raise PipelineError(
+            f"{model_path} gave NaN or infinite probabilities; the model is damaged: rerun dvc repro -f train."
+        )
 
 
 # ----------------------------------------------------------------------------- results

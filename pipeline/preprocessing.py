@@ -8,6 +8,7 @@ Tabular features are few; they are stored already scaled.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline import paths
 from pipeline.errors import PipelineError
-from pipeline.files import load_xy
+from pipeline.files import load_xy, read_json
 
 if TYPE_CHECKING:  # train and evaluate import this module; they need not depend on the dataset registry
     from pipeline.datasets import RawDataset
@@ -192,3 +194,67 @@ def prepare_splits(
     if image_record is not None:
         meta["image"] = image_record
     return splits, meta
+
+
+# ----------------------------------------------------------------------------- reading meta.json back
+
+
+def _meta_problem(meta: Any) -> str | None:  # noqa: PLR0911 - a checklist: one early return per check
+    """What makes `meta` (meta.json as read) unusable, or None: checked before any stage relies on it."""
+    if not isinstance(meta, dict):
+        return "is not a JSON object"
+    kind, shape, names, scaling = (meta.get(key) for key in ("kind", "input_shape", "class_names", "scaling"))
+    if kind not in ("image", "tabular"):
+        return f"gives kind {kind!r}, not 'image' or 'tabular'"
+    if not isinstance(shape, list) or not all(type(d) is int and d > 0 for d in shape):
+        return f"gives input_shape {shape!r}, not a list of positive integers"
+    if (kind == "image" and (len(shape) != 3 or shape[2] != 1)) or (kind == "tabular" and len(shape) != 1):
+        return f"gives input_shape {shape} for {kind} data (images: [H, W, 1]; tabular: [F])"
+    if not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) and n for n in names):
+        return "does not list two or more class names"
+    if len(set(names)) != len(names):
+        return "lists a class name twice"
+    if not isinstance(scaling, dict):
+        return "lacks its scaling"
+    numbers = (int, float)
+    if kind == "image":
+        pixel_max = scaling.get("pixel_max")
+        if scaling.get("method") != "divide" or not isinstance(pixel_max, numbers) or not 0 < pixel_max < math.inf:
+            return f"gives image scaling {scaling!r}; it needs method 'divide' and a positive pixel_max"
+    else:
+        low, span = scaling.get("min"), scaling.get("range")
+        valid = scaling.get("method") == "minmax" and all(
+            isinstance(v, list) and len(v) == shape[0] and all(isinstance(x, numbers) and math.isfinite(x) for x in v)
+            for v in (low, span)
+        )
+        if not valid or min(span) <= 0:
+            return f"gives tabular scaling {scaling!r}; it needs method 'minmax' and {shape[0]} finite min and range"
+    feature_names = meta.get("feature_names", [])
+    if not isinstance(feature_names, list) or (kind == "tabular" and len(feature_names) not in (0, shape[0])):
+        return f"lists feature names {feature_names!r} that do not match the input shape {shape}"
+    return None
+
+
+def read_meta(path: Path | str) -> dict[str, Any]:
+    """data/prepared/meta.json, checked: a deleted, garbled or hand-edited one is one sentence naming it."""
+    path = Path(path)
+    meta = read_json(path)
+    problem = _meta_problem(meta)
+    if problem is not None:
+        raise PipelineError(f"{path} {problem}; {paths.rerun_hint(path)}")
+    return meta
+
+
+def load_checked_split(path: Path | str, meta: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """`load_split`, then checked against meta.json: the shapes the model is built for, one-hot labels."""
+    x, y = load_split(path, meta["scaling"])
+    n_classes = len(meta["class_names"])
+    if tuple(x.shape[1:]) != tuple(meta["input_shape"]) or len(x) == 0:
+        problem = f"holds examples of shape {x.shape[1:]}, but meta.json describes {tuple(meta['input_shape'])}"
+    elif y.shape != (len(x), n_classes) or not np.array_equal(y.sum(axis=1), np.ones(len(y))):
+        problem = f"holds labels of shape {y.shape}, not one-hot rows over the {n_classes} classes of meta.json"
+    elif not np.all(np.isfinite(x)):
+        problem = "holds NaN or infinite features"
+    else:
+        return x, y
+    raise PipelineError(f"{path} {problem}; {paths.rerun_hint(path)}")

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -24,6 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from pipeline.errors import PipelineError
 from pipeline.files import atomic_path, load_npz, write_csv_atomic, write_json_atomic
 from pipeline.params import EXECUTION_ONLY, TrainParams, section_as_dict
 
@@ -152,25 +154,71 @@ def save_state(path: Path, model: keras.Model, best_weights: list[np.ndarray], p
         np.savez(handle, **arrays)
 
 
+def _set_aside(path: Path, why: str) -> None:
+    """Move a damaged state out of the way (kept for a look, until a finished run clears .resume/train)."""
+    aside = path.with_name(path.name + ".corrupt")
+    os.replace(path, aside)
+    log.warning("ignoring %s; set aside as %s, training from scratch", why, aside)
+
+
+# What each counter of Progress must be in a saved state (a hand-edited or damaged file is refused, not trusted).
+_PROGRESS_TYPES: dict[str, type | tuple[type, ...]] = {
+    "epochs_done": int, "best_val_accuracy": (int, float), "best_val_loss": (int, float), "best_epoch": int,
+    "wait": int, "finished": bool, "history": list,
+}  # fmt: skip
+
+
+def _state_problem(arrays: dict[str, np.ndarray], meta: dict[str, Any], model: keras.Model) -> str | None:
+    """What is wrong with a state written for this run and this layout, or None: checked before anything is assigned."""
+    if set(meta) != set(_PROGRESS_TYPES):
+        return f"has the counters {sorted(meta)} instead of {sorted(_PROGRESS_TYPES)}"
+    for key, kind in _PROGRESS_TYPES.items():
+        value = meta[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            return f"holds {key}={value!r}, not a {getattr(kind, '__name__', 'number')}"
+    if not all(isinstance(row, dict) for row in meta["history"]) or meta["epochs_done"] < 0:
+        return "holds an impossible history or epoch count"
+    expected = {f"model_{i}": v for i, v in enumerate(model.variables)}
+    expected |= {f"optimizer_{i}": v for i, v in enumerate(model.optimizer.variables)}
+    expected |= {f"best_{i}": v for i, v in enumerate(model.weights)}
+    if set(arrays) != set(expected):
+        missing, extra = sorted(set(expected) - set(arrays)), sorted(set(arrays) - set(expected))
+        return f"lacks the arrays {missing} or has unexpected ones {extra}"
+    for key, variable in expected.items():
+        if arrays[key].shape != tuple(variable.shape) or arrays[key].dtype != np.dtype(variable.dtype):
+            return f"holds {key} of shape {arrays[key].shape} ({arrays[key].dtype}), not {tuple(variable.shape)}"
+    return None
+
+
 def load_state(path: Path, model: keras.Model, fingerprint: str) -> tuple[Progress, list[np.ndarray]] | None:
-    """Restore `model` (and its optimizer) from `path` if it belongs to this exact run; else None."""
+    """Restore `model` (and its optimizer) from `path` if it belongs to this exact run; else None.
+
+    A state that cannot be read or does not hold what this run saves (truncated, hand-edited) is
+    set aside as `state.npz.corrupt` with a warning, and training starts fresh.
+    """
     if not path.exists():
         return None
     try:
         arrays = load_npz(path)
         meta = json.loads(str(arrays.pop("meta")))
-    except (OSError, ValueError, KeyError) as err:
-        log.warning("ignoring unreadable resume state %s (%s); training from scratch", path, err)
+        if not isinstance(meta, dict):
+            raise ValueError("its meta is not a JSON object")
+    except (PipelineError, OSError, ValueError, KeyError) as err:
+        _set_aside(path, f"unreadable resume state {path} ({err})")
         return None
-    if meta.pop("fingerprint") != fingerprint:
+    if meta.pop("fingerprint", None) != fingerprint:
         log.warning(
             "ignoring resume state %s: it was written for other params, code or data; training from scratch", path
         )
         return None
-    if meta.pop("layout") != _model_layout(model):
+    if meta.pop("layout", None) != _model_layout(model):
         log.warning("ignoring resume state %s: the model's layout differs; training from scratch", path)
         return None
     model.optimizer.build(model.trainable_variables)  # optimizers build lazily; their slots must exist first
+    problem = _state_problem(arrays, meta, model)
+    if problem is not None:
+        _set_aside(path, f"damaged resume state {path}: it {problem}")
+        return None
     for i, variable in enumerate(model.variables):
         variable.assign(arrays[f"model_{i}"])
     for i, variable in enumerate(model.optimizer.variables):

@@ -26,7 +26,7 @@ from pipeline.files import (
     write_json_atomic,
 )
 from pipeline.params import EvaluateParams, load_params
-from pipeline.preprocessing import load_split
+from pipeline.preprocessing import load_checked_split, read_meta
 
 log = logging.getLogger("evaluate")
 
@@ -39,12 +39,14 @@ def png_bytes(image) -> bytes:
 
 def main(args: argparse.Namespace) -> None:
     params = load_params(EvaluateParams)
-    from pipeline.models import load_model  # TensorFlow: imported only once the params are known to be good
+    # TensorFlow: imported only once the params are known to be good.
+    from pipeline.models import check_model_fits, load_model
 
-    meta, summary = read_json(paths.PREPARED_META), read_json(paths.MODEL_SUMMARY)
+    meta, summary = read_meta(paths.PREPARED_META), read_json(paths.MODEL_SUMMARY)
     class_names = meta["class_names"]
-    x_test, y_test = load_split(paths.split_file("test"), meta["scaling"])
+    x_test, y_test = load_checked_split(paths.split_file("test"), meta)
     model = load_model(paths.MODEL)
+    check_model_fits(model, paths.MODEL, meta["input_shape"], len(class_names))
     scores = model.evaluate(x_test, y_test, batch_size=params.batch_size, verbose=0, return_dict=True)
     probabilities = model.predict(x_test, batch_size=params.batch_size, verbose=0)
     true_labels, predicted_labels = y_test.argmax(axis=1), probabilities.argmax(axis=1)

@@ -23,16 +23,17 @@ from pipeline import paths
 from pipeline.cli import run_stage
 from pipeline.errors import PipelineError
 from pipeline.export import description_beside
-from pipeline.files import read_json
 from pipeline.prediction import (
     InputSpec,
     as_records,
     check_model_matches,
+    check_probabilities,
     check_top_k,
     format_text,
     read_inputs,
     top_classes,
 )
+from pipeline.preprocessing import read_meta
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def load_spec(meta_path: Path) -> InputSpec:
     if not meta_path.is_file():
         raise PipelineError(f"{meta_path} not found; run the pipeline first (dvc repro) or pass --meta.")
-    return InputSpec.from_meta(read_json(meta_path))
+    return InputSpec.from_meta(read_meta(meta_path))
 
 
 def main(args: argparse.Namespace) -> None:
@@ -74,9 +75,10 @@ def main(args: argparse.Namespace) -> None:
     model = open_model(args.model)
     check_model_matches(model.input_shape, model.n_outputs, spec)
     probabilities = model.predict(batch.x)
+    check_probabilities(probabilities, args.model)
     ranked = top_classes(probabilities, spec.class_names, args.top_k)
     if args.json:
-        sys.stdout.write(json.dumps(as_records(batch.labels, ranked), indent=2) + "\n")
+        sys.stdout.write(json.dumps(as_records(batch.labels, ranked), indent=2, allow_nan=False) + "\n")
     else:
         sys.stdout.write(format_text(batch.labels, ranked))
 

@@ -9,6 +9,7 @@ resumes from its last completed epoch if it was killed (state in .resume/train/)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import shutil
@@ -20,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline import paths
 from pipeline.cli import run_stage
-from pipeline.files import read_json, write_csv_atomic, write_json_atomic
+from pipeline.files import exclusive_lock, write_csv_atomic, write_json_atomic
 from pipeline.params import TrainParams, load_params
-from pipeline.preprocessing import load_split
+from pipeline.preprocessing import load_checked_split, read_meta
 
 if TYPE_CHECKING:
     from pipeline.distributed import Role
@@ -36,6 +37,25 @@ def main(args: argparse.Namespace, *, callbacks: Callable[[], Sequence[Any]] = t
     TensorFlow before this stage has set its environment), returning callbacks that run after every epoch's
     own (`pipeline.training.fit_resumable`). Processes that the `local` launcher starts run without them."""
     params = load_params(TrainParams)
+    with workspace_lock(params.distributed):
+        run_training(params, callbacks)
+
+
+def workspace_lock(dist: Any) -> contextlib.AbstractContextManager:
+    """Two runs in one workspace would write one resume state: the second is refused with one sentence.
+
+    The local launcher holds the lock for the processes it starts; processes a scheduler starts (srun,
+    mpirun, Kubernetes) are the scheduler's to place, and take none.
+    """
+    if dist.engine != "none" and dist.processes > 1:
+        from pipeline import launcher
+
+        if not launcher.launches_here(dist):
+            return contextlib.nullcontext()
+    return exclusive_lock(paths.TRAIN_LOCK, "train stage")
+
+
+def run_training(params: TrainParams, callbacks: Callable[[], Sequence[Any]] = tuple) -> None:
     for warning in params.cpu_speed_warnings():
         log.warning(warning)
     if params.distributed.engine != "none":
@@ -77,8 +97,8 @@ def train_model(
 
     extra_callbacks = callbacks()  # TensorFlow has loaded now (see main)
 
-    meta = read_json(paths.PREPARED_META)
-    train, val = (load_split(paths.split_file(name), meta["scaling"]) for name in ("train", "val"))
+    meta = read_meta(paths.PREPARED_META)
+    train, val = (load_checked_split(paths.split_file(name), meta) for name in ("train", "val"))
     model_params = training.model_params(params)
     training.seed_everything(params.seed, deterministic_ops=not model_params.jit_compile)
     steps_per_epoch = max(1, training.batches_per_epoch(len(train[0]), params.batch_size, role))  # a cosine's length

@@ -74,7 +74,7 @@ def epochs_saved(repo: Path) -> int:
     state = repo / paths.RESUME_DIR / "state.npz"
     try:
         return json.loads(str(load_npz(state)["meta"]))["epochs_done"]
-    except (OSError, ValueError, KeyError):  # not written yet
+    except (PipelineError, KeyError):  # not written yet
         return 0
 
 

@@ -1,0 +1,326 @@
+"""Corrupted intermediate state and hostile predict inputs: one sentence naming the file and what to do.
+
+Real files written by the real writers (np.savez, Keras's model.save, save_state), then damaged the
+ways a crash, a careless edit or an attacker would.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from conftest import copy_repo, stage
+from test_predict import prepared
+
+from pipeline import paths
+from pipeline.errors import PipelineError
+from pipeline.files import load_npz, write_npz_atomic
+from pipeline.models import check_model_fits, load_model
+from pipeline.prediction import check_probabilities, check_top_k, read_inputs
+from pipeline.preprocessing import load_checked_split, read_meta
+from pipeline.training import Progress, load_state, save_state
+
+# ----------------------------------------------------------------------------- the resume state
+
+
+def tiny_model() -> keras.Model:
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input(shape=(4,))
+    hidden = keras.layers.Dropout(0.1)(keras.layers.Dense(5, activation="relu")(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(hidden))
+    model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def _rewrite(path: Path, change: Callable[[dict[str, np.ndarray]], None]) -> None:
+    arrays = load_npz(path)
+    change(arrays)
+    with open(path, "wb") as handle:
+        np.savez(handle, **arrays)
+
+
+def _edit_meta(**changes: object) -> Callable[[dict[str, np.ndarray]], None]:
+    def change(arrays: dict[str, np.ndarray]) -> None:
+        arrays["meta"] = np.array(json.dumps(json.loads(str(arrays["meta"])) | changes))
+
+    return change
+
+
+def _drop_best(arrays: dict[str, np.ndarray]) -> None:
+    for key in [k for k in arrays if k.startswith("best_")]:
+        del arrays[key]
+
+
+STATE_DAMAGE: dict[str, Callable[[Path], None]] = {
+    "truncated": lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]),
+    "garbage": lambda p: p.write_bytes(b"\x00garbage" * 100),
+    "empty": lambda p: p.write_bytes(b""),
+    "extra-array": lambda p: _rewrite(p, lambda a: a.update(model_99=np.zeros(3))),
+    "extra-counter": lambda p: _rewrite(p, _edit_meta(surprise=1)),
+    "counter-of-wrong-type": lambda p: _rewrite(p, _edit_meta(epochs_done="three")),
+    "bool-as-count": lambda p: _rewrite(p, _edit_meta(best_epoch=True)),
+    "weights-of-wrong-shape": lambda p: _rewrite(p, lambda a: a.update(model_0=np.zeros((5, 4), np.float32))),
+    "weights-of-wrong-dtype": lambda p: _rewrite(p, lambda a: a.update(model_0=a["model_0"].astype(np.float64))),
+    "best-weights-missing": lambda p: _rewrite(p, _drop_best),
+    "meta-not-json": lambda p: _rewrite(p, lambda a: a.update(meta=np.array("{not json"))),
+    "meta-a-list": lambda p: _rewrite(p, lambda a: a.update(meta=np.array("[1, 2]"))),
+}
+
+
+@pytest.mark.parametrize("damage", STATE_DAMAGE.values(), ids=STATE_DAMAGE.keys())
+def test_a_damaged_resume_state_is_set_aside_and_training_starts_fresh(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: Callable[[Path], None]
+) -> None:
+    model = tiny_model()
+    path = tmp_path / "state.npz"
+    best = [np.asarray(w.numpy()) for w in model.weights]
+    save_state(path, model, best, Progress("run", epochs_done=2, best_epoch=1, history=[{"epoch": 1}, {"epoch": 2}]))
+    fresh = tiny_model()
+    before = [np.asarray(v.numpy()).copy() for v in fresh.variables]
+    assert load_state(path, tiny_model(), "run") is not None  # the undamaged state restores
+
+    damage(path)
+    with caplog.at_level(logging.WARNING):
+        assert load_state(path, fresh, "run") is None
+    assert "set aside" in caplog.text and "training from scratch" in caplog.text
+    assert not path.exists() and (tmp_path / "state.npz.corrupt").exists()
+    # Nothing was half-assigned before the damage was found: the fresh model is as it was built.
+    for a, b in zip(before, fresh.variables, strict=True):
+        np.testing.assert_array_equal(a, b.numpy())
+
+
+# ----------------------------------------------------------------------------- data/prepared
+
+
+META = {
+    "dataset": "tiny", "kind": "tabular", "input_shape": [3], "class_names": ["a", "b"],
+    "feature_names": ["x", "y", "z"], "scaling": {"method": "minmax", "min": [0, 0, 0], "range": [1, 1, 1]},
+    "sizes": {"train": 4},
+}  # fmt: skip
+IMAGE_META = META | {"kind": "image", "input_shape": [8, 8, 1], "scaling": {"method": "divide", "pixel_max": 16.0}}
+
+
+@pytest.fixture
+def in_workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A workspace with a good data/prepared/train.npz and meta.json, the cwd for the test."""
+    monkeypatch.chdir(tmp_path)
+    write_npz_atomic(
+        paths.split_file("train"), x=np.zeros((4, 3), np.float32), y=np.eye(2, dtype=np.float32)[[0, 1] * 2]
+    )
+    paths.PREPARED_META.write_text(json.dumps(META))
+    return tmp_path
+
+
+def _npz_bytes(**arrays: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+SPLIT_DAMAGE: dict[str, Callable[[bytes], bytes]] = {
+    "truncated": lambda good: good[: len(good) // 2],
+    "garbage": lambda good: b"not a zip" * 50,
+    "empty": lambda good: b"",
+    "member-header-lies": lambda good: good.replace(b"(4, 3)", b"(9, 9)"),
+    "labels-not-one-hot": lambda good: _npz_bytes(x=np.zeros((4, 3), np.float32), y=np.ones((4, 2), np.float32)),
+    "wrong-feature-count": lambda good: _npz_bytes(x=np.zeros((4, 5), np.float32), y=np.eye(2)[[0, 1] * 2]),
+    "other-arrays": lambda good: _npz_bytes(features=np.zeros((4, 3))),
+    "nan-features": lambda good: _npz_bytes(x=np.full((4, 3), np.nan, np.float32), y=np.eye(2)[[0, 1] * 2]),
+}
+
+
+@pytest.mark.parametrize("damage", SPLIT_DAMAGE.values(), ids=SPLIT_DAMAGE.keys())
+def test_a_damaged_prepared_split_names_itself_and_the_stage_to_rerun(
+    in_workspace: Path, damage: Callable[[bytes], bytes]
+) -> None:
+    path = paths.split_file("train")
+    load_checked_split(path, read_meta(paths.PREPARED_META))  # the undamaged split loads
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(PipelineError) as caught:
+        load_checked_split(path, read_meta(paths.PREPARED_META))
+    assert str(caught.value).startswith(str(path)) and "dvc repro -f preprocess" in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def _cut_names(meta: dict) -> dict:
+    return meta | {"class_names": meta["class_names"][:1]}
+
+
+META_DAMAGE: dict[str, Callable[[dict], str | None]] = {
+    "deleted": lambda meta: None,
+    "garbage": lambda meta: "\x00\xff garbage",
+    "truncated": lambda meta: json.dumps(meta)[:40],
+    "a-list": lambda meta: "[]",
+    "class-names-cut": lambda meta: json.dumps(_cut_names(meta)),
+    "class-names-twice": lambda meta: json.dumps(meta | {"class_names": ["a", "a"]}),
+    "scaling-missing": lambda meta: json.dumps({k: v for k, v in meta.items() if k != "scaling"}),
+    "pixel-max-0": lambda meta: json.dumps(IMAGE_META | {"scaling": {"method": "divide", "pixel_max": 0}}),
+    "pixel-max-nan": lambda meta: json.dumps(IMAGE_META | {"scaling": {"method": "divide", "pixel_max": math.nan}}),
+    "range-0": lambda meta: json.dumps(meta | {"scaling": meta["scaling"] | {"range": [1, 0, 1]}}),
+    "shape-negative": lambda meta: json.dumps(meta | {"input_shape": [-3]}),
+    "shape-of-other-kind": lambda meta: json.dumps(meta | {"input_shape": [8, 8, 1]}),
+    "shape-a-string": lambda meta: json.dumps(meta | {"input_shape": "3"}),
+    "kind-unknown": lambda meta: json.dumps(meta | {"kind": "audio"}),
+    "feature-names-cut": lambda meta: json.dumps(meta | {"feature_names": ["x"]}),
+}
+
+
+@pytest.mark.parametrize("damage", META_DAMAGE.values(), ids=META_DAMAGE.keys())
+def test_a_damaged_meta_json_names_itself_and_the_stage_to_rerun(
+    in_workspace: Path, damage: Callable[[dict], str | None]
+) -> None:
+    read_meta(paths.PREPARED_META)
+    text = damage(META)
+    if text is None:
+        paths.PREPARED_META.unlink()
+    else:
+        paths.PREPARED_META.write_text(text, encoding="latin-1")
+    with pytest.raises(PipelineError) as caught:
+        read_meta(paths.PREPARED_META)
+    message = str(caught.value)
+    assert message.startswith(str(paths.PREPARED_META)) and "dvc repro -f preprocess" in message, message
+    assert "\n" not in message
+
+
+def test_an_image_meta_json_passes_its_own_checks(in_workspace: Path) -> None:
+    paths.PREPARED_META.write_text(json.dumps(IMAGE_META))
+    assert read_meta(paths.PREPARED_META)["scaling"]["pixel_max"] == 16.0
+
+
+# ----------------------------------------------------------------------------- models/model.keras
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("model") / "model.keras"
+    tiny_model().save(path)
+    return path
+
+
+def _lambda_model(path: Path) -> None:
+    inputs = keras.Input(shape=(4,))
+    outputs = keras.layers.Lambda(lambda x: x * 2)(inputs)  # its code would run when the file is loaded
+    keras.Model(inputs, outputs).save(path)
+
+
+MODEL_DAMAGE: dict[str, Callable[[Path, bytes], None]] = {
+    "garbage": lambda path, good: path.write_bytes(b"\x89garbage" * 100),
+    "empty": lambda path, good: path.write_bytes(b""),
+    "truncated": lambda path, good: path.write_bytes(good[: len(good) // 2]),
+    "config-garbled": lambda path, good: path.write_bytes(good.replace(b'"class_name"', b'"klass_name"')),
+    "lambda-layer": lambda path, good: _lambda_model(path),
+}
+
+
+@pytest.mark.parametrize("damage", MODEL_DAMAGE.values(), ids=MODEL_DAMAGE.keys())
+def test_a_damaged_or_unsafe_model_file_is_one_sentence(
+    saved_model: Path, tmp_path: Path, damage: Callable[[Path, bytes], None]
+) -> None:
+    path = tmp_path / "model.keras"
+    damage(path, saved_model.read_bytes())
+    with pytest.raises(PipelineError) as caught:
+        load_model(path)
+    message = str(caught.value)
+    assert message.startswith(str(path)) and "\n" not in message and "dvc repro -f train" in message, message
+    assert "safe_mode=False" not in message, "never advise turning the safety off"
+
+
+def test_another_datasets_model_is_refused_before_it_runs(saved_model: Path) -> None:
+    model = load_model(saved_model)
+    check_model_fits(model, saved_model, [4], 3)
+    for shape, classes in (([8, 8, 1], 3), ([4], 10)):
+        with pytest.raises(PipelineError, match="trained on other data; rerun dvc repro -f train"):
+            check_model_fits(model, saved_model, shape, classes)
+
+
+def test_a_lambda_model_says_it_is_refused_for_running_code(tmp_path: Path) -> None:
+    _lambda_model(tmp_path / "model.keras")
+    with pytest.raises(PipelineError, match="would run Python code"):
+        load_model(tmp_path / "model.keras")
+
+
+# ----------------------------------------------------------------------------- predict's inputs
+
+
+def _npy_claiming(path: Path, shape: tuple[int, ...]) -> None:
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": shape})
+    path.write_bytes(header.getvalue() + b"\0" * 64)
+
+
+NPY_INPUTS: dict[str, Callable[[Path], None]] = {
+    "header-claims-596GiB": lambda path: _npy_claiming(path, (10**4, 8, 8 * 10**5)),
+    "zero-bytes": lambda path: path.write_bytes(b""),
+    "magic-only": lambda path: path.write_bytes(b"\x93NUMPY\x01\x00"),
+    "nan": lambda path: np.save(path, np.full((8, 8), np.nan)),
+    "inf": lambda path: np.save(path, np.full((8, 8), -np.inf)),
+    "beyond-float32": lambda path: np.save(path, np.full((8, 8), 1e300)),
+    "complex": lambda path: np.save(path, np.zeros((8, 8), np.complex64)),
+}
+
+
+@pytest.mark.parametrize("write", NPY_INPUTS.values(), ids=NPY_INPUTS.keys())
+def test_a_hostile_npy_input_is_one_sentence_in_bounded_memory(tmp_path: Path, write: Callable[[Path], None]) -> None:
+    _, _, spec = prepared("image")
+    path = tmp_path / "input.npy"
+    write(path)
+    with pytest.raises(PipelineError) as caught:
+        read_inputs([path], spec)
+    assert str(caught.value).startswith(str(path)) and "\n" not in str(caught.value)
+
+
+CSV_INPUTS = {
+    "field-over-128KB": "1," + "9" * 200_000 + ",3\n",
+    "nan": "1,nan,3\n",
+    "inf": "1,2,-inf\n",
+    "beyond-float32": "1,2,1e39\n",
+    "nul-byte": "1,2\x00,3\n",
+}
+
+
+@pytest.mark.parametrize("text", CSV_INPUTS.values(), ids=CSV_INPUTS.keys())
+def test_a_hostile_csv_input_is_one_sentence(tmp_path: Path, text: str) -> None:
+    _, _, spec = prepared("tabular")
+    path = tmp_path / "rows.csv"
+    path.write_text(text)
+    with pytest.raises(PipelineError) as caught:
+        read_inputs([path], spec)
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("top_k", [0, -1, 3, 10**9])
+def test_top_k_outside_one_to_the_class_count_is_refused(top_k: int) -> None:
+    _, _, spec = prepared("image")  # two classes
+    with pytest.raises(PipelineError, match=f"--top-k {top_k} is out of range.*give 1 to 2"):
+        check_top_k(top_k, spec)
+
+
+# ----------------------------------------------------------------------------- the stages, end to end
+
+
+def test_predict_with_damaged_meta_or_input_fails_before_loading_tensorflow(digits_run: Path, tmp_path: Path) -> None:
+    repo = copy_repo(digits_run, tmp_path / "repo")
+    _npy_claiming(tmp_path / "huge.npy", (10**4, 8, 8 * 10**5))
+    result = stage(repo, "predict", str(tmp_path / "huge.npy"), "--json")
+    assert result.returncode == 1 and "Traceback" not in result.stderr and result.stdout == "", result.stderr
+    meta = json.loads((repo / paths.PREPARED_META).read_text())
+    (repo / paths.PREPARED_META).write_text(json.dumps(meta | {"scaling": {"method": "divide", "pixel_max": 0}}))
+    np.save(tmp_path / "digit.npy", np.zeros((8, 8)))
+    result = stage(repo, "predict", str(tmp_path / "digit.npy"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "data/prepared/meta.json" in result.stderr and "dvc repro -f preprocess" in result.stderr
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_a_model_giving_nan_is_refused_rather_than_printed(bad: float) -> None:
+    check_probabilities(np.array([[0.25, 0.75]]), Path("models/model.keras"))
+    with pytest.raises(PipelineError, match="model.keras gave NaN or infinite probabilities.*dvc repro -f train"):
+        check_probabilities(np.array([[bad, 0.5]]), Path("models/model.keras"))
