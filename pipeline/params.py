@@ -27,6 +27,7 @@ LR_SCHEDULES = ("constant", "cosine")
 OPTIMIZERS = ("adam", "sgd", "rmsprop", "adadelta", "adagrad", "adamax", "nadam", "ftrl")
 DISTRIBUTED_ENGINES = ("none", "jax")
 LAUNCHERS = ("local", "external")
+PRECISIONS = ("float32", "mixed_bfloat16")
 LOSSES = (
     "categorical_crossentropy",
     "categorical_focal_crossentropy",
@@ -255,6 +256,7 @@ class TrainParams:
         "jit_compile": boolean(),
         "steps_per_execution": integer(1, 100_000),
         "onednn": boolean(),
+        "precision": choice(*PRECISIONS),
         "distributed": DistributedParams,
     }
     model: str
@@ -271,20 +273,33 @@ class TrainParams:
     jit_compile: bool
     steps_per_execution: int
     onednn: bool
+    precision: str
     distributed: DistributedParams
 
-    def cpu_speed_warnings(self) -> list[str]:
-        """Speed settings measured to slow this model down on a CPU (bench/step_time.py), as sentences to log."""
-        if self.distributed.engine != "none":  # engine jax compiles every step, whatever jit_compile says
-            return []
+    def cpu_speed_warnings(self, bf16_flags: tuple[str, ...] = ()) -> list[str]:
+        """Speed settings measured to slow this model down on a CPU (bench/step_time.py, bench/bf16.py), as
+        sentences to log. `bf16_flags`: the CPU's bfloat16 instructions (pipeline.cpu.bf16_flags)."""
         warnings = []
+        if self.precision == "mixed_bfloat16" and not bf16_flags:
+            warnings.append(
+                "train.precision=mixed_bfloat16 on a CPU without bfloat16 instructions (neither amx_bf16 nor "
+                "avx512_bf16 in /proc/cpuinfo): it is emulated there, expect it slower than float32"
+            )
+        elif self.precision == "mixed_bfloat16" and not self.onednn and self.distributed.engine == "none":
+            warnings.append("train.precision=mixed_bfloat16 with train.onednn=false: only oneDNN runs bfloat16 fast")
+        if self.distributed.engine != "none":  # engine jax compiles every step, whatever jit_compile says
+            return self._with_advice(warnings)
         if self.jit_compile and self.model == "cnn":
             warnings.append("train.jit_compile=true with a CNN: XLA made convolution steps 2.6-4.2x slower")
         if self.jit_compile and self.model == "mlp" and self.mlp.dropout > 0:
             warnings.append("train.jit_compile=true with train.mlp.dropout > 0: XLA's dropout made steps ~4x slower")
         if self.steps_per_execution > 1 and self.model == "cnn":
             warnings.append("train.steps_per_execution > 1 with a CNN: its epochs ran ~1.4x slower than with 1")
-        advice = "on a CPU (BENCHMARKS.md, section 1); change it unless you train on a GPU."
+        return self._with_advice(warnings)
+
+    @staticmethod
+    def _with_advice(warnings: list[str]) -> list[str]:
+        advice = "on a CPU (BENCHMARKS.md, section 1; docs/bf16.md); change it unless you train on a GPU."
         return [f"{text} {advice}" for text in warnings]
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from pipeline import paths
 from pipeline.cli import run_stage
 from pipeline.datasets import KERAS_DATASETS_URL, RAW_MANIFEST, get_spec
-from pipeline.download import fetch_dataset
+from pipeline.download import fetch_any_form
 from pipeline.files import atomic_directory, write_json_atomic, write_npz_atomic
 from pipeline.params import DataParams, load_params
 
@@ -50,7 +50,7 @@ def download(params: DataParams, folder: Path) -> None:
     spec = get_spec(params.dataset)
     if spec.files:
         source = params.source or KERAS_DATASETS_URL
-        fetch_dataset(spec.files, source, folder, params.checksums)
+        fetch_any_form((spec.files, *spec.other_forms), source, folder, params.checksums)
     else:
         source = "scikit-learn (bundled)"
         write_npz_atomic(folder / f"{spec.name}.npz", **bundled_arrays(spec.name))

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline import distributed, paths
+from pipeline import cpu, distributed, paths
 from pipeline.cli import run_stage
 from pipeline.files import read_json, write_csv_atomic, write_json_atomic
 from pipeline.params import TrainParams, load_params
@@ -28,7 +28,7 @@ log = logging.getLogger("train")
 def main(args: argparse.Namespace) -> None:
     params = load_params(TrainParams)
     distributed.check_config(params)
-    for warning in params.cpu_speed_warnings():
+    for warning in params.cpu_speed_warnings(cpu.bf16_flags()):
         log.warning(warning)
     if distributed.launches_here(params.distributed):  # the `local` launcher: start the processes, watch them
         distributed.launch_local(params.distributed, sys.argv[1:])
