@@ -30,6 +30,8 @@ def main(args: argparse.Namespace) -> None:
     distributed.check_config(params)
     for warning in params.cpu_speed_warnings(cpu.bf16_flags()):
         log.warning(warning)
+    if hint := params.cpu_speed_hint(cpu.bf16_flags()):
+        log.info(hint)
     if distributed.launches_here(params.distributed):  # the `local` launcher: start the processes, watch them
         distributed.launch_local(params.distributed, sys.argv[1:])
         return
