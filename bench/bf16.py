@@ -79,7 +79,12 @@ def main() -> None:
     if args.one:
         print(json.dumps(time_model(args.one[0], int(args.one[1]))))
         return
-    info = common.machine_info() | {"bf16_flags": list(cpu.bf16_flags()), "uptime_at_start": _uptime()}
+    isa = sorted(f for f in cpu.cpu_flags() if f.startswith(("avx", "amx", "fma")))
+    info = common.machine_info() | {
+        "bf16_flags": list(cpu.bf16_flags()),
+        "isa_flags": isa,
+        "uptime_at_start": _uptime(),
+    }
     rows = []
     for onednn in args.onednn.split(","):
         for model_name in args.models.split(","):
@@ -95,7 +100,7 @@ def main() -> None:
             print(f"{model_name} onednn={onednn}: float32 {f32 * 1000:.1f} ms, bf16 {bf16 * 1000:.1f} ms", flush=True)
     info["uptime_at_end"] = _uptime()
     flags = ", ".join(info["bf16_flags"]) or "none"
-    print(f"\n{common.describe_machine(info)}; bfloat16 flags: {flags}")
+    print(f"\n{common.describe_machine(info)}; bfloat16 flags: {flags}; vector flags: {' '.join(isa)}")
     print(f"load: {info['uptime_at_start']} (start), {info['uptime_at_end']} (end)\n`{common.command_line()}`\n")
     print("| model (batch) | oneDNN | float32 ms/step | mixed_bfloat16 ms/step | bf16 speed-up | s/epoch f32 → bf16 "
           "| runs f32 / bf16 (ms) |")  # fmt: skip
