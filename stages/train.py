@@ -28,9 +28,10 @@ log = logging.getLogger("train")
 def main(args: argparse.Namespace) -> None:
     params = load_params(TrainParams)
     distributed.check_config(params)
-    for warning in params.cpu_speed_warnings(cpu.bf16_flags()):
+    bf16_flags = cpu.bf16_flags()  # the speed of train.precision=mixed_bfloat16 depends on them (docs/bf16.md)
+    for warning in params.cpu_speed_warnings(bf16_flags):
         log.warning(warning)
-    if hint := params.cpu_speed_hint(cpu.bf16_flags()):
+    if hint := params.cpu_speed_hint(bf16_flags):
         log.info(hint)
     if distributed.launches_here(params.distributed):  # the `local` launcher: start the processes, watch them
         distributed.launch_local(params.distributed, sys.argv[1:])
