@@ -87,7 +87,7 @@ TRIES: dict[str, dict] = {
             "-S", "train.early_stopping_patience=0", "-S", "train.lr_schedule=cosine",
         ],
     },
-    # The MNIST CNN recipe in bfloat16 (its steps 1.85x faster on AVX-512 BF16, docs/bf16.md; slower on CPUs
+    # The MNIST CNN recipe in bfloat16 (its steps 1.6-1.85x faster on AVX-512 BF16, docs/bf16.md; slower on CPUs
     # without bf16 instructions, where the stage warns): its accuracy against float32.
     "mnist-cnn-bf16": RECIPES["mnist-cnn"] | {
         "overrides": [*RECIPES["mnist-cnn"]["overrides"], "-S", "train.precision=mixed_bfloat16"]

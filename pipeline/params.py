@@ -297,13 +297,13 @@ class TrainParams:
         if self.precision == "float32" and self.model == "cnn" and bf16_flags and self.onednn:
             return (
                 f"this CPU has {' and '.join(bf16_flags)}: train.precision=mixed_bfloat16 ran the tutorial CNN's "
-                "steps 1.85x faster than float32 on AVX-512 BF16, 2.4-2.9x with AMX (docs/bf16.md)"
+                "steps 1.6-1.85x faster than float32 on AVX-512 BF16, 2.4-2.9x with AMX (docs/bf16.md)"
             )
         return None
 
     def _bf16_warnings(self, bf16_flags: tuple[str, ...]) -> list[str]:
-        # Measured by bench/bf16.py on an AMD EPYC with avx512_bf16 (no AMX): the tutorial CNN 1.85x faster
-        # with oneDNN, 11x slower without it; the dense net 784-784-100 at batch 32 0.71x (no gain on AMX either).
+        # Measured by bench/bf16.py on an AMD EPYC with avx512_bf16 (no AMX): the tutorial CNN 1.6-1.85x faster
+        # with oneDNN, 11x slower without it; the dense net 784-784-100 at batch 32 0.71-0.99x (no gain on AMX either).
         setting = "train.precision=mixed_bfloat16"
         if not bf16_flags:
             return [
@@ -313,7 +313,7 @@ class TrainParams:
         if self.distributed.engine == "none" and not self.onednn:
             return [f"{setting} with train.onednn=false: without oneDNN, bfloat16 convolutions ran ~11x slower"]
         if self.model == "mlp":
-            return [f"{setting} with a dense net: its steps ran 0.71x as fast as float32 (no faster with AMX)"]
+            return [f"{setting} with a dense net: its steps ran 0.71-0.99x as fast as float32 (no faster with AMX)"]
         return []
 
     @staticmethod

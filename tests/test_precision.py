@@ -66,7 +66,7 @@ def test_precision_is_validated() -> None:
     ("params", "flags", "warned"),
     [
         (CNN_BF16, (), "without bfloat16 instructions"),
-        (CNN_BF16, ("avx512_bf16",), None),  # measured 1.85x faster
+        (CNN_BF16, ("avx512_bf16",), None),  # measured 1.6-1.85x faster
         (CNN_BF16, ("amx_bf16", "avx512_bf16"), None),
         (dataclasses.replace(CNN_BF16, onednn=False), ("avx512_bf16",), "train.onednn=false"),
         (BF16, ("avx512_bf16",), "with a dense net"),  # measured 0.71x
