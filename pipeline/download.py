@@ -59,6 +59,10 @@ class _Transient(Exception):
     """A failure worth retrying: connection trouble, a 5xx, a cut-short body."""
 
 
+class NotOffered(PipelineError):
+    """The source has no file of that name (HTTP 404 or 410, or no such file in the folder)."""
+
+
 def is_url(source: str) -> bool:
     return source.strip().lower().startswith(("http://", "https://"))
 
@@ -202,7 +206,8 @@ def _open(opener: urllib.request.OpenerDirector, url: str, limits: TimeLimits) -
     except urllib.error.HTTPError as err:
         if err.code >= 500 or err.code in (408, 429):
             raise _Transient(f"HTTP {err.code} {_short(err.reason)}") from None
-        raise PipelineError(f"HTTP {err.code} {_short(err.reason)}") from None
+        refusal = NotOffered if err.code in (404, 410) else PipelineError
+        raise refusal(f"HTTP {err.code} {_short(err.reason)}") from None
     except (TimeoutError, urllib.error.URLError, ConnectionError) as err:
         reason = getattr(err, "reason", err)
         raise _Transient(f"could not connect ({_short(reason)})") from None
@@ -249,7 +254,7 @@ def _fetch_one(location: str, dest: Path, spec: RemoteFile, limits: TimeLimits) 
     if not is_url(location):
         path = Path(location)
         if not path.is_file():
-            raise PipelineError(f"{path} does not exist")
+            raise NotOffered(f"{path} does not exist")
         if path.stat().st_size > spec.max_bytes:
             raise PipelineError(f"{path} is larger than the {spec.max_bytes} bytes expected")
         shutil.copyfile(path, dest)
@@ -289,7 +294,8 @@ def fetch_dataset(
             actual = content_sha256(dest, spec.max_bytes * GZIP_EXPANSION_LIMIT)
         except PipelineError as err:
             dest.unlink(missing_ok=True)
-            raise PipelineError(f"could not fetch {spec.name} from {location}: {err}; {OFFLINE_HINT}.") from None
+            message = f"could not fetch {spec.name} from {location}: {err}; {OFFLINE_HINT}."
+            raise (NotOffered if isinstance(err, NotOffered) else PipelineError)(message) from None
         if actual != expected:
             dest.unlink(missing_ok=True)
             raise PipelineError(
@@ -298,3 +304,36 @@ def fetch_dataset(
                 "check the mirror, or set data.checksums if it deliberately serves another release."
             )
         log.info("%s: verified (content sha256 %s…)", spec.name, actual[:12])
+
+
+def fetch_any_form(
+    forms: tuple[tuple[RemoteFile, ...], ...], source: str, folder: Path, checksums: dict[str, str]
+) -> tuple[RemoteFile, ...]:
+    """Fetch the first of `forms` (sets of files holding the same dataset) that `source` offers; returns it.
+
+    A local folder offers the first form all of whose files it holds. A URL is tried form by form
+    while it answers "not found" (HTTP 404 or 410); the first form's error is reported when it
+    offers none. Any other failure (unreachable, a server error, a file that fails its integrity
+    check) is reported at once: trying other names would only repeat it, or hide it.
+    """
+    if len(forms) == 1:
+        fetch_dataset(forms[0], source, folder, checksums)
+        return forms[0]
+    if not is_url(source):
+        for files in forms:
+            if all(Path(file_location(source, spec.name)).is_file() for spec in files):
+                fetch_dataset(files, source, folder, checksums)
+                return files
+        sets = "; or ".join(", ".join(spec.name for spec in files) for files in forms)
+        raise PipelineError(f"{source} holds none of this dataset's sets of files ({sets}); {OFFLINE_HINT}.")
+    first_error = None
+    for files in forms:
+        try:
+            fetch_dataset(files, source, folder, checksums)
+            return files
+        except NotOffered as err:
+            first_error = first_error or err
+            for spec in files:
+                (folder / spec.name).unlink(missing_ok=True)
+            log.info("%s does not offer %s (%s); trying the next set of files", source, files[0].name, err)
+    raise first_error

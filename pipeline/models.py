@@ -28,7 +28,7 @@ def build_mlp(
         x = layers.Dense(units, activation=activation)(x)
         if dropout > 0:
             x = layers.Dropout(dropout)(x)
-    outputs = layers.Dense(n_classes, activation="softmax")(x)
+    outputs = layers.Dense(n_classes, activation="softmax", dtype="float32")(x)  # see `build_model`
     return keras.Model(inputs, outputs, name="mlp")
 
 
@@ -74,7 +74,7 @@ def build_cnn(
     x = layers.Flatten()(x)
     x = layers.Dense(dense_units, activation="relu")(x)
     x = layers.Dropout(dense_dropout)(x)
-    outputs = layers.Dense(n_classes, activation="softmax")(x)
+    outputs = layers.Dense(n_classes, activation="softmax", dtype="float32")(x)  # see `build_model`
     return keras.Model(inputs, outputs, name="cnn")
 
 
@@ -94,6 +94,28 @@ def learning_rate(params: TrainParams, steps_per_epoch: int) -> float | keras.op
     return params.learning_rate
 
 
+def build_with_policy(precision: str, build: Callable[[], keras.Model]) -> keras.Model:
+    """Build the model's layers under the dtype policy `precision` ("float32" | "mixed_bfloat16").
+
+    Each layer keeps the policy it was built with (the `.keras` file records it, so evaluate and
+    predict compute as training did), so the global policy is set only for the build and restored
+    after it: a later model in the same process is not changed by this one.
+
+    With mixed_bfloat16 the weights stay float32 and the layers compute in bfloat16, except the
+    output layer, which the builders give `dtype="float32"` (Keras's advice for mixed precision:
+    a softmax in bfloat16, with its 8 bits of mantissa, loses the small probabilities). The loss
+    then also runs in float32: Keras's losses compute in float32 unless given another dtype.
+    bfloat16 keeps float32's exponent range, so unlike float16 no loss scaling is needed (Keras
+    adds none for it).
+    """
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(precision)
+    try:
+        return build()
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
 def build_model(
     params: TrainParams, input_shape: Sequence[int], n_classes: int, *, steps_per_epoch: int = 1
 ) -> keras.Model:
@@ -103,7 +125,8 @@ def build_model(
     """
     sizes = getattr(params, params.model)  # the architecture's section: train.mlp or train.cnn
     try:
-        model = MODEL_BUILDERS[type(sizes)](input_shape, n_classes, **vars(sizes))
+        builder = MODEL_BUILDERS[type(sizes)]
+        model = build_with_policy(params.precision, lambda: builder(input_shape, n_classes, **vars(sizes)))
     except ValueError as err:  # e.g. kernels larger than the image
         raise PipelineError(
             f"train.{params.model} does not fit input shape {tuple(input_shape)} ({err}); use smaller kernels or pools."

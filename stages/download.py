@@ -18,7 +18,7 @@ from pathlib import Path
 from pipeline import folders, paths, tables
 from pipeline.cli import run_stage
 from pipeline.datasets import KERAS_DATASETS_URL, RAW_MANIFEST, get_spec, write_bundled
-from pipeline.download import fetch_dataset
+from pipeline.download import fetch_any_form
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_directory, write_bytes_atomic, write_json_atomic
 from pipeline.params import DataParams, load_params
@@ -48,7 +48,7 @@ def download(params: DataParams, folder: Path) -> None:
     extra: dict[str, str] = {}
     if spec.files:
         source = params.source or KERAS_DATASETS_URL
-        fetch_dataset(spec.files, source, folder, params.checksums)
+        fetch_any_form((spec.files, *spec.other_forms), source, folder, params.checksums)
     elif spec.name in ("image_folder", "csv"):
         source = str(folders.own_source(params.source))
         extra = snapshot_own_data(params, folder)

@@ -19,7 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline import paths
+from pipeline import cpu, paths
 from pipeline.cli import run_stage
 from pipeline.files import exclusive_lock, write_csv_atomic, write_json_atomic
 from pipeline.params import TrainParams, load_params
@@ -56,8 +56,11 @@ def workspace_lock(dist: Any) -> contextlib.AbstractContextManager:
 
 
 def run_training(params: TrainParams, callbacks: Callable[[], Sequence[Any]] = tuple) -> None:
-    for warning in params.cpu_speed_warnings():
+    bf16_flags = cpu.bf16_flags()  # the speed of train.precision=mixed_bfloat16 depends on them (docs/bf16.md)
+    for warning in params.cpu_speed_warnings(bf16_flags):
         log.warning(warning)
+    if hint := params.cpu_speed_hint(bf16_flags):
+        log.info(hint)
     if params.distributed.engine != "none":
         train_distributed(params, sys.argv[1:], callbacks)
         return

@@ -43,7 +43,6 @@ RECIPES: dict[str, dict] = yaml.safe_load((PROJECT_ROOT / "docs" / "recipes.yaml
 # Pages and modules that another branch adds: a link to one is accepted while it does not exist yet, and
 # checked like any other once it does. Remove an entry when its branch is merged.
 PENDING = {
-    "pipeline/cpu.py",  # branch speed
 }
 
 PAGES = sorted(

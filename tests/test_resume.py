@@ -124,6 +124,26 @@ def test_killed_train_stage_resumes_and_matches_uninterrupted_run(
     assert_same_result(repo, uninterrupted)
 
 
+def test_killed_bf16_run_resumes_and_matches_uninterrupted_bf16_run(
+    prepared_base: Path, uninterrupted: Path, tmp_path: Path
+) -> None:
+    """train.precision=mixed_bfloat16: deterministic (two runs, one of them resumed, give the same bytes)
+    and resumable, and not float32 under another name (its weights differ from the float32 run's)."""
+    runs = []
+    for name in ("uninterrupted", "resumed"):
+        repo = copy_repo(prepared_base, tmp_path / name)
+        edit_params(repo, **{"train.precision": "mixed_bfloat16"})
+        if name == "resumed":
+            saved = start_and_kill([sys.executable, "-m", "stages.train"], repo, signal.SIGKILL)
+            assert f"resuming at epoch {saved + 1} of {EPOCHS}" in train_and_evaluate(repo).stderr
+        else:
+            train_and_evaluate(repo)
+        runs.append(repo)
+    assert_same_result(runs[1], runs[0])
+    bf16, float32 = load_npz_weights(runs[0]), load_npz_weights(uninterrupted)
+    assert any(not np.array_equal(bf16[name], float32[name]) for name in bf16)
+
+
 def test_killed_dvc_repro_resumes_on_the_next_repro(prepared_base: Path, uninterrupted: Path, tmp_path: Path) -> None:
     repo = copy_repo(prepared_base, tmp_path / "repo")
     saved = start_and_kill([str(VENV_BIN / "dvc"), "repro"], repo, signal.SIGKILL)
