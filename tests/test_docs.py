@@ -42,8 +42,7 @@ RECIPES: dict[str, dict] = yaml.safe_load((PROJECT_ROOT / "docs" / "recipes.yaml
 
 # Pages and modules that another branch adds: a link to one is accepted while it does not exist yet, and
 # checked like any other once it does. Remove an entry when its branch is merged.
-PENDING = {
-}
+PENDING = {}
 
 PAGES = sorted(
     path.relative_to(PROJECT_ROOT).as_posix()
