@@ -30,6 +30,14 @@ RECIPES: dict[str, dict] = yaml.safe_load((common.REPO_ROOT / "docs" / "recipes.
 # Adadelta at Keras 2's learning rate 1.0 (Keras 3's default 0.001 barely learns).
 TRIES: dict[str, dict] = {
     "mnist-cnn-bf16": RECIPES["mnist-cnn"] | {"set": [*RECIPES["mnist-cnn"]["set"], "train.precision=mixed_bfloat16"]},
+    "fashion-cnn-bf16": RECIPES["fashion-cnn"]
+    | {
+        "set": [
+            *(item for item in RECIPES["fashion-cnn"]["set"] if not item.startswith("train.epochs=")),
+            "train.epochs=13",
+            "train.precision=mixed_bfloat16",
+        ]
+    },
     "mnist-cnn-adadelta": RECIPES["mnist-cnn"]
     | {"set": [*RECIPES["mnist-cnn"]["set"], "train.optimizer=adadelta", "train.learning_rate=1.0"]},
 }

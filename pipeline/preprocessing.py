@@ -208,8 +208,8 @@ def _meta_problem(meta: Any) -> str | None:  # noqa: PLR0911 - a checklist: one 
         return f"gives kind {kind!r}, not 'image' or 'tabular'"
     if not isinstance(shape, list) or not all(type(d) is int and d > 0 for d in shape):
         return f"gives input_shape {shape!r}, not a list of positive integers"
-    if (kind == "image" and (len(shape) != 3 or shape[2] != 1)) or (kind == "tabular" and len(shape) != 1):
-        return f"gives input_shape {shape} for {kind} data (images: [H, W, 1]; tabular: [F])"
+    if (kind == "image" and (len(shape) != 3 or shape[2] not in (1, 3))) or (kind == "tabular" and len(shape) != 1):
+        return f"gives input_shape {shape} for {kind} data (images: [H, W, 1] or [H, W, 3]; tabular: [F])"
     if not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) and n for n in names):
         return "does not list two or more class names"
     if len(set(names)) != len(names):

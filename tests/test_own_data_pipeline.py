@@ -41,7 +41,7 @@ def test_image_folder_end_to_end_with_reruns_predict_and_a_remote(tmp_path: Path
     git_commit(repo, "my shapes")
 
     gray = dvc(repo, "exp", "run", *USE_SHAPES)
-    assert ran_stages(gray.stdout) == ["download", "preprocess", "train", "evaluate"]
+    assert ran_stages(gray.stdout) == ["download", "preprocess", "train", "evaluate", "export"]
     assert read_metrics(repo)["test"]["accuracy"] >= 0.9
     assert "skipped 2 files (1 hidden or system files, 1 without an image extension" in gray.stderr
     meta = json.loads((repo / "data/prepared/meta.json").read_text())
@@ -58,7 +58,7 @@ def test_image_folder_end_to_end_with_reruns_predict_and_a_remote(tmp_path: Path
     assert "train:" in status and "evaluate:" in status
 
     rgb = dvc(repo, "exp", "run", *USE_SHAPES, "-S", "preprocess.color_mode=rgb")
-    assert ran_stages(rgb.stdout) == ["preprocess", "train", "evaluate"]
+    assert ran_stages(rgb.stdout) == ["preprocess", "train", "evaluate", "export"]
     assert read_metrics(repo)["test"]["accuracy"] >= 0.9
     assert json.loads((repo / "data/prepared/meta.json").read_text())["input_shape"] == [16, 16, 3]
     assert Image.open(repo / "reports/misclassified.png").mode == "RGB"
@@ -117,7 +117,7 @@ def test_iris_as_a_csv_table_with_string_labels(tmp_path: Path) -> None:
         repo, "exp", "run", "-S", "data.dataset=csv", "-S", "data.source=data/own/iris.csv",
         "-S", "data.label_column=species",
     )  # fmt: skip
-    assert ran_stages(result.stdout) == ["download", "preprocess", "train", "evaluate"]
+    assert ran_stages(result.stdout) == ["download", "preprocess", "train", "evaluate", "export"]
     metrics = read_metrics(repo)
     assert metrics["test"]["accuracy"] >= 0.9 and set(metrics["per_class"]) == {"setosa", "versicolor", "virginica"}
     # New rows with the columns in yet another order, the label column left out.
