@@ -20,6 +20,9 @@ $PY -m bench.step_time --rounds 3 --settings "tf,tf spe64,tf onednn,tf onednn sp
 $PY -m bench.bf16 --repeats 7
 # 2a, 2b: the recipes of docs/recipes.yaml (the tutorial CNN's alone is over 15 min)
 $PY -m bench.accuracy --source "$SOURCE" --recipe fashion-mlp --recipe fashion-cnn-small --recipe fashion-cnn
+$PY -m bench.accuracy --source "$SOURCE" --recipe fashion-cnn-bf16
+$PY -m bench.train_speed --model cnn --source "$SOURCE" --rounds 1 --epochs 2 \
+    --variants baseline,pipeline+spe1,pipeline+spe1+bf16 --results train_speed_cnn_bf16
 # 3a-3c: overhead; 4b: the prepared files' format; 5: scaling; 6: one against two processes
 $PY -m bench.overhead --source "$SOURCE" --rounds 5
 $PY -m bench.npz_format --source "$SOURCE" --rounds 3
