@@ -140,6 +140,7 @@ TENSORFLOW_NOISE = (
     r"|NodeDef mentions attribute use_unbounded_threadpool which is not in the op definition"
     r")",
     r"^To enable the following instructions: .*rebuild TensorFlow with the appropriate compiler flags\.$",
+    r"^INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$",  # LiteRT, when predict runs a .tflite
 )
 
 # Runs in a child process, so that whatever the stage prints last before it dies (a C++ abort, a
