@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from pipeline.params import apply_params
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 VENV_BIN = Path(sys.executable).parent
@@ -141,18 +143,6 @@ def make_workdir(dest: Path, *, git: bool = True) -> Path:
         for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "bench"]):
             subprocess.run(["git", *args], cwd=dest, env=ENV, check=True, capture_output=True)
     return dest
-
-
-def apply_params(document: dict[str, Any], changes: dict[str, Any]) -> None:
-    """Set dotted keys, e.g. {"train.epochs": 3}, in a parsed params.yaml; a key it lacks is a KeyError."""
-    for dotted, value in changes.items():
-        *parents, last = dotted.split(".")
-        section = document
-        for key in parents:
-            section = section[key]
-        if last not in section:
-            raise KeyError(f"{dotted} is not in params.yaml")
-        section[last] = value
 
 
 def set_params(repo: Path, changes: dict[str, Any]) -> None:

@@ -484,3 +484,19 @@ def load_params(cls: type[Section], path: Path = paths.PARAMS) -> Section:
 def section_as_dict(section: Any) -> dict[str, Any]:
     """A section as plain data (lists for tuples), e.g. to fingerprint it or store it with a model."""
     return dataclasses.asdict(section)
+
+
+def apply_params(document: dict[str, Any], changes: dict[str, Any]) -> None:
+    """Set dotted keys, e.g. {"train.epochs": 3}, in a parsed params.yaml; a key it lacks is a KeyError.
+
+    As `dvc exp run -S` does: a key that is not in params.yaml is refused, not added, so a typo in a
+    test or a benchmark fails loudly. (The tests and bench/ edit params with this; the stages never do.)
+    """
+    for dotted, value in changes.items():
+        *parents, last = dotted.split(".")
+        section = document
+        for key in parents:
+            section = section[key]
+        if last not in section:
+            raise KeyError(f"{dotted} is not in params.yaml")
+        section[last] = value

@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
+from pipeline.params import apply_params
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 
@@ -55,21 +57,6 @@ def stage(repo: Path, name: str, *args: str, check: bool = False, timeout: float
 def ran_stages(output: str) -> list[str]:
     """The stages `dvc repro` / `dvc exp run` actually ran, from its `Running stage 'NAME':` lines."""
     return re.findall(r"Running stage '([^']+)'", output)
-
-
-def apply_params(document: dict[str, Any], changes: dict[str, Any]) -> None:
-    """Set dotted keys, e.g. {"train.epochs": 3}, in a parsed params.yaml; a key it lacks is a KeyError.
-
-    As `dvc exp run -S` does: a key that is not in params.yaml is refused, not added (a test's typo fails).
-    """
-    for dotted, value in changes.items():
-        *parents, last = dotted.split(".")
-        section = document
-        for key in parents:
-            section = section[key]
-        if last not in section:
-            raise KeyError(f"{dotted} is not in params.yaml")
-        section[last] = value
 
 
 def edit_params(repo: Path, **changes: Any) -> None:
