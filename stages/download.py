@@ -26,9 +26,8 @@ from pipeline.params import DataParams, load_params
 log = logging.getLogger("download")
 
 
-def snapshot_own_data(params: DataParams, folder: Path) -> dict[str, str]:
-    """Index an image folder, or check and copy a CSV table, into `folder`; returns the manifest's extra keys."""
-    source = folders.own_source(params.source)
+def snapshot_own_data(params: DataParams, source: Path, folder: Path) -> dict[str, str]:
+    """Index the image folder, or check and copy the CSV table, at `source` into `folder`; returns manifest keys."""
     if params.dataset == "image_folder":
         index = folders.index_folder(source)
         write_json_atomic(folder / folders.INDEX_FILE, index)
@@ -50,8 +49,9 @@ def download(params: DataParams, folder: Path) -> None:
         source = params.source or KERAS_DATASETS_URL
         fetch_any_form((spec.files, *spec.other_forms), source, folder, params.checksums)
     elif spec.name in ("image_folder", "csv"):
-        source = str(folders.own_source(params.source))
-        extra = snapshot_own_data(params, folder)
+        own = folders.own_source(params.source)
+        source = str(own)
+        extra = snapshot_own_data(params, own, folder)
     else:
         source = "scikit-learn (bundled)"
         write_bundled(folder, spec.name)

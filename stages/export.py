@@ -14,9 +14,9 @@ import logging
 from pipeline import paths
 from pipeline.cli import run_stage
 from pipeline.errors import PipelineError
-from pipeline.files import read_json, write_json_atomic
+from pipeline.files import write_json_atomic
 from pipeline.params import ExportParams, load_params
-from pipeline.preprocessing import load_split
+from pipeline.preprocessing import load_checked_split, read_meta
 
 log = logging.getLogger("export")
 
@@ -28,8 +28,8 @@ def main(args: argparse.Namespace) -> None:
     from pipeline.export import export_model  # TensorFlow: imported only once the params are known to be good
     from pipeline.models import load_model
 
-    meta = read_json(paths.PREPARED_META)
-    x_test, _ = load_split(paths.split_file("test"), meta["scaling"])
+    meta = read_meta(paths.PREPARED_META)
+    x_test, _ = load_checked_split(paths.split_file("test"), meta)
     model = load_model(paths.MODEL)
     figures = export_model(
         model, paths.MODEL, meta, x_test, formats=params.formats, tolerance=params.tolerance, dest=paths.EXPORT_DIR
