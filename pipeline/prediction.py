@@ -215,13 +215,16 @@ def _is_header(row: Sequence[str]) -> bool:
 
 
 def _column_order(header: Sequence[str], spec: InputSpec, path: Path) -> list[int]:
-    """Positions of the training features in `header`: columns may come in any order."""
+    """Positions of the training features in `header`: columns may come in any order, and columns the model
+    does not take (the label column of a table with answers, an id) are left out, as pandas users select them."""
     names = [cell.strip() for cell in header]
     missing = [name for name in spec.feature_names if name not in names]
-    if missing or len(names) != len(spec.feature_names):
+    twice = sorted({name for name in spec.feature_names if names.count(name) > 1})
+    if missing or twice:
+        problem = f"lacks {missing}" if missing else f"names {twice} more than once"
         raise PipelineError(
-            f"{path}: the header has columns {names}, but this model takes exactly {list(spec.feature_names)} "
-            "(or no header row, with the values in that order)."
+            f"{path}: the header {problem}; this model takes the columns {list(spec.feature_names)} "
+            "(in any order, other columns ignored), or rows without a header with the values in that order."
         )
     return [names.index(name) for name in spec.feature_names]
 
@@ -236,14 +239,17 @@ def parse_csv(text: str, path: Path, spec: InputSpec) -> Batch:
         raise PipelineError(f"{path} has no rows; give one row of {spec.input_shape[0]} values per example.")
     first_line = 1
     order = list(range(spec.input_shape[0]))
+    width = len(order)
     if _is_header(rows[0]):
         order = _column_order(rows[0], spec, path)
+        width = len(rows[0])
         rows, first_line = rows[1:], 2
     values = []
     for line, row in enumerate(rows, start=first_line):
         where = f"{path} line {line}"
-        if len(row) != len(order):
-            raise PipelineError(f"{where} has {len(row)} values, but this model takes {spec.describe()}.")
+        if len(row) != width:
+            wanted = f"its header's {width} columns" if first_line == 2 else spec.describe()
+            raise PipelineError(f"{where} has {len(row)} values, but this model takes {wanted}.")
         values.append([_parse_float(row[i], where) for i in order])
     if not values:
         raise PipelineError(f"{path} has a header but no data rows.")

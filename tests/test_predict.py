@@ -102,8 +102,11 @@ def test_dark_on_light_rgba_and_jpeg_images_with_invert(tmp_path: Path) -> None:
 
 def test_csv_and_npy_rows_scale_exactly_as_preprocess(tmp_path: Path) -> None:
     raw, expected, spec = prepared("tabular")
-    order = [2, 0, 1]  # a header lets the columns come in any order
-    lines = [",".join(FEATURES[i] for i in order)] + [",".join(str(float(row[i])) for i in order) for row in raw.x_test]
+    order = [2, 0, 1]  # a header lets the columns come in any order, and other columns (a label, an id) be there
+    lines = [",".join(FEATURES[i] for i in order) + ",label"] + [
+        ",".join(str(float(row[i])) for i in order) + f",{label}"
+        for row, label in zip(raw.x_test, raw.y_test, strict=True)
+    ]
     (tmp_path / "rows.csv").write_text("\n".join(lines) + "\n")
     (tmp_path / "bare.csv").write_text(",".join(str(float(v)) for v in raw.x_test[0]) + "\n")
     np.save(tmp_path / "rows.npy", raw.x_test)
@@ -131,7 +134,14 @@ def test_csv_and_npy_rows_scale_exactly_as_preprocess(tmp_path: Path) -> None:
         ("tabular", "photo.png", "", "a '.png' file is not an input this tabular model takes"),
         ("tabular", "short.csv", "1,2,3\n4,5\n", "line 2 has 2 values, but this model takes rows of 3 features"),
         ("tabular", "word.csv", "1,2,3\n4,five,6\n", "line 2: 'five' is not a number"),
-        ("tabular", "header.csv", "length,width,depth\n1,2,3\n", r"the header has columns .*depth"),
+        ("tabular", "header.csv", "length,width,depth\n1,2,3\n", r"the header lacks \['height'\]"),
+        ("tabular", "twice.csv", "length,width,height,width\n1,2,3,4\n", r"names \['width'\] more than once"),
+        (
+            "tabular",
+            "ragged.csv",
+            "length,width,height,id\n1,2,3,a\n1,2,3\n",
+            "line 3 has 3 values, but this model takes its header.s 4",
+        ),
         ("tabular", "only_header.csv", "length,width,height\n", "has a header but no data rows"),
         ("tabular", "blank.csv", "\n\n", "has no rows"),
     ],
