@@ -74,6 +74,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--onednn", default="1,0", help="oneDNN settings to run, in order (1 = on, 0 = off)")
+    parser.add_argument("--results", default="bf16", help="name of the bench/results/ file (default: %(default)s)")
     parser.add_argument("--one", nargs=2, metavar=("MODEL", "REPEATS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -113,7 +114,7 @@ def main() -> None:
             f"| {row['model']} ({row['batch_size']}) | {'on' if row['onednn'] else 'off'} | {f32:.1f} | {bf16:.1f} "
             f"| {row['bf16_speedup']:.2f}x | {f32 * steps / 1000:.0f} → {bf16 * steps / 1000:.0f} | {runs} |"
         )
-    common.save_results("bf16", {"machine": info, "command": common.command_line(), "rows": rows})
+    common.save_results(args.results, {"machine": info, "command": common.command_line(), "rows": rows})
 
 
 def _uptime() -> str:

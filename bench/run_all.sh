@@ -18,6 +18,7 @@ $PY -m bench.step_time --rounds 3
 $PY -m bench.step_time --rounds 3 --settings "tf,tf spe64,tf onednn,tf onednn spe64" --results step_time_onednn
 # 1e: bfloat16 against float32, one training step
 $PY -m bench.bf16 --repeats 7
+$PY -m bench.bf16 --repeats 5 --onednn 1 --results bf16_avx2  # on a CPU without bf16 instructions
 # 2a, 2b: the recipes of docs/recipes.yaml (the tutorial CNN's alone is over 15 min)
 $PY -m bench.accuracy --source "$SOURCE" --recipe fashion-mlp --recipe fashion-cnn-small --recipe fashion-cnn
 $PY -m bench.accuracy --source "$SOURCE" --recipe fashion-cnn-bf16

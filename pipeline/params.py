@@ -384,11 +384,13 @@ class TrainParams:
     def _bf16_warnings(self, bf16_flags: tuple[str, ...]) -> list[str]:
         # Measured by bench/bf16.py on an AMD EPYC with avx512_bf16 (no AMX): the tutorial CNN 1.6-1.85x faster
         # with oneDNN, 11x slower without it; the dense net 784-784-100 at batch 32 0.71-0.99x (no gain on AMX either).
+        # On an AVX2-only EPYC (bench/results/bf16_avx2.json): the CNN 0.13x, the dense net 0.66x.
         setting = "train.precision=mixed_bfloat16"
         if not bf16_flags:
             return [
                 f"{setting} on a CPU without bfloat16 instructions (neither amx_bf16 nor avx512_bf16 in "
-                "/proc/cpuinfo): there it is converted, not computed natively, and runs slower than float32"
+                "/proc/cpuinfo): there it is converted, not computed natively; the tutorial CNN ran 7.8x slower "
+                "than float32 on an AVX2 EPYC (the dense net 1.5x)"
             ]
         if self.distributed.engine == "none" and not self.onednn:
             return [f"{setting} with train.onednn=false: without oneDNN, bfloat16 convolutions ran ~11x slower"]

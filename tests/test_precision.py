@@ -154,3 +154,27 @@ def test_predict_reads_a_bf16_model(bf16_run: Path, tmp_path: Path) -> None:
     hits = sum(record["predictions"][0]["class"] == str(label) for record, label in zip(records, truth, strict=True))
     assert len(records) == 10 and hits >= 7
     assert all(0 < record["predictions"][0]["probability"] <= 1 for record in records)
+
+
+def test_export_of_a_bf16_model_is_its_float32_twin_in_every_format(bf16_run: Path, tmp_path: Path) -> None:
+    repo = bf16_run
+    result = stage(repo, "export")
+    assert result.returncode == 0, result.stderr
+    assert "computes in a lower precision: the formats are its float32 twin" in result.stderr
+    figures = json.loads((repo / "reports/export_parity.json").read_text())
+    twin = figures["float32_twin"]  # how far float32 arithmetic moves bf16's probabilities, recorded
+    assert 0 < twin["max_abs_diff"] < 0.1 and twin["top1_agreement"] >= 0.97, twin
+    for name in ("saved_model", "tflite", "onnx"):  # each format within the tolerance of the twin it was made from
+        assert figures[name]["max_abs_diff"] <= figures["tolerance"] and figures[name]["top1_mismatches"] == 0, name
+    # predict gives the same classes through the exported formats as through the bf16 model.keras, bar the
+    # few examples the twin's float32 arithmetic tips over (counted above).
+    test = np.load(repo / "data/prepared/test.npz")
+    np.save(tmp_path / "digits.npy", test["x"][:40].astype(np.float64))
+    classes = {}
+    for model in ("models/model.keras", "models/export/model.tflite", "models/export/model.onnx"):
+        output = stage(repo, "predict", "--json", "--model", model, str(tmp_path / "digits.npy"))
+        assert output.returncode == 0, output.stderr
+        classes[model] = [record["predictions"][0]["class"] for record in json.loads(output.stdout)]
+    assert classes["models/export/model.tflite"] == classes["models/export/model.onnx"]
+    agree = sum(a == b for a, b in zip(classes["models/model.keras"], classes["models/export/model.onnx"], strict=True))
+    assert agree >= 38, classes
