@@ -9,6 +9,7 @@ PY=.venv/bin/python
 export DVC_NO_ANALYTICS=1
 # 1a, 4a: the train stage against the tutorial script, dense net
 $PY -m bench.train_speed --model mlp --source "$SOURCE" --rounds 3 --epochs 3
+$PY -m bench.train_speed --model mlp --source "$SOURCE" --rounds 3 --epochs 3 --results train_speed_mlp_avx2  # AVX2-only CPU
 # 1b: the same, tutorial CNN; then oneDNN on and off in the train stage
 $PY -m bench.train_speed --model cnn --source "$SOURCE" --rounds 3 --epochs 2 --variants baseline,pipeline,pipeline+spe1
 $PY -m bench.train_speed --model cnn --source "$SOURCE" --rounds 3 --epochs 2 \
