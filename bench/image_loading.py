@@ -159,6 +159,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=20_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--folder", type=Path, default=Path("/tmp/bench_image_loading/images"))
+    parser.add_argument("--results", default="image_loading", help="bench/results/ file name (default: %(default)s)")
     args = parser.parse_args()
     info = machine_info()
     with open("/proc/cpuinfo", encoding="utf-8") as handle:
@@ -192,7 +193,7 @@ def main() -> None:
         "uptime_end": uptime_end, "images": args.images, "folder_mb": folder_mb, "generate_s": generate_s,
         "prepared_arrays_mb": prepared_mb, "index_json_mb": index_mb, "runs": runs, "medians": summary,
     }  # fmt: skip
-    path = save_results("image_loading", payload)
+    path = save_results(args.results, payload)
     ours_, keras_ = summary["ours"], summary["keras"]
     print(f"{args.images} images ({folder_mb:.0f} MB), prepared arrays {prepared_mb:.0f} MiB; {info['cpu']} {flags}")
     print(f"load: {uptime_start} -> {uptime_end}")

@@ -34,8 +34,13 @@ def run_stage(
     main: Callable[[argparse.Namespace], None],
     description: str | None,
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+    *,
+    loads_tensorflow: bool = True,
 ) -> None:
     """Parse arguments, set up logging, run `main`, and turn failures into exit codes.
+
+    `loads_tensorflow=False` (download, preprocess) skips the filter of TensorFlow's start-up lines: there
+    is nothing to filter, and it costs a process and, after a multiprocessing pool, half a second.
 
     Exit codes: 0 success, 1 a PipelineError (its message is the one line the
     user sees), 130 Ctrl-C, 143 SIGTERM. Anything else is a bug and keeps its
@@ -58,7 +63,7 @@ def run_stage(
         stream=sys.stderr,
     )
     signal.signal(signal.SIGTERM, _raise_terminated)
-    restore_stderr = filter_tensorflow_noise()
+    restore_stderr = filter_tensorflow_noise() if loads_tensorflow else lambda: None
     written, started = record_written_files(), time.monotonic()
     try:
         main(args)
