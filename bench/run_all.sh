@@ -27,6 +27,8 @@ $PY -m bench.train_speed --model cnn --source "$SOURCE" --rounds 1 --epochs 2 \
     --variants baseline,pipeline+spe1,pipeline+spe1+bf16 --results train_speed_cnn_bf16
 $PY -m bench.train_speed --model cnn --source "$SOURCE" --rounds 3 --epochs 2 \
     --variants baseline,pipeline+spe1 --results train_speed_cnn_f32_rerun
+$PY -m bench.train_speed --model cnn --source "$SOURCE" --rounds 3 --epochs 2 \
+    --variants baseline,pipeline+spe1 --results train_speed_cnn_avx2  # AVX2-only CPU
 # 3a-3c: overhead; 4b: the prepared files' format; 5: scaling; 6: one against two processes
 $PY -m bench.overhead --source "$SOURCE" --rounds 5
 $PY -m bench.npz_format --source "$SOURCE" --rounds 3

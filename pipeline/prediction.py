@@ -61,7 +61,7 @@ class InputSpec:
         if self.kind == "image":
             height, width = self.input_shape[:2]
             if self.conversion().color_mode == "rgb":
-                return f"{height}x{width} RGB images (image files of any size, e.g. PNG or JPEG)"
+                return f"{height}x{width} RGB images (image files of any size, or .npy arrays ({height}, {width}, 3))"
             return f"{height}x{width} grayscale images (image files of any size, or .npy arrays ({height}, {width}))"
         return f"rows of {self.input_shape[0]} features ({', '.join(self.feature_names) or 'unnamed'})"
 
@@ -155,17 +155,27 @@ def _load_npy(path: Path) -> np.ndarray:
     return array
 
 
-def _as_image_stack(array: np.ndarray, shape: tuple[int, ...], path: Path) -> tuple[np.ndarray, bool]:
-    """(H, W) or (N, H, W), a trailing channel axis of 1 allowed -> (N, H, W) and whether it was one image."""
-    if array.ndim in (3, 4) and array.shape[-1] == 1 and array.shape[-3:-1] == shape:
-        array = array[..., 0]  # a channel axis, as in data/prepared
-    if array.shape == shape:
+def _as_image_stack(array: np.ndarray, input_shape: tuple[int, ...], path: Path) -> tuple[np.ndarray, bool]:
+    """One image or a stack of them -> (N, H, W) (grayscale) or (N, H, W, 3) (RGB), and whether it was one image.
+
+    Grayscale: (H, W) or (N, H, W), a trailing channel axis of 1 allowed (as in data/prepared). RGB:
+    (H, W, 3) or (N, H, W, 3), channels last as Pillow and data/prepared store them.
+    """
+    height, width = input_shape[:2]
+    channels = input_shape[2] if len(input_shape) == 3 else 1
+    if channels == 1:
+        if array.ndim in (3, 4) and array.shape[-1] == 1 and array.shape[-3:-1] == (height, width):
+            array = array[..., 0]
+        one = (height, width)
+    else:
+        one = (height, width, channels)
+    if array.shape == one:
         return array[np.newaxis], True
-    if array.ndim == 3 and array.shape[1:] == shape and len(array):
+    if array.ndim == len(one) + 1 and array.shape[1:] == one and len(array):
         return array, False
     raise PipelineError(
-        f"{path} has shape {array.shape}, but this model takes images of shape {shape} "
-        f"(or a stack of them, (N, {shape[0]}, {shape[1]}))."
+        f"{path} has shape {array.shape}, but this model takes images of shape {one} "
+        f"(or a stack of them, (N, {', '.join(map(str, one))}))."
     )
 
 
@@ -185,7 +195,7 @@ def read_npy(path: Path, spec: InputSpec) -> Batch:
     """Raw, unscaled values as in data/raw (digits 0..16, MNIST 0..255, iris in cm): one example or a stack."""
     array = _load_npy(path)
     if spec.kind == "image":
-        stack, single = _as_image_stack(array, spec.input_shape[:2], path)
+        stack, single = _as_image_stack(array, spec.input_shape, path)
         x = scale_pixels(stack, spec.scaling["pixel_max"])
     else:
         stack, single = _as_feature_rows(array, spec.input_shape[0], path)

@@ -262,3 +262,24 @@ def test_iris_model_classifies_csv_rows(iris_model: Path, tmp_path: Path) -> Non
     image = stage(iris_model, "predict", str(tmp_path / "flowers.png"))
     assert image.returncode == 1
     assert "a '.png' file is not an input this tabular model takes" in image.stderr
+
+
+def test_rgb_model_takes_image_files_and_rgb_arrays_alike(tmp_path: Path) -> None:
+    spec = InputSpec(
+        kind="image", input_shape=(8, 8, 3), class_names=("a", "b"), scaling={"method": "divide", "pixel_max": 255.0},
+        image={"color_mode": "rgb", "image_size": [8, 8], "resize": "pillow-box"},
+    )  # fmt: skip
+    pixels = np.random.default_rng(5).integers(0, 256, size=(3, 8, 8, 3)).astype(np.uint8)
+    for i, image in enumerate(pixels):
+        Image.fromarray(image, mode="RGB").save(tmp_path / f"{i}.png")
+    np.save(tmp_path / "one.npy", pixels[0])
+    np.save(tmp_path / "stack.npy", pixels)
+    files = [tmp_path / f"{i}.png" for i in range(3)]
+    batch = read_inputs([*files, tmp_path / "one.npy", tmp_path / "stack.npy"], spec)
+    assert batch.x.shape == (7, 8, 8, 3)
+    np.testing.assert_array_equal(batch.x[:3], pixels.astype(np.float32) / 255)  # files and arrays: the same input
+    np.testing.assert_array_equal(batch.x[3:], batch.x[[0, 0, 1, 2]])
+    assert batch.labels[4] == f"{tmp_path / 'stack.npy'}[0]"
+    np.save(tmp_path / "gray.npy", pixels[0, ..., 0])  # a grayscale array for an RGB model: one sentence
+    with pytest.raises(PipelineError, match=r"has shape \(8, 8\), but this model takes images of shape \(8, 8, 3\)"):
+        read_inputs([tmp_path / "gray.npy"], spec)
