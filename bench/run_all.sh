@@ -23,6 +23,7 @@ $PY -m bench.bf16 --repeats 5 --onednn 1 --results bf16_avx2  # on a CPU without
 # 2a, 2b: the recipes of docs/recipes.yaml (the tutorial CNN's alone is over 15 min)
 $PY -m bench.accuracy --source "$SOURCE" --recipe fashion-mlp --recipe fashion-cnn-small --recipe fashion-cnn
 $PY -m bench.accuracy --source "$SOURCE" --recipe fashion-cnn-bf16
+$PY -m bench.accuracy --source "$SOURCE" --recipe fashion-cnn-13
 $PY -m bench.train_speed --model cnn --source "$SOURCE" --rounds 1 --epochs 2 \
     --variants baseline,pipeline+spe1,pipeline+spe1+bf16 --results train_speed_cnn_bf16
 $PY -m bench.train_speed --model cnn --source "$SOURCE" --rounds 3 --epochs 2 \
