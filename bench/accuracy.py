@@ -28,26 +28,19 @@ RECIPES: dict[str, dict] = yaml.safe_load((common.REPO_ROOT / "docs" / "recipes.
 # Variants measured beside the recipes (BENCHMARKS.md, 2c), not shipped as recipes: the MNIST CNN in
 # bfloat16 (its steps 1.6-1.85x faster on AVX-512 BF16, docs/bf16.md), and with the tutorial's optimizer,
 # Adadelta at Keras 2's learning rate 1.0 (Keras 3's default 0.001 barely learns).
+def _variant(recipe: str, *settings: str) -> dict:
+    """`recipe` with `settings` ("key=value") set, each replacing the recipe's own value of that key."""
+    keys = {setting.partition("=")[0] for setting in settings}
+    kept = [item for item in RECIPES[recipe]["set"] if item.partition("=")[0] not in keys]
+    return RECIPES[recipe] | {"set": [*kept, *settings]}
+
+
 TRIES: dict[str, dict] = {
-    "mnist-cnn-bf16": RECIPES["mnist-cnn"] | {"set": [*RECIPES["mnist-cnn"]["set"], "train.precision=mixed_bfloat16"]},
-    "fashion-cnn-bf16": RECIPES["fashion-cnn"]
-    | {
-        "set": [
-            *(item for item in RECIPES["fashion-cnn"]["set"] if not item.startswith("train.epochs=")),
-            "train.epochs=13",
-            "train.precision=mixed_bfloat16",
-        ]
-    },
+    "mnist-cnn-bf16": _variant("mnist-cnn", "train.precision=mixed_bfloat16"),
+    "fashion-cnn-bf16": _variant("fashion-cnn", "train.epochs=13", "train.precision=mixed_bfloat16"),
     # fashion-cnn-bf16's float32 twin: the same command without train.precision, for their accuracies side by side.
-    "fashion-cnn-13": RECIPES["fashion-cnn"]
-    | {
-        "set": [
-            *(item for item in RECIPES["fashion-cnn"]["set"] if not item.startswith("train.epochs=")),
-            "train.epochs=13",
-        ]
-    },
-    "mnist-cnn-adadelta": RECIPES["mnist-cnn"]
-    | {"set": [*RECIPES["mnist-cnn"]["set"], "train.optimizer=adadelta", "train.learning_rate=1.0"]},
+    "fashion-cnn-13": _variant("fashion-cnn", "train.epochs=13"),
+    "mnist-cnn-adadelta": _variant("mnist-cnn", "train.optimizer=adadelta", "train.learning_rate=1.0"),
 }
 
 

@@ -191,9 +191,9 @@ def filter_tensorflow_noise() -> Callable[[], None]:
         os.dup2(original, 2)  # closes this process's end of the pipe: the filter sees its end
         os.close(original)
         # Usually the filter ends at once. A process this one started can still hold the pipe: the resource
-        # tracker of a multiprocessing pool (preprocess's decoders) lives until this process exits, so waiting
-        # for it here cost every image-folder preprocess a 10 s timeout. After a short wait the filter is left
-        # to pass on whatever comes last and to end with the pipe's last holder.
+        # tracker of a multiprocessing pool lives until this process exits (waiting for it cost preprocess's
+        # decoding pool a 10 s timeout, when preprocess still ran behind this filter). After a short wait the
+        # filter is left to pass on whatever comes last and to end with the pipe's last holder.
         try:
             child.wait(timeout=0.5)
         except subprocess.TimeoutExpired:

@@ -249,16 +249,15 @@ def parse_csv(text: str, path: Path, spec: InputSpec) -> Batch:
         raise PipelineError(f"{path} has no rows; give one row of {spec.input_shape[0]} values per example.")
     first_line = 1
     order = list(range(spec.input_shape[0]))
-    width = len(order)
+    width, wanted = len(order), spec.describe()
     if _is_header(rows[0]):
         order = _column_order(rows[0], spec, path)
-        width = len(rows[0])
+        width, wanted = len(rows[0]), f"its header's {len(rows[0])} columns"
         rows, first_line = rows[1:], 2
     values = []
     for line, row in enumerate(rows, start=first_line):
         where = f"{path} line {line}"
         if len(row) != width:
-            wanted = f"its header's {width} columns" if first_line == 2 else spec.describe()
             raise PipelineError(f"{where} has {len(row)} values, but this model takes {wanted}.")
         values.append([_parse_float(row[i], where) for i in order])
     if not values:
