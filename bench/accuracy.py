@@ -25,6 +25,8 @@ from bench import common
 # The recipes live in docs/recipes.yaml, which the docs' tests read too: this script measures exactly
 # the commands the docs show.
 RECIPES: dict[str, dict] = yaml.safe_load((common.REPO_ROOT / "docs" / "recipes.yaml").read_text())
+
+
 # Variants measured beside the recipes (BENCHMARKS.md, 2c), not shipped as recipes: the MNIST CNN in
 # bfloat16 (its steps 1.6-1.85x faster on AVX-512 BF16, docs/bf16.md), and with the tutorial's optimizer,
 # Adadelta at Keras 2's learning rate 1.0 (Keras 3's default 0.001 barely learns).

@@ -6,6 +6,11 @@ cannot drift apart. One function, in this order:
 
 1. Decode with Pillow, its decompression-bomb limit on (`Image.MAX_IMAGE_PIXELS`, ~89 megapixels;
    its warning counts as the error here), and no image above `MAX_PIXELS` once decoded.
+   Plain 8-bit PNGs (L, RGB, RGBA; not interlaced, no palette, no transparency chunk, no EXIF) of up to
+   `FAST_PNG_MAX_PIXELS` are decoded by libspng (pyspng) instead, after Pillow has read and checked
+   their header: PNG is lossless, so the pixels are the same (tests/test_own_data.py checks every
+   such mode), in 0.55x of Pillow's time (BENCHMARKS.md, 3d). Anything libspng refuses goes to
+   Pillow, so a file is refused, or not, exactly as Pillow alone would.
    JPEGs decode at a reduced scale (libjpeg's DCT scaling, Pillow's `draft`, as Pillow's own
    `thumbnail()` does) when they are more than `DRAFT_GAP` times the target's longer side: a
    512x512 photo for a 64x64 target decodes at 256x256, and a huge JPEG never fills memory.
@@ -33,6 +38,11 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+try:
+    import pyspng
+except ImportError:  # no wheel for the platform (Intel Macs): Pillow decodes every PNG, to the same pixels
+    pyspng = None
+
 from pipeline.errors import PipelineError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -42,6 +52,10 @@ RESIZE_METHOD = "pillow-box"  # recorded in meta.json, so a model says how its i
 # converting an RGBA PNG peaks at ~7 bytes per pixel (grayscale) to ~13 (RGB), measured on a
 # 6000x6000 one (276 / 487 MB), so 40 megapixels (e.g. 7000x5700) stay around 0.5 GB.
 MAX_PIXELS = 40_000_000
+# libspng decodes into its own array, which Pillow then copies: a few bytes per pixel more at the peak,
+# so the fast path stops at photos of 4 megapixels and larger PNGs keep Pillow's smaller peak.
+FAST_PNG_MAX_PIXELS = 4_000_000
+FAST_PNG_MODES = ("L", "RGB", "RGBA")  # 8-bit modes libspng decodes to Pillow's layout (it has no 8-bit L+alpha)
 DRAFT_GAP = 4  # JPEGs decode at the smallest scale still >= DRAFT_GAP x the target (see the module docstring)
 
 # EXIF orientation -> the transpose that shows the photo upright (as PIL.ImageOps.exif_transpose).
@@ -88,20 +102,45 @@ def convert_image(source: bytes | Path | BinaryIO, conversion: Conversion, what:
 
     `what` names the file in the one-sentence error raised for anything that does not decode.
     """
-    if isinstance(source, bytes):
-        source = io.BytesIO(source)
+    data = source if isinstance(source, bytes) else None
+    if data is not None:
+        source = io.BytesIO(data)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(source) as image:
-                return _to_pixels(image, conversion, what)
+                return _to_pixels(image, conversion, what, data)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise PipelineError(f"{what} is too large to decode safely ({err}); downscale it before using it.") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:  # Pillow's ways of saying "corrupt"
         raise PipelineError(f"{what} is not a readable image ({err}); replace or delete the file.") from None
 
 
-def _to_pixels(image: Image.Image, conversion: Conversion, what: str) -> np.ndarray:
+def _decode_plain_png(image: Image.Image, data: bytes | None) -> Image.Image | None:
+    """A plain 8-bit PNG's pixels decoded by libspng, or None where Pillow must decode it (see the module docstring).
+
+    EXIF can sit after the pixel data, where only Pillow's full decode would find it: any file whose bytes
+    hold the chunk name goes to Pillow (a false match in compressed data only costs speed).
+    """
+    if (
+        data is None
+        or pyspng is None
+        or image.format != "PNG"
+        or image.mode not in FAST_PNG_MODES
+        or image.tile[0].args != image.mode  # the raw mode: "L;2" or "I;16B" are not 8-bit
+        or "transparency" in image.info
+        or image.info.get("interlace")
+        or image.size[0] * image.size[1] > FAST_PNG_MAX_PIXELS
+        or b"eXIf" in data
+    ):
+        return None
+    try:
+        return Image.fromarray(pyspng.load(data, image.mode))
+    except RuntimeError:  # libspng's every refusal; Pillow then accepts the file or says why not
+        return None
+
+
+def _to_pixels(image: Image.Image, conversion: Conversion, what: str, data: bytes | None) -> np.ndarray:
     mode = COLOR_MODES[conversion.color_mode]
     if image.format == "JPEG" and conversion.size is not None:  # the EXIF turn may swap the axes: either is fine
         image.draft(mode, (max(conversion.size) * DRAFT_GAP,) * 2)
@@ -110,8 +149,12 @@ def _to_pixels(image: Image.Image, conversion: Conversion, what: str) -> np.ndar
             f"{what} is {image.size[0]}x{image.size[1]} pixels, more than the {MAX_PIXELS:,} this pipeline "
             "decodes (pipeline/images.py, MAX_PIXELS); downscale it before using it."
         )
-    image.load()
-    orientation = image.getexif().get(_EXIF_ORIENTATION_TAG, 1)
+    decoded = _decode_plain_png(image, data)
+    if decoded is None:
+        image.load()
+        orientation = image.getexif().get(_EXIF_ORIENTATION_TAG, 1)
+    else:
+        image, orientation = decoded, 1
     if conversion.size is None:
         width, height = image.size
     else:  # the size to resize to before turning the image upright

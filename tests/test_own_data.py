@@ -113,6 +113,43 @@ def test_alpha_palette_16_bit_gif_frames_and_exif_orientation() -> None:
     assert upright.shape == (20, 10) and upright[:10].max() == 0 and upright[10:].min() == 255
 
 
+def test_plain_pngs_decode_through_libspng_to_the_pixels_pillow_gives(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Bytes take the libspng path where it applies; an open file always goes through Pillow alone.
+    rng = np.random.default_rng(3)
+    conversions = [Conversion("rgb", (9, 14)), Conversion("grayscale", (9, 14)), Conversion("rgb"), Conversion()]
+    for mode, channels in (("L", ()), ("RGB", (3,)), ("RGBA", (4,))):
+        data = encoded(Image.fromarray(rng.integers(0, 256, size=(23, 31, *channels), dtype=np.uint8)), "PNG")
+        with Image.open(io.BytesIO(data)) as image:
+            assert images._decode_plain_png(image, data) is not None, mode
+        for conversion in conversions:
+            through_pillow = convert_image(io.BytesIO(data), conversion, mode)
+            assert np.array_equal(convert_image(data, conversion, mode), through_pillow), (mode, conversion)
+    # Pillow keeps what libspng would decode differently or not at all, and the largest images (memory).
+    exif = Image.Exif()
+    exif[0x0112] = 3
+    plain = Image.new("RGB", (20, 10), (10, 200, 30))
+    others = {
+        "grey + alpha": encoded(Image.new("LA", (20, 10)), "PNG"),
+        "palette": encoded(plain.convert("P"), "PNG"),
+        "16-bit": encoded(Image.fromarray(np.full((10, 20), 40000, dtype=np.uint16)), "PNG"),
+        "transparent colour": encoded(plain, "PNG", transparency=(10, 200, 30)),
+        "exif": encoded(plain, "PNG", exif=exif),
+    }
+    monkeypatch.setattr(images, "FAST_PNG_MAX_PIXELS", 199)
+    others["200 pixels"] = encoded(plain, "PNG")
+    for name, data in others.items():
+        with Image.open(io.BytesIO(data)) as image:
+            assert images._decode_plain_png(image, data) is None, name
+    assert convert_image(others["exif"], Conversion("rgb"), "exif").shape == (10, 20, 3)
+    # A plain PNG that libspng refuses (its pixel data cut short) gets Pillow's verdict: the usual sentence.
+    monkeypatch.undo()
+    cut = others["200 pixels"][:-30]
+    with pytest.raises(RuntimeError):
+        images.pyspng.load(cut)
+    with pytest.raises(PipelineError, match=r"cut.png is not a readable image"):
+        convert_image(cut, Conversion(), "cut.png")
+
+
 def test_bombs_huge_and_broken_images_are_one_sentence(monkeypatch: pytest.MonkeyPatch) -> None:
     image = encoded(Image.new("L", (40, 40)), "PNG")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow's limit: 1,600 pixels warns, 3,200 errors
