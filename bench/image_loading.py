@@ -4,8 +4,10 @@ Generates a folder of JPEG and PNG images (mixed sizes up to 512x512, 10 classes
 alternating runs, reads it into 64x64 RGB uint8 arrays (a) with this pipeline's stages in a scratch
 copy of the project (download = the index: every file's sha256; preprocess = decode + resize, one
 process per core) and (b) with `keras.utils.image_dataset_from_directory` (TensorFlow's decoders,
-its parallel tf.data map, bilinear resize), collected into one uint8 array. Reports images per
-second and peak memory: the largest process (wait4's ru_maxrss) and the whole process tree
+its parallel tf.data map), collected into one uint8 array, once with its default resize
+(`interpolation="bilinear"`: 4 source pixels per output pixel, whatever the scale) and once with
+`interpolation="area"`, the area averaging ours does (every source pixel counts). Reports images
+per second and peak memory: the largest process (wait4's ru_maxrss) and the whole process tree
 (every process's RSS summed, sampled every 20 ms).
 
     .venv/bin/python -m bench.image_loading            # 20,000 images, 3 runs each
@@ -36,7 +38,8 @@ import numpy as np
 import keras
 start, cpu_start = time.perf_counter(), time.process_time()
 dataset = keras.utils.image_dataset_from_directory(
-    sys.argv[1], image_size=(64, 64), color_mode="rgb", batch_size=256, shuffle=False, labels="inferred"
+    sys.argv[1], image_size=(64, 64), color_mode="rgb", batch_size=256, shuffle=False, labels="inferred",
+    interpolation=sys.argv[3],
 )
 count = int(sys.argv[2])
 pixels = np.empty((count, 64, 64, 3), dtype=np.uint8)
@@ -147,8 +150,8 @@ def ours(repo: Path) -> dict[str, float]:
     }
 
 
-def keras_loader(folder: Path, count: int, cwd: Path) -> dict[str, float]:
-    result = timed([PYTHON, "-c", KERAS_LOADER, str(folder), str(count)], cwd)
+def keras_loader(folder: Path, count: int, cwd: Path, interpolation: str) -> dict[str, float]:
+    result = timed([PYTHON, "-c", KERAS_LOADER, str(folder), str(count), interpolation], cwd)
     loaded, loaded_cpu = (float(v) for v in result["output"].rsplit("loaded ", 1)[1].split()[:2])
     return {"seconds": result["seconds"], "cpu_s": result["cpu_s"], "load_s": loaded, "load_cpu_s": loaded_cpu,
             "max_rss_mb": result["max_rss_mb"], "tree_rss_mb": result["tree_rss_mb"]}  # fmt: skip
@@ -176,10 +179,11 @@ def main() -> None:
     (repo / "data/own/bench").symlink_to(args.folder)
     set_params(repo, {"data.dataset": "image_folder", "data.source": "data/own/bench",
                       "preprocess.image_size": list(SIZE), "preprocess.color_mode": "rgb"})  # fmt: skip
-    runs: dict[str, list[dict[str, float]]] = {"ours": [], "keras": []}
-    for _ in range(args.runs):  # alternating, so a change in the machine's load hits both alike
+    runs: dict[str, list[dict[str, float]]] = {"ours": [], "keras": [], "keras_area": []}
+    for _ in range(args.runs):  # alternating, so a change in the machine's load hits all alike
         runs["ours"].append(ours(repo))
-        runs["keras"].append(keras_loader(args.folder, args.images, repo))
+        runs["keras"].append(keras_loader(args.folder, args.images, repo, "bilinear"))
+        runs["keras_area"].append(keras_loader(args.folder, args.images, repo, "area"))
     prepared_mb = args.images * SIZE[0] * SIZE[1] * 3 / 2**20
     index_mb = (repo / "data/raw/images.json").stat().st_size / 1e6
     summary = {
@@ -194,29 +198,34 @@ def main() -> None:
         "prepared_arrays_mb": prepared_mb, "index_json_mb": index_mb, "runs": runs, "medians": summary,
     }  # fmt: skip
     path = save_results(args.results, payload)
-    ours_, keras_ = summary["ours"], summary["keras"]
+    ours_ = summary["ours"]
     print(f"{args.images} images ({folder_mb:.0f} MB), prepared arrays {prepared_mb:.0f} MiB; {info['cpu']} {flags}")
     print(f"load: {uptime_start} -> {uptime_end}")
-    print("| loader | wall s | CPU s | images per CPU s | peak RSS, largest process | peak RSS, all processes |")
+    print("| loader | wall s | CPU s | images per s | peak RSS, largest process | peak RSS, all processes |")
     print("|---|---|---|---|---|---|")
     print(
         f"| ours: download (index, {ours_['index_s']:.1f} s) + preprocess ({ours_['decode_s']:.1f} s) | "
-        f"{ours_['seconds']:.1f} | {ours_['cpu_s']:.1f} | {args.images / ours_['cpu_s']:.0f} | "
+        f"{ours_['seconds']:.1f} | {ours_['cpu_s']:.1f} | {args.images / ours_['seconds']:.0f} | "
         f"{ours_['max_rss_mb']:.0f} MiB | {ours_['tree_rss_mb']:.0f} MiB |"
     )
-    print(
-        f"| Keras, whole process (TensorFlow import included) | {keras_['seconds']:.1f} | {keras_['cpu_s']:.1f} | "
-        f"{args.images / keras_['cpu_s']:.0f} | {keras_['max_rss_mb']:.0f} MiB | {keras_['tree_rss_mb']:.0f} MiB |"
-    )
-    print(
-        f"| Keras, image_dataset_from_directory + arrays alone | {keras_['load_s']:.1f} | {keras_['load_cpu_s']:.1f} | "
-        f"{args.images / keras_['load_cpu_s']:.0f} | | |"
-    )
-    print(
-        f"ratios keras/ours: wall {keras_['seconds'] / ours_['seconds']:.2f} (loader alone "
-        f"{keras_['load_s'] / ours_['seconds']:.2f}), CPU {keras_['cpu_s'] / ours_['cpu_s']:.2f} (loader alone "
-        f"{keras_['load_cpu_s'] / ours_['cpu_s']:.2f}); index file {index_mb:.1f} MB"
-    )
+    for name, resize in (("keras", "bilinear"), ("keras_area", "area")):
+        keras_ = summary[name]
+        print(
+            f"| Keras ({resize}), whole process | {keras_['seconds']:.1f} | {keras_['cpu_s']:.1f} | "
+            f"{args.images / keras_['seconds']:.0f} | {keras_['max_rss_mb']:.0f} MiB | "
+            f"{keras_['tree_rss_mb']:.0f} MiB |"
+        )
+        print(
+            f"| Keras ({resize}), the loader call alone | {keras_['load_s']:.1f} | {keras_['load_cpu_s']:.1f} | "
+            f"{args.images / keras_['load_s']:.0f} | | |"
+        )
+    for name in ("keras", "keras_area"):
+        keras_ = summary[name]
+        print(
+            f"ratio {name}/ours, wall: whole process {keras_['seconds'] / ours_['seconds']:.2f}, "
+            f"loader call alone {keras_['load_s'] / ours_['seconds']:.2f}"
+        )
+    print(f"index file {index_mb:.1f} MB")
     print(f"saved {path}", file=sys.stderr)
 
 

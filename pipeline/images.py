@@ -9,7 +9,7 @@ cannot drift apart. One function, in this order:
    Plain 8-bit PNGs (L, RGB, RGBA; not interlaced, no palette, no transparency chunk, no EXIF) of up to
    `FAST_PNG_MAX_PIXELS` are decoded by libspng (pyspng) instead, after Pillow has read and checked
    their header: PNG is lossless, so the pixels are the same (tests/test_own_data.py checks every
-   such mode), in 0.55x of Pillow's time (BENCHMARKS.md, 3d). Anything libspng refuses goes to
+   such mode), in 0.63-0.80x of Pillow's time (BENCHMARKS.md, 3d). Anything libspng refuses goes to
    Pillow, so a file is refused, or not, exactly as Pillow alone would.
    JPEGs decode at a reduced scale (libjpeg's DCT scaling, Pillow's `draft`, as Pillow's own
    `thumbnail()` does) when they are more than `DRAFT_GAP` times the target's longer side: a
