@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -50,6 +51,7 @@ class RawDataset:
     class_names: tuple[str, ...]
     pixel_max: float | None = None  # images: the value that scales to 1.0
     feature_names: tuple[str, ...] = ()
+    table: dict[str, Any] | None = None  # your CSV table: its columns and text columns' values (tables.Table.record)
 
 
 @dataclass(frozen=True)
@@ -241,8 +243,9 @@ def _read_table_copy(folder: Path) -> RawDataset:
     label_column = read_json(folder / RAW_MANIFEST)["label_column"]
     table = tables.read_table(folder / tables.TABLE_FILE, label_column)
     return RawDataset(
-        "csv", "tabular", table.features, table.labels, None, None, table.class_names, None, table.feature_names
-    )
+        "csv", "tabular", table.features, table.labels, None, None, table.class_names, None, table.feature_names,
+        table=table.record(),
+    )  # fmt: skip
 
 
 FASHION_CLASSES = (

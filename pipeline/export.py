@@ -47,9 +47,15 @@ def scaling_text(meta: dict[str, Any]) -> str:
             f"0..{scaling['pixel_max']:g}: divide each by {scaling['pixel_max']:g} and add a channel axis, "
             f"giving float32 arrays of shape (N, {height}, {width}, 1)"
         )
+    encoded = (
+        ", each text column of table.columns one-hot encoded first (1 for its value in table.categories, 0 for the "
+        "others)"
+        if meta.get("table", {}).get("categories")
+        else ""
+    )
     return (
-        "one row of raw features per example, in feature_names order: x = (raw - scaling.min) / scaling.range, "
-        f"per feature, giving float32 arrays of shape (N, {meta['input_shape'][0]})"
+        f"one row of raw features per example, in feature_names order{encoded}: x = (raw - scaling.min) / "
+        f"scaling.range, per feature, giving float32 arrays of shape (N, {meta['input_shape'][0]})"
     )
 
 
@@ -74,6 +80,7 @@ def describe_export(meta: dict[str, Any], formats: Sequence[str]) -> dict[str, A
         },
         "class_names": list(meta["class_names"]),
         "feature_names": list(meta.get("feature_names", [])),
+        **({"table": meta["table"]} if "table" in meta else {}),
         "scaling": meta["scaling"],
         "scaling_text": scaling_text(meta),
         "files": {"keras": KERAS_FILE} | {name: FORMATS[name] for name in formats},

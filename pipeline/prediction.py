@@ -20,6 +20,7 @@ from pipeline.errors import PipelineError
 from pipeline.files import check_npy_header
 from pipeline.images import IMAGE_SUFFIXES, Conversion, convert_image
 from pipeline.preprocessing import apply_minmax, scale_pixels
+from pipeline.tables import encode_row
 
 ARRAY_SUFFIX = ".npy"
 CSV_SUFFIX = ".csv"
@@ -38,6 +39,7 @@ class InputSpec:
     scaling: dict[str, Any]
     feature_names: tuple[str, ...] = ()
     image: dict[str, Any] | None = None  # how preprocess converted image files (your own folder); None: built-in
+    table: dict[str, Any] | None = None  # your CSV table's columns and text columns' values (tables.Table.record)
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any]) -> InputSpec:
@@ -49,6 +51,7 @@ class InputSpec:
                 scaling=meta["scaling"],
                 feature_names=tuple(meta.get("feature_names", ())),
                 image=meta.get("image"),
+                table=meta.get("table"),
             )
         except (KeyError, TypeError) as err:
             raise PipelineError(f"the preprocessing description lacks {err}; rerun preprocess (dvc repro).") from None
@@ -63,7 +66,20 @@ class InputSpec:
             if self.conversion().color_mode == "rgb":
                 return f"{height}x{width} RGB images (image files of any size, or .npy arrays ({height}, {width}, 3))"
             return f"{height}x{width} grayscale images (image files of any size, or .npy arrays ({height}, {width}))"
+        if self.categories:
+            values = self.categories
+            named = [f"{c} (one of {', '.join(values[c])})" if c in values else c for c in self.columns]
+            return f"rows of the columns {', '.join(named)}"
         return f"rows of {self.input_shape[0]} features ({', '.join(self.feature_names) or 'unnamed'})"
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The columns a CSV row gives: your table's feature columns, or the built-in dataset's features."""
+        return tuple(self.table["columns"]) if self.table else self.feature_names
+
+    @property
+    def categories(self) -> dict[str, list[str]]:
+        return dict(self.table["categories"]) if self.table else {}
 
     def conversion(self) -> Conversion:
         """How image files become this model's pixels: as preprocess converted the training images."""
@@ -216,7 +232,12 @@ def _parse_float(text: str, where: str) -> float:
     return value
 
 
-def _is_header(row: Sequence[str]) -> bool:
+def _is_header(row: Sequence[str], spec: InputSpec) -> bool:
+    """A header names a column the model takes; without text columns, any non-number marks one too."""
+    if {cell.strip() for cell in row} & set(spec.columns):
+        return True
+    if spec.categories:  # a data row holds text here: the values of the text columns
+        return False
     try:
         [float(cell) for cell in row]
     except ValueError:
@@ -228,29 +249,30 @@ def _column_order(header: Sequence[str], spec: InputSpec, path: Path) -> list[in
     """Positions of the training features in `header`: columns may come in any order, and columns the model
     does not take (the label column of a table with answers, an id) are left out, as pandas users select them."""
     names = [cell.strip() for cell in header]
-    missing = [name for name in spec.feature_names if name not in names]
-    twice = sorted({name for name in spec.feature_names if names.count(name) > 1})
+    missing = [name for name in spec.columns if name not in names]
+    twice = sorted({name for name in spec.columns if names.count(name) > 1})
     if missing or twice:
         problem = f"lacks {missing}" if missing else f"names {twice} more than once"
         raise PipelineError(
-            f"{path}: the header {problem}; this model takes the columns {list(spec.feature_names)} "
+            f"{path}: the header {problem}; this model takes the columns {list(spec.columns)} "
             "(in any order, other columns ignored), or rows without a header with the values in that order."
         )
-    return [names.index(name) for name in spec.feature_names]
+    return [names.index(name) for name in spec.columns]
 
 
 def parse_csv(text: str, path: Path, spec: InputSpec) -> Batch:
-    """Rows of raw feature values; an optional header row names the columns."""
+    """Rows of raw feature values, text columns one-hot encoded as preprocess did; an optional header names columns."""
     try:
         rows = [row for row in csv.reader(io.StringIO(text)) if any(cell.strip() for cell in row)]
     except csv.Error as err:  # e.g. a field over csv's 128 KB limit, or a NUL byte
         raise PipelineError(f"{path} is not a valid CSV file ({err}); give one row of numbers per example.") from None
     if not rows:
         raise PipelineError(f"{path} has no rows; give one row of {spec.input_shape[0]} values per example.")
+    columns = spec.columns or ("",) * spec.input_shape[0]  # a model without feature names: by position only
     first_line = 1
-    order = list(range(spec.input_shape[0]))
+    order = list(range(len(columns)))
     width, wanted = len(order), spec.describe()
-    if _is_header(rows[0]):
+    if _is_header(rows[0], spec):
         order = _column_order(rows[0], spec, path)
         width, wanted = len(rows[0]), f"its header's {len(rows[0])} columns"
         rows, first_line = rows[1:], 2
@@ -259,7 +281,9 @@ def parse_csv(text: str, path: Path, spec: InputSpec) -> Batch:
         where = f"{path} line {line}"
         if len(row) != width:
             raise PipelineError(f"{where} has {len(row)} values, but this model takes {wanted}.")
-        values.append([_parse_float(row[i], where) for i in order])
+        cells = [row[i].strip() for i in order]
+        number = lambda text, _column, at=where: _parse_float(text, at)  # noqa: E731
+        values.append(encode_row(cells, columns, spec.categories, number, where))
     if not values:
         raise PipelineError(f"{path} has a header but no data rows.")
     labels = tuple(f"{path} line {first_line + i}" for i in range(len(values)))

@@ -193,6 +193,8 @@ def prepare_splits(
     }
     if image_record is not None:
         meta["image"] = image_record
+    if raw.table is not None:
+        meta["table"] = raw.table
     return splits, meta
 
 

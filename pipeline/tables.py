@@ -1,9 +1,17 @@
-"""Your own CSV table: a header row, one label column named by `data.label_column`, numeric feature columns.
+"""Your own CSV table: a header row, one label column named by `data.label_column`, the rest features.
+
+A feature column holds numbers, or only text: a text column (a penguin's island, a car's make) is
+one-hot encoded into one 0/1 column per value, its values sorted, named `column=value`, as pandas'
+`get_dummies` does. The values come from the whole table, so every split and predict encode
+alike; `Table.record()` goes into meta.json, and predict encodes new rows with `encode_row`, the
+same function. A column mixing numbers and text is refused, not encoded: `12.5` beside `NA` is a
+missing value or a typo, which one-hot encoding would hide.
 
 Read with the standard library's csv module (a table that fits a classifier here fits in memory;
 pandas would add ~60 MB of dependency for no feature we use). Every problem is one sentence
 naming the file and the column or line: an empty file, a missing label column, a ragged row, a
-missing value, a non-numeric or non-finite feature value, a label with only one value.
+missing value, a column mixing numbers and text, a non-finite feature value, a text column with
+more than `MAX_CATEGORIES` values (an identifier, not a feature), a label with only one value.
 """
 
 from __future__ import annotations
@@ -11,22 +19,66 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from pipeline.errors import PipelineError
 
 TABLE_FILE = "table.csv"  # the verified copy in data/raw/
+MAX_CATEGORIES = 50  # values of one text column; more make as many columns, and an id column would pass
 
 
 @dataclass(frozen=True)
 class Table:
-    features: np.ndarray  # (N, F) float64, unscaled
+    features: np.ndarray  # (N, F) float64, unscaled; each text column as one 0/1 column per value
     labels: np.ndarray  # (N,) int64 indices into class_names
     class_names: tuple[str, ...]
-    feature_names: tuple[str, ...]
+    columns: tuple[str, ...]  # the feature columns as the file names them, in its order
+    categories: dict[str, tuple[str, ...]]  # each text column's values, sorted: its one-hot columns
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return encoded_names(self.columns, self.categories)
+
+    def record(self) -> dict[str, Any]:
+        """What meta.json stores, so predict reads and encodes new rows exactly so."""
+        return {"columns": list(self.columns), "categories": {k: list(v) for k, v in self.categories.items()}}
+
+
+def encoded_names(columns: Sequence[str], categories: Mapping[str, Sequence[str]]) -> tuple[str, ...]:
+    """The model's input names: a numeric column's own name, a text column's `column=value` per value."""
+    return tuple(
+        name
+        for column in columns
+        for name in ([f"{column}={value}" for value in categories[column]] if column in categories else [column])
+    )
+
+
+def encode_row(
+    cells: Sequence[str],
+    columns: Sequence[str],
+    categories: Mapping[str, Sequence[str]],
+    number: Callable[[str, str], float],
+    where: str,
+) -> list[float]:
+    """One row's feature cells, in `columns` order -> its features; `number(text, column)` reads a numeric cell."""
+    features: list[float] = []
+    for column, cell in zip(columns, cells, strict=True):
+        if column not in categories:
+            features.append(number(cell, column))
+            continue
+        values = categories[column]
+        if cell not in values:
+            raise PipelineError(
+                f"{where}, column '{column}': '{cell}' is not one of the values the model was trained on "
+                f"({', '.join(values)}); use one of them, or retrain with rows that hold it."
+            )
+        features.extend(1.0 if cell == value else 0.0 for value in values)
+    return features
 
 
 def read_bytes(path: Path) -> bytes:
@@ -65,17 +117,45 @@ def _header(names: list[str], path: Path, label_column: str) -> tuple[int, list[
     return label, features
 
 
-def _number(text: str, path: Path, line: int, column: str) -> float:
+def _is_number(text: str) -> bool:
     try:
-        value = float(text)
+        float(text)
     except ValueError:
-        raise PipelineError(
-            f"{path}: column '{column}' is not numeric (line {line} holds '{text}'); feature columns must hold "
-            "numbers: encode it as numbers, or drop the column."
-        ) from None
+        return False
+    return True
+
+
+def _number(text: str, path: Path, line: int, column: str) -> float:
+    value = float(text)  # a numeric column: every cell parses (_text_columns checked)
     if not math.isfinite(value):
         raise PipelineError(f"{path} line {line}, column '{column}': '{text}' is not a finite number.")
     return value
+
+
+def _text_columns(
+    cells: list[list[str]], lines: list[int], columns: Sequence[str], path: Path
+) -> dict[str, tuple[str, ...]]:
+    """Each text column's sorted values; a column mixing numbers and text, or of too many values, is refused."""
+    categories = {}
+    for position, column in enumerate(columns):
+        texts = [(line, row[position]) for line, row in zip(lines, cells, strict=True) if not _is_number(row[position])]
+        if not texts:
+            continue
+        if len(texts) < len(cells):
+            line, text = texts[0]
+            raise PipelineError(
+                f"{path}: column '{column}' holds numbers and text (line {line} holds '{text}'); a feature column "
+                "holds numbers, or only text (one-hot encoded): fix the value, or drop the row."
+            )
+        values = sorted({text for _, text in texts})
+        if len(values) > MAX_CATEGORIES:
+            raise PipelineError(
+                f"{path}: text column '{column}' holds {len(values)} different values, more than the "
+                f"{MAX_CATEGORIES} one-hot encoding takes (one column each); drop it if it identifies rows, "
+                "or encode it as numbers."
+            )
+        categories[column] = tuple(values)
+    return categories
 
 
 def _class_order(values: list[str]) -> tuple[str, ...]:
@@ -100,30 +180,38 @@ def parse_table(text: str, path: Path, label_column: str) -> Table:
     label, features = _header(names, path, label_column)
     if len(rows) == 1:
         raise PipelineError(f"{path} has a header row but no data rows.")
-    values, labels = [], []
+    cells, lines, labels = [], [], []
     for line, row in rows[1:]:
         if len(row) != len(names):
             raise PipelineError(f"{path} line {line} has {len(row)} values, but the header names {len(names)} columns.")
-        cells = [cell.strip() for cell in row]
-        empty = next((i for i, cell in enumerate(cells) if not cell), None)
+        stripped = [cell.strip() for cell in row]
+        empty = next((i for i, cell in enumerate(stripped) if not cell), None)
         if empty is not None:
             raise PipelineError(
                 f"{path} line {line}, column '{names[empty]}' has no value; fill in every value or drop the row."
             )
-        values.append([_number(cells[i], path, line, names[i]) for i in features])
-        labels.append(cells[label])
+        cells.append([stripped[i] for i in features])
+        lines.append(line)
+        labels.append(stripped[label])
     class_names = _class_order(labels)
     if len(class_names) < 2:
         raise PipelineError(
             f"{path}: column '{label_column}' holds only one value ('{class_names[0]}'); a classifier needs "
             "at least two classes."
         )
+    columns = tuple(names[i] for i in features)
+    categories = _text_columns(cells, lines, columns, path)
+    values = [
+        encode_row(row, columns, categories, lambda text, column, line=line: _number(text, path, line, column), "")
+        for line, row in zip(lines, cells, strict=True)
+    ]
     positions = {name: i for i, name in enumerate(class_names)}
     return Table(
         features=np.asarray(values, dtype=np.float64),
         labels=np.asarray([positions[name] for name in labels], dtype=np.int64),
         class_names=class_names,
-        feature_names=tuple(names[i] for i in features),
+        columns=columns,
+        categories=categories,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from pipeline import folders, images
 from pipeline.errors import PipelineError
 from pipeline.folders import check_memory, decode_splits, index_folder, own_source
 from pipeline.images import Conversion, convert_image
+from pipeline.prediction import InputSpec, parse_csv
 from pipeline.preprocessing import check_every_class_in_every_split
 from pipeline.tables import parse_table
 
@@ -284,6 +286,29 @@ def test_csv_labels_by_name_strings_or_integers_and_feature_order() -> None:
     assert table.feature_names == ("b", "a") and table.features.tolist() == [[1, 2], [3, 4], [5, 6]]
     numbered = parse_table("x,label\n1,10\n2,2\n3,10\n", Path("t.csv"), "label")
     assert numbered.class_names == ("2", "10")  # integers sort as numbers
+    assert table.record() == {"columns": ["b", "a"], "categories": {}}
+
+
+def test_text_columns_are_one_hot_encoded_and_predict_encodes_new_rows_alike() -> None:
+    text = "island,mass,species\nDream,3.5,a\nBiscoe,4.0,b\nTorgersen,3.0,a\nBiscoe,4.5,b\n"
+    table = parse_table(text, Path("p.csv"), "species")
+    assert table.categories == {"island": ("Biscoe", "Dream", "Torgersen")}
+    assert table.feature_names == ("island=Biscoe", "island=Dream", "island=Torgersen", "mass")
+    assert table.features.tolist() == [[0, 1, 0, 3.5], [1, 0, 0, 4.0], [0, 0, 1, 3.0], [1, 0, 0, 4.5]]
+    # predict reads the record back from meta.json: the same columns, by name, in any order
+    record = json.loads(json.dumps(table.record()))
+    meta = {"kind": "tabular", "input_shape": [4], "class_names": ["a", "b"], "table": record,
+            "feature_names": list(table.feature_names),
+            "scaling": {"method": "minmax", "min": [0, 0, 0, 0], "range": [1, 1, 1, 1]}}  # fmt: skip
+    spec = InputSpec.from_meta(meta)
+    batch = parse_csv("mass,id,island\n4.5,7,Torgersen\n3.0,8,Dream\n", Path("new.csv"), spec)
+    assert batch.x.tolist() == [[0, 0, 1, 4.5], [0, 1, 0, 3.0]]
+    assert parse_csv("Biscoe,4\n", Path("bare.csv"), spec).x.tolist() == [[1, 0, 0, 4]]  # no header: file order
+    with pytest.raises(PipelineError, match=r"new.csv line 2, column 'island': 'Atlantis' is not one of the values"):
+        parse_csv("island,mass\nAtlantis,4\n", Path("new.csv"), spec)
+    with pytest.raises(PipelineError, match=r"bare.csv line 1: 'heavy' is not a number"):
+        parse_csv("Dream,heavy\n", Path("bare.csv"), spec)
+    assert "island (one of Biscoe, Dream, Torgersen), mass" in spec.describe()
 
 
 @pytest.mark.parametrize(
@@ -295,7 +320,9 @@ def test_csv_labels_by_name_strings_or_integers_and_feature_order() -> None:
         ("x,y\n1,2\n", r"t.csv has no column 'label' \(data.label_column\); its columns are x, y"),
         ("x,label\n1,a\n2\n", "t.csv line 3 has 1 values, but the header names 2 columns"),
         ("x,label\n1,a\n,b\n", "t.csv line 3, column 'x' has no value"),
-        ("x,label\n1,a\nfour,b\n", "t.csv: column 'x' is not numeric \\(line 3 holds 'four'\\)"),
+        ("x,label\n1,a\nfour,b\n", "t.csv: column 'x' holds numbers and text \\(line 3 holds 'four'\\)"),
+        ("x,label\nNA,a\n2,b\n", "t.csv: column 'x' holds numbers and text \\(line 2 holds 'NA'\\)"),
+        ("id,label\n" + "".join(f"n{i},{i % 2}\n" for i in range(51)), "text column 'id' holds 51 different values"),
         ("x,label\n1,a\nnan,b\n", "t.csv line 3, column 'x': 'nan' is not a finite number"),
         ("x,label\n1,a\n2,a\n", "t.csv: column 'label' holds only one value \\('a'\\)"),
         ("label\na\nb\n", "t.csv has no feature columns besides 'label'"),
