@@ -92,20 +92,21 @@ def test_balanced_class_weights_come_from_the_training_split() -> None:
     assert class_weights(one_hot, "balanced") == pytest.approx({0: 4 / 9, 1: 4 / 3, 2: 1.0})
 
 
-def write_iris_csv(path: Path) -> list[str]:
-    """Iris with its species as strings, the label column in the middle and the features shuffled."""
+def write_iris_csv(path: Path) -> None:
+    """Iris with its species as strings, the label column in the middle, the features shuffled, and a text
+    column (petal size: small, medium or large) that preprocess one-hot encodes."""
     from sklearn.datasets import load_iris
 
     iris = load_iris()
-    columns = ["petal width", "sepal length", "species", "petal length", "sepal width"]
+    columns = ["petal width", "sepal length", "species", "petal size", "petal length", "sepal width"]
     source = {name.replace(" (cm)", ""): iris.data[:, i] for i, name in enumerate(iris.feature_names)}
-    species = [iris.target_names[t] for t in iris.target]
+    source["species"] = [iris.target_names[t] for t in iris.target]
+    source["petal size"] = ["small" if cm < 2.5 else "medium" if cm < 5 else "large" for cm in source["petal length"]]
     lines = [",".join(columns)]
-    for row in range(len(species)):
-        lines.append(",".join(species[row] if c == "species" else f"{source[c][row]:.1f}" for c in columns))
+    for row in range(len(iris.target)):
+        lines.append(",".join(c if isinstance(c, str) else f"{c:.1f}" for c in (source[n][row] for n in columns)))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
-    return columns
 
 
 def test_iris_as_a_csv_table_with_string_labels(tmp_path: Path) -> None:
@@ -120,11 +121,25 @@ def test_iris_as_a_csv_table_with_string_labels(tmp_path: Path) -> None:
     assert ran_stages(result.stdout) == ["download", "preprocess", "train", "evaluate", "export"]
     metrics = read_metrics(repo)
     assert metrics["test"]["accuracy"] >= 0.9 and set(metrics["per_class"]) == {"setosa", "versicolor", "virginica"}
-    # New rows with the columns in yet another order, the label column left out.
+    meta = json.loads((repo / "data/prepared/meta.json").read_text())
+    assert [name for name in meta["feature_names"] if name.startswith("petal size")] == [
+        "petal size=large", "petal size=medium", "petal size=small"
+    ]  # fmt: skip
+    serving = json.loads((repo / "models/export/serving.json").read_text())
+    assert serving["table"]["categories"] == {"petal size": ["large", "medium", "small"]}
+    # New rows with the columns in yet another order, the label column left out; the text column encoded alike.
     new = tmp_path / "new.csv"
-    new.write_text("sepal width,petal length,sepal length,petal width\n3.5,1.4,5.1,0.2\n3.0,5.8,7.2,2.2\n")
+    new.write_text(
+        "sepal width,petal size,petal length,sepal length,petal width\n3.5,small,1.4,5.1,0.2\n3.0,large,5.8,7.2,2.2\n"
+    )
     predicted = stage(repo, "predict", str(new), check=True).stdout.splitlines()
     assert [line.split(": ")[1].split(" (")[0] for line in predicted] == ["setosa", "virginica"]
+    new.write_text("sepal width,petal size,petal length,sepal length,petal width\n3.5,tiny,1.4,5.1,0.2\n")
+    refused = stage(repo, "predict", str(new))
+    assert refused.returncode != 0
+    assert "column 'petal size': 'tiny' is not one of the values the model was trained on (large, medium, small)" in (
+        refused.stderr
+    )
 
 
 # ----------------------------------------------------------------------------- bad data: one sentence, nothing touched
