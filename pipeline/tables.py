@@ -4,8 +4,9 @@ A feature column holds numbers, or only text: a text column (a penguin's island,
 one-hot encoded into one 0/1 column per value, its values sorted, named `column=value`, as pandas'
 `get_dummies` does. The values come from the whole table, so every split and predict encode
 alike; `Table.record()` goes into meta.json, and predict encodes new rows with `encode_row`, the
-same function. A column mixing numbers and text is refused, not encoded: `12.5` beside `NA` is a
-missing value or a typo, which one-hot encoding would hide.
+same function. A column mixing numbers and text is refused, not encoded: `12.5` beside `12,5` or
+`twelve` is a typo, which one-hot encoding would hide. `NA`, `null` and pandas' other markers of
+"no value" (`MISSING_MARKERS`) are missing values in any column, as an empty cell is.
 
 Read with the standard library's csv module (a table that fits a classifier here fits in memory;
 pandas would add ~60 MB of dependency for no feature we use). Every problem is one sentence
@@ -30,6 +31,12 @@ from pipeline.errors import PipelineError
 
 TABLE_FILE = "table.csv"  # the verified copy in data/raw/
 MAX_CATEGORIES = 50  # values of one text column; more make as many columns, and an id column would pass
+# What a spreadsheet, R or pandas writes for "no value" (pandas' read_csv defaults): a missing value,
+# never a number (`nan`) or a text column's category (`NA` beside `male`, `female`).
+MISSING_MARKERS = frozenset(
+    ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA",
+     "NULL", "NaN", "None", "n/a", "nan", "null")
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,10 @@ def encode_row(
     """One row's feature cells, in `columns` order -> its features; `number(text, column)` reads a numeric cell."""
     features: list[float] = []
     for column, cell in zip(columns, cells, strict=True):
+        if cell in MISSING_MARKERS:
+            raise PipelineError(
+                f"{where}, column '{column}' has no value ('{cell}'); fill in every value or drop the row."
+            )
         if column not in categories:
             features.append(number(cell, column))
             continue
@@ -185,10 +196,11 @@ def parse_table(text: str, path: Path, label_column: str) -> Table:
         if len(row) != len(names):
             raise PipelineError(f"{path} line {line} has {len(row)} values, but the header names {len(names)} columns.")
         stripped = [cell.strip() for cell in row]
-        empty = next((i for i, cell in enumerate(stripped) if not cell), None)
+        empty = next((i for i, cell in enumerate(stripped) if cell in MISSING_MARKERS), None)
         if empty is not None:
+            shown = f" ('{stripped[empty]}')" if stripped[empty] else ""
             raise PipelineError(
-                f"{path} line {line}, column '{names[empty]}' has no value; fill in every value or drop the row."
+                f"{path} line {line}, column '{names[empty]}' has no value{shown}; fill in every value or drop the row."
             )
         cells.append([stripped[i] for i in features])
         lines.append(line)

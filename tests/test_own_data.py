@@ -306,6 +306,8 @@ def test_text_columns_are_one_hot_encoded_and_predict_encodes_new_rows_alike() -
     assert parse_csv("Biscoe,4\n", Path("bare.csv"), spec).x.tolist() == [[1, 0, 0, 4]]  # no header: file order
     with pytest.raises(PipelineError, match=r"new.csv line 2, column 'island': 'Atlantis' is not one of the values"):
         parse_csv("island,mass\nAtlantis,4\n", Path("new.csv"), spec)
+    with pytest.raises(PipelineError, match=r"new.csv line 2, column 'mass' has no value \('NA'\)"):
+        parse_csv("island,mass\nDream,NA\n", Path("new.csv"), spec)
     with pytest.raises(PipelineError, match=r"bare.csv line 1: 'heavy' is not a number"):
         parse_csv("Dream,heavy\n", Path("bare.csv"), spec)
     assert "island (one of Biscoe, Dream, Torgersen), mass" in spec.describe()
@@ -321,9 +323,12 @@ def test_text_columns_are_one_hot_encoded_and_predict_encodes_new_rows_alike() -
         ("x,label\n1,a\n2\n", "t.csv line 3 has 1 values, but the header names 2 columns"),
         ("x,label\n1,a\n,b\n", "t.csv line 3, column 'x' has no value"),
         ("x,label\n1,a\nfour,b\n", "t.csv: column 'x' holds numbers and text \\(line 3 holds 'four'\\)"),
-        ("x,label\nNA,a\n2,b\n", "t.csv: column 'x' holds numbers and text \\(line 2 holds 'NA'\\)"),
+        ("x,label\n1,a\n2,b\n3 cm,a\n", "t.csv: column 'x' holds numbers and text \\(line 4 holds '3 cm'\\)"),
+        ("x,label\nNA,a\n2,b\n", "t.csv line 2, column 'x' has no value \\('NA'\\)"),
+        ("x,sex,label\n1,male,a\n2,null,b\n", "t.csv line 3, column 'sex' has no value \\('null'\\)"),
+        ("x,label\n1,a\n2,n/a\n", "t.csv line 3, column 'label' has no value \\('n/a'\\)"),
         ("id,label\n" + "".join(f"n{i},{i % 2}\n" for i in range(51)), "text column 'id' holds 51 different values"),
-        ("x,label\n1,a\nnan,b\n", "t.csv line 3, column 'x': 'nan' is not a finite number"),
+        ("x,label\n1,a\ninf,b\n", "t.csv line 3, column 'x': 'inf' is not a finite number"),
         ("x,label\n1,a\n2,a\n", "t.csv: column 'label' holds only one value \\('a'\\)"),
         ("label\na\nb\n", "t.csv has no feature columns besides 'label'"),
         ("x,x,label\n1,2,a\n", "t.csv: the header names column 'x' twice"),
