@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,6 +18,20 @@ import yaml
 from pipeline import paths
 from pipeline.datasets import REGISTRY
 from pipeline.errors import PipelineError
+from pipeline.rules import (
+    Invalid,
+    boolean,
+    choice,
+    choice_list,
+    describe,
+    host_port,
+    image_size,
+    integer,
+    integer_list,
+    real,
+    sha256_mapping,
+    text,
+)
 
 # The dataset names are the registry's (pipeline/datasets.py, NumPy only): a dataset added there is allowed here.
 # Its cost: every stage imports pipeline/datasets.py through this module, so it is a code dep of each in dvc.yaml.
@@ -54,157 +66,6 @@ EXECUTION_ONLY = (
     "train.distributed.coordinator",
     "train.distributed.join_timeout",
 )
-
-
-class _Invalid(Exception):
-    """Raised by a rule with the 'what is allowed' half of the sentence."""
-
-
-Rule = Callable[[Any], Any]
-
-
-def _describe(value: Any) -> str:
-    return repr(value) if not isinstance(value, str) else f"'{value}'"
-
-
-def integer(low: int | None = None, high: int | None = None) -> Rule:
-    def rule(value: Any) -> int:
-        bounds = _bounds_text(low, high)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _Invalid(f"an integer{bounds}")
-        if (low is not None and value < low) or (high is not None and value > high):
-            raise _Invalid(f"an integer{bounds}")
-        return value
-
-    return rule
-
-
-def real(low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> Rule:
-    interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-
-    def rule(value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise _Invalid(f"a number in {interval}")
-        below = value <= low if low_open else value < low
-        above = value >= high if high_open else value > high
-        if below or above:
-            raise _Invalid(f"a number in {interval}")
-        return float(value)
-
-    return rule
-
-
-def choice(*names: str) -> Rule:
-    def rule(value: Any) -> str:
-        if value not in names:
-            raise _Invalid(f"one of {', '.join(names)}")
-        return value
-
-    rule.names = names  # what params.yaml's comments list (tests/test_docs.py compares them)
-    return rule
-
-
-def boolean() -> Rule:
-    def rule(value: Any) -> bool:
-        if not isinstance(value, bool):
-            raise _Invalid("true or false")
-        return value
-
-    return rule
-
-
-def text() -> Rule:
-    def rule(value: Any) -> str:
-        if value is None:
-            return ""
-        if not isinstance(value, str):
-            raise _Invalid('a string (use "" for none)')
-        return value
-
-    return rule
-
-
-def integer_list(low: int, *, min_length: int = 0) -> Rule:
-    def rule(value: Any) -> tuple[int, ...]:
-        allowed = f"a list of at least {min_length} integers ≥ {low}" if min_length else f"a list of integers ≥ {low}"
-        if not isinstance(value, list) or len(value) < min_length:
-            raise _Invalid(allowed)
-        if any(isinstance(item, bool) or not isinstance(item, int) or item < low for item in value):
-            raise _Invalid(allowed)
-        return tuple(value)
-
-    return rule
-
-
-def choice_list(*names: str) -> Rule:
-    """A non-empty list of distinct names out of `names`, e.g. the export formats."""
-
-    def rule(value: Any) -> tuple[str, ...]:
-        allowed = f"a non-empty list of distinct names out of {', '.join(names)}"
-        if not isinstance(value, list) or not value or any(item not in names for item in value):
-            raise _Invalid(allowed)
-        if len(set(value)) != len(value):
-            raise _Invalid(allowed)
-        return tuple(value)
-
-    rule.names = names
-    return rule
-
-
-def sha256_mapping() -> Rule:
-    def rule(value: Any) -> dict[str, str]:
-        allowed = "a mapping of file name to a 64-character hex sha256 ({} for the published checksums)"
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise _Invalid(allowed)
-        for name, digest in value.items():
-            if not isinstance(name, str) or not isinstance(digest, str) or len(digest) != 64:
-                raise _Invalid(allowed)
-            try:
-                int(digest, 16)
-            except ValueError:
-                raise _Invalid(allowed) from None
-        return dict(value)
-
-    return rule
-
-
-def host_port() -> Rule:
-    def rule(value: Any) -> str:
-        allowed = 'HOST:PORT with a port from 1 to 65535, e.g. "10.0.0.5:12355" ("" = detect it)'
-        if value is None or value == "":
-            return ""
-        if not isinstance(value, str):
-            raise _Invalid(allowed)
-        host, _, port = value.rpartition(":")
-        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-            raise _Invalid(allowed)
-        return value
-
-    return rule
-
-
-def image_size() -> Rule:
-    def rule(value: Any) -> tuple[int, ...]:
-        allowed = "[] (each image's own size) or [height, width], two integers from 1 to 4096, e.g. [64, 64]"
-        if not isinstance(value, list) or len(value) not in (0, 2):
-            raise _Invalid(allowed)
-        if any(isinstance(side, bool) or not isinstance(side, int) or not 1 <= side <= 4096 for side in value):
-            raise _Invalid(allowed)
-        return tuple(value)
-
-    return rule
-
-
-def _bounds_text(low: int | None, high: int | None) -> str:
-    if low is not None and high is not None:
-        return f" from {low} to {high}"
-    if low is not None:
-        return f" ≥ {low}"
-    if high is not None:
-        return f" ≤ {high}"
-    return ""
 
 
 # ----------------------------------------------------------------------------- sections
@@ -428,7 +289,7 @@ def parse_section(cls: type[Section], raw: Any, where: str = "params.yaml") -> S
     name = cls.SECTION
     if not isinstance(raw, dict):
         raise PipelineError(
-            f"{where}: section '{name}' is {_describe(raw)}, but it must be a mapping of keys; "
+            f"{where}: section '{name}' is {describe(raw)}, but it must be a mapping of keys; "
             "restore it from the project's params.yaml."
         )
     rules: dict[str, Any] = cls.RULES
@@ -448,10 +309,8 @@ def parse_section(cls: type[Section], raw: Any, where: str = "params.yaml") -> S
             continue
         try:
             values[key] = rule(raw[key])
-        except _Invalid as allowed:
-            raise PipelineError(
-                f"{where}: '{name}.{key}' is {_describe(raw[key])}, but it must be {allowed}."
-            ) from None
+        except Invalid as allowed:
+            raise PipelineError(f"{where}: '{name}.{key}' is {describe(raw[key])}, but it must be {allowed}.") from None
     section = cls(**values)
     if hasattr(section, "check_combinations"):  # a section whose keys constrain each other checks them here
         section.check_combinations(where)

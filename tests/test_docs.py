@@ -33,7 +33,7 @@ import pytest
 import yaml
 from conftest import ENV, PROJECT_ROOT, git_commit, run
 
-from pipeline import params as params_module
+from pipeline import rules
 from pipeline.params import DataParams, EvaluateParams, ExportParams, PreprocessParams, TrainParams, parse_section
 
 SHIPPED = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
@@ -453,7 +453,7 @@ def test_params_comment_lists_exactly_the_allowed_values(key: str, comment: str)
 
 
 def test_every_choice_rule_exposes_its_names() -> None:
-    assert params_module.choice("a", "b").names == ("a", "b")
+    assert rules.choice("a", "b").names == ("a", "b")
 
 
 # ----------------------------------------------------------------------------- recipes in sequence
