@@ -4,20 +4,16 @@ Why not Keras's BackupAndRestore + ModelCheckpoint + EarlyStopping: they do not
 save the dropout generators' state, EarlyStopping's counters or the best
 metric so far, and they write files in place (see docs/resume-and-determinism.md). Here one
 callback keeps all of it in one state file, rewritten atomically after every
-epoch, and the resume rule sits beside the save rule.
+epoch; pipeline/resume.py holds that file's format and the rule for resuming from it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import math
-import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,35 +21,20 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline.errors import PipelineError
-from pipeline.files import atomic_path, load_npz, write_csv_atomic, write_json_atomic
-from pipeline.params import EXECUTION_ONLY, TrainParams, section_as_dict
+from pipeline.files import write_csv_atomic, write_json_atomic
+from pipeline.params import TrainParams
+from pipeline.resume import STATE_FILE, Progress, load_state, save_state
 
 if TYPE_CHECKING:  # a one-process run never imports pipeline.distributed
     from pipeline.distributed import Role
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "state.npz"
-
 
 def model_params(params: TrainParams) -> TrainParams:
     """The params the model is built with. The JAX backend compiles the training step by itself (XLA);
     `jit_compile: false` there would mean running it op by op, ~20x slower, so engine jax always compiles."""
     return dataclasses.replace(params, jit_compile=True) if params.distributed.engine == "jax" else params
-
-
-def fingerprint_params(params: TrainParams) -> dict[str, Any]:
-    """The `train` params that shape the result, as `run_fingerprint` takes them: not the `EXECUTION_ONLY` keys
-    (a resumed run may come back on other nodes, with another coordinator address, or run more steps per call)."""
-    values = section_as_dict(params)
-    for dotted in EXECUTION_ONLY:
-        *parents, last = dotted.split(".")[1:]  # below "train"
-        section = values
-        for key in parents:
-            section = section[key]
-        del section[last]
-    return values
 
 
 def seed_everything(seed: int, *, deterministic_ops: bool = True) -> None:
@@ -119,112 +100,6 @@ def shard_batches(dataset: tf.data.Dataset, *, batch_size: int, role: Role) -> t
     share = batch_size // role.count
     start, stop = role.index * share, (role.index + 1) * share
     return dataset.map(lambda x, y: (x[start:stop], y[start:stop]))
-
-
-@dataclass
-class Progress:
-    """Everything about a run that is not a tensor: saved with the tensors after every epoch."""
-
-    fingerprint: str
-    epochs_done: int = 0
-    best_val_accuracy: float = -math.inf
-    best_val_loss: float = math.inf
-    best_epoch: int = 0
-    wait: int = 0  # epochs since the best one, for early stopping
-    finished: bool = False
-    # The per-epoch history lives in the resume state, not in a DVCLive callback: after a resume it is
-    # rebuilt from this one file, so reports/train_history.csv has exactly one writer.
-    history: list[dict[str, float]] = field(default_factory=list)
-
-
-def _model_layout(model: keras.Model) -> list[str]:
-    # Restoring by position is only safe into an identically built model. Shapes and dtypes, not
-    # variable paths: Keras numbers auto-named layers per process, so paths differ between two builds.
-    return [f"{tuple(v.shape)}:{v.dtype}" for v in model.variables]
-
-
-def save_state(path: Path, model: keras.Model, best_weights: list[np.ndarray], progress: Progress) -> None:
-    """One file holding weights, dropout RNG states, optimizer slots, best weights and counters."""
-    arrays: dict[str, Any] = {f"model_{i}": np.asarray(v.numpy()) for i, v in enumerate(model.variables)}
-    arrays |= {f"optimizer_{i}": np.asarray(v.numpy()) for i, v in enumerate(model.optimizer.variables)}
-    arrays |= {f"best_{i}": w for i, w in enumerate(best_weights)}
-    meta = asdict(progress) | {"layout": _model_layout(model)}
-    arrays["meta"] = np.array(json.dumps(meta))
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, **arrays)
-
-
-def _set_aside(path: Path, why: str) -> None:
-    """Move a damaged state out of the way (kept for a look, until a finished run clears .resume/train)."""
-    aside = path.with_name(path.name + ".corrupt")
-    os.replace(path, aside)
-    log.warning("ignoring %s; set aside as %s, training from scratch", why, aside)
-
-
-# What each counter of Progress must be in a saved state (a hand-edited or damaged file is refused, not trusted).
-_PROGRESS_TYPES: dict[str, type | tuple[type, ...]] = {
-    "epochs_done": int, "best_val_accuracy": (int, float), "best_val_loss": (int, float), "best_epoch": int,
-    "wait": int, "finished": bool, "history": list,
-}  # fmt: skip
-
-
-def _state_problem(arrays: dict[str, np.ndarray], meta: dict[str, Any], model: keras.Model) -> str | None:
-    """What is wrong with a state written for this run and this layout, or None: checked before anything is assigned."""
-    if set(meta) != set(_PROGRESS_TYPES):
-        return f"has the counters {sorted(meta)} instead of {sorted(_PROGRESS_TYPES)}"
-    for key, kind in _PROGRESS_TYPES.items():
-        value = meta[key]
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            return f"holds {key}={value!r}, not a {getattr(kind, '__name__', 'number')}"
-    if not all(isinstance(row, dict) for row in meta["history"]) or meta["epochs_done"] < 0:
-        return "holds an impossible history or epoch count"
-    expected = {f"model_{i}": v for i, v in enumerate(model.variables)}
-    expected |= {f"optimizer_{i}": v for i, v in enumerate(model.optimizer.variables)}
-    expected |= {f"best_{i}": v for i, v in enumerate(model.weights)}
-    if set(arrays) != set(expected):
-        missing, extra = sorted(set(expected) - set(arrays)), sorted(set(arrays) - set(expected))
-        return f"lacks the arrays {missing} or has unexpected ones {extra}"
-    for key, variable in expected.items():
-        if arrays[key].shape != tuple(variable.shape) or arrays[key].dtype != np.dtype(variable.dtype):
-            return f"holds {key} of shape {arrays[key].shape} ({arrays[key].dtype}), not {tuple(variable.shape)}"
-    return None
-
-
-def load_state(path: Path, model: keras.Model, fingerprint: str) -> tuple[Progress, list[np.ndarray]] | None:
-    """Restore `model` (and its optimizer) from `path` if it belongs to this exact run; else None.
-
-    A state that cannot be read or does not hold what this run saves (truncated, hand-edited) is
-    set aside as `state.npz.corrupt` with a warning, and training starts fresh.
-    """
-    if not path.exists():
-        return None
-    try:
-        arrays = load_npz(path)
-        meta = json.loads(str(arrays.pop("meta")))
-        if not isinstance(meta, dict):
-            raise ValueError("its meta is not a JSON object")
-    except (PipelineError, OSError, ValueError, KeyError) as err:
-        _set_aside(path, f"unreadable resume state {path} ({err})")
-        return None
-    if meta.pop("fingerprint", None) != fingerprint:
-        log.warning(
-            "ignoring resume state %s: it was written for other params, code or data; training from scratch", path
-        )
-        return None
-    if meta.pop("layout", None) != _model_layout(model):
-        log.warning("ignoring resume state %s: the model's layout differs; training from scratch", path)
-        return None
-    model.optimizer.build(model.trainable_variables)  # optimizers build lazily; their slots must exist first
-    problem = _state_problem(arrays, meta, model)
-    if problem is not None:
-        _set_aside(path, f"damaged resume state {path}: it {problem}")
-        return None
-    for i, variable in enumerate(model.variables):
-        variable.assign(arrays[f"model_{i}"])
-    for i, variable in enumerate(model.optimizer.variables):
-        variable.assign(arrays[f"optimizer_{i}"])
-    best = [arrays[f"best_{i}"] for i in range(len(model.weights))]
-    return Progress(fingerprint=fingerprint, **meta), best
 
 
 Report = Callable[[Progress], None]
@@ -370,19 +245,6 @@ def fit_resumable(
     return progress
 
 
-def code_files(entry_point: Path) -> list[Path]:
-    """The code a run's fingerprint covers: `entry_point` (the stage's file) and every module of `pipeline`.
-
-    Every module of the package, not a hand-kept list of the ones the stage imports (it once named
-    four of the ten, missing `preprocessing.load_split`, which scales the data): nothing to keep in
-    sync, and the same list whichever engine runs and whoever calls the stage. It is a superset of
-    the train stage's code deps in dvc.yaml, so a change to any of them makes a saved state stale;
-    the cost of the superset is that editing a module the stage does not import (evaluation.py)
-    also discards an interrupted run's state, i.e. retrains from scratch: never a wrong resume.
-    """
-    return [entry_point, *sorted(Path(__file__).parent.glob("*.py"))]
-
-
 def class_weights(labels_one_hot: np.ndarray, method: str) -> dict[int, float] | None:
     """Per-class loss weights from the training split: None (all 1) or scikit-learn's "balanced".
 
@@ -395,15 +257,3 @@ def class_weights(labels_one_hot: np.ndarray, method: str) -> dict[int, float] |
     n_classes = len(counts)
     total = counts.sum()
     return {i: float(total / (n_classes * count)) if count else 1.0 for i, count in enumerate(counts)}
-
-
-def run_fingerprint(params: dict[str, Any], files: list[Path]) -> str:
-    """Identity of a run: its params, the bytes of its inputs and code, and the library versions."""
-    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
-    for path in files:
-        with open(path, "rb") as handle:
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
-    digest.update(f"keras {keras.__version__} tf {tf.__version__} numpy {np.__version__}".encode())
-    digest.update(keras.backend.backend().encode())
-    return digest.hexdigest()

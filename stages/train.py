@@ -96,7 +96,7 @@ def train_model(
     params: TrainParams, role: Role | None = None, *, callbacks: Callable[[], Sequence[Any]] = tuple
 ) -> tuple[Any, Any]:
     """Build and fit the model (this process's share of it, given the `role` of a distributed run)."""
-    from pipeline import models, training
+    from pipeline import models, resume, training
 
     extra_callbacks = callbacks()  # TensorFlow has loaded now (see main)
 
@@ -110,12 +110,12 @@ def train_model(
     )
     # A change to any input, to the code, or to a param makes a saved resume state stale.
     inputs = [paths.split_file("train"), paths.split_file("val"), paths.PREPARED_META]
-    code = training.code_files(Path(__file__))
+    code = resume.code_files(Path(__file__))
     progress = training.fit_resumable(
         model, train, val,
         epochs=params.epochs, batch_size=params.batch_size, patience=params.early_stopping_patience,
         seed=params.seed, state_dir=paths.RESUME_DIR,
-        fingerprint=training.run_fingerprint(training.fingerprint_params(params), inputs + code),
+        fingerprint=resume.run_fingerprint(resume.fingerprint_params(params), inputs + code),
         role=role, callbacks=extra_callbacks,
         class_weight=training.class_weights(train[1], params.class_weight),
         report=partial(

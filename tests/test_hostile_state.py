@@ -25,7 +25,7 @@ from pipeline.files import load_npz, write_npz_atomic
 from pipeline.models import check_model_fits, load_model
 from pipeline.prediction import check_probabilities, check_top_k, read_inputs
 from pipeline.preprocessing import load_checked_split, read_meta
-from pipeline.training import Progress, load_state, save_state
+from pipeline.resume import Progress, load_state, save_state
 
 # ----------------------------------------------------------------------------- the resume state
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from conftest import PROJECT_ROOT, copy_repo, edit_params, run
 
-from pipeline import models, paths, training
+from pipeline import models, paths, resume, training
 from pipeline.distributed import Role
 from pipeline.files import load_npz
 from pipeline.params import TrainParams, parse_section
@@ -97,7 +97,7 @@ def test_state_of_another_run_is_ignored(tmp_path: Path, caplog: pytest.LogCaptu
 
 
 def test_unreadable_state_is_ignored(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    (tmp_path / training.STATE_FILE).write_bytes(b"not an npz")
+    (tmp_path / resume.STATE_FILE).write_bytes(b"not an npz")
     with caplog.at_level(logging.INFO):
         _, progress = fit(tmp_path, epochs=1)
     assert "ignoring unreadable resume state" in caplog.text
@@ -160,7 +160,7 @@ def test_one_process_run_does_not_pass_through_the_distributed_modules(digits_ru
 def test_resume_fingerprint_covers_every_code_dep_of_the_train_stage() -> None:
     # dvc.yaml's code deps are the modules the stage imports (tests/test_dvc_yaml.py checks that).
     deps = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]["train"]["deps"]
-    covered = {str(path.relative_to(PROJECT_ROOT)) for path in training.code_files(PROJECT_ROOT / "stages/train.py")}
+    covered = {str(path.relative_to(PROJECT_ROOT)) for path in resume.code_files(PROJECT_ROOT / "stages/train.py")}
     assert {dep for dep in deps if dep.endswith(".py")} <= covered
 
 
@@ -171,8 +171,8 @@ def test_execution_only_params_leave_the_resume_fingerprint_alone() -> None:
         steps_per_execution=1,
         distributed=dataclasses.replace(BASE.distributed, launcher="external", coordinator="h:1", join_timeout=9),
     )
-    assert training.fingerprint_params(other) == training.fingerprint_params(BASE)
-    assert training.fingerprint_params(dataclasses.replace(BASE, seed=7)) != training.fingerprint_params(BASE)
+    assert resume.fingerprint_params(other) == resume.fingerprint_params(BASE)
+    assert resume.fingerprint_params(dataclasses.replace(BASE, seed=7)) != resume.fingerprint_params(BASE)
 
 
 def test_callbacks_of_the_caller_run_after_each_epoch_is_saved(tmp_path: Path) -> None:
@@ -183,7 +183,7 @@ def test_callbacks_of_the_caller_run_after_each_epoch_is_saved(tmp_path: Path) -
 
     class Watch(keras.callbacks.Callback):
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-            meta = json.loads(str(load_npz(tmp_path / training.STATE_FILE)["meta"]))
+            meta = json.loads(str(load_npz(tmp_path / resume.STATE_FILE)["meta"]))
             seen.append((epoch + 1, meta["epochs_done"], "val_accuracy" in (logs or {})))
 
     params = dataclasses.replace(BASE, mlp=dataclasses.replace(BASE.mlp, hidden_units=(8,)))
