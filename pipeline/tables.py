@@ -65,6 +65,10 @@ def encoded_names(columns: Sequence[str], categories: Mapping[str, Sequence[str]
     )
 
 
+def _shown(marker: str) -> str:
+    return f" ('{marker}')" if marker else ""  # an empty cell needs no quotes
+
+
 def encode_row(
     cells: Sequence[str],
     columns: Sequence[str],
@@ -77,7 +81,7 @@ def encode_row(
     for column, cell in zip(columns, cells, strict=True):
         if cell in MISSING_MARKERS:
             raise PipelineError(
-                f"{where}, column '{column}' has no value ('{cell}'); fill in every value or drop the row."
+                f"{where}, column '{column}' has no value{_shown(cell)}; fill in every value or drop the row."
             )
         if column not in categories:
             features.append(number(cell, column))
@@ -198,9 +202,9 @@ def parse_table(text: str, path: Path, label_column: str) -> Table:
         stripped = [cell.strip() for cell in row]
         empty = next((i for i, cell in enumerate(stripped) if cell in MISSING_MARKERS), None)
         if empty is not None:
-            shown = f" ('{stripped[empty]}')" if stripped[empty] else ""
             raise PipelineError(
-                f"{path} line {line}, column '{names[empty]}' has no value{shown}; fill in every value or drop the row."
+                f"{path} line {line}, column '{names[empty]}' has no value{_shown(stripped[empty])}; fill in every "
+                "value or drop the row."
             )
         cells.append([stripped[i] for i in features])
         lines.append(line)

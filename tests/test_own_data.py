@@ -308,6 +308,8 @@ def test_text_columns_are_one_hot_encoded_and_predict_encodes_new_rows_alike() -
         parse_csv("island,mass\nAtlantis,4\n", Path("new.csv"), spec)
     with pytest.raises(PipelineError, match=r"new.csv line 2, column 'mass' has no value \('NA'\)"):
         parse_csv("island,mass\nDream,NA\n", Path("new.csv"), spec)
+    with pytest.raises(PipelineError, match=r"new.csv line 2, column 'island' has no value; fill in"):
+        parse_csv("island,mass\n,4\n", Path("new.csv"), spec)
     with pytest.raises(PipelineError, match=r"bare.csv line 1: 'heavy' is not a number"):
         parse_csv("Dream,heavy\n", Path("bare.csv"), spec)
     assert "island (one of Biscoe, Dream, Torgersen), mass" in spec.describe()
