@@ -1,4 +1,7 @@
-"""Atomic file writing: a reader (or a rerun after a kill) sees the old file or the new one, never half of one."""
+"""Atomic file writing: a reader (or a rerun after a kill) sees the old file or the new one, never half of one.
+
+And the bounded reading of a user's file (`read_limited`): whole, but never endless or unbounded.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import logging
 import math
 import os
 import shutil
+import stat
 import tempfile
 import zipfile
 import zlib
@@ -186,6 +190,27 @@ def load_npz(path: Path | str, max_bytes: int | None = None) -> dict[str, np.nda
         raise PipelineError(f"{path} not found; {paths.rerun_hint(path)}") from None
     except (zipfile.BadZipFile, zlib.error, ValueError, EOFError, MemoryError, NotImplementedError) as err:
         raise PipelineError(f"{path} is not a readable .npz archive ({err}); {paths.rerun_hint(path)}") from None
+
+
+def read_limited(path: Path | str, max_bytes: int, *, too_large: str, unreadable: str) -> bytes:
+    """A file of the user's data, whole, or one sentence: `unreadable` ends the one for a file that cannot be
+    read, `too_large` the one for a file over `max_bytes`.
+
+    A pipe or a device with a data file's name is refused before anything is read: reading a pipe waits
+    for a writer forever, /dev/zero never ends. The size is checked while reading, so a file that grows
+    meanwhile is caught too: the memory this takes is `max_bytes` at most.
+    """
+    path = Path(path)
+    try:  # O_NONBLOCK: opening a pipe would otherwise wait for a writer
+        with open(path, "rb", opener=lambda name, flags: os.open(name, flags | os.O_NONBLOCK)) as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise PipelineError(f"{path} is not a regular file (a pipe, a device or a socket); {unreadable}")
+            data = handle.read(max_bytes + 1)
+    except OSError as err:
+        raise PipelineError(f"{path} cannot be read ({err.strerror}); {unreadable}") from None
+    if len(data) > max_bytes:
+        raise PipelineError(f"{path} is larger than {max_bytes / 2**20:g} MiB; {too_large}")
+    return data
 
 
 def read_json(path: Path | str) -> Any:

@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.files import check_npy_header
+from pipeline.files import check_npy_header, read_limited
 from pipeline.images import IMAGE_SUFFIXES, Conversion, convert_image
 from pipeline.preprocessing import apply_minmax, scale_pixels
-from pipeline.tables import encode_row
+from pipeline.tables import decode_text, encode_row
 
 ARRAY_SUFFIX = ".npy"
 CSV_SUFFIX = ".csv"
@@ -291,13 +291,8 @@ def parse_csv(text: str, path: Path, spec: InputSpec) -> Batch:
 
 
 def read_csv(path: Path, spec: InputSpec) -> Batch:
-    try:
-        if path.stat().st_size > CSV_MAX_BYTES:
-            raise PipelineError(f"{path} is larger than {CSV_MAX_BYTES // 2**20} MiB; split it into smaller files.")
-        text = path.read_text(encoding="utf-8-sig")
-    except (UnicodeDecodeError, OSError) as err:
-        raise PipelineError(f"{path} is not a readable UTF-8 CSV file ({err}).") from None
-    return parse_csv(text, path, spec)
+    data = read_limited(path, CSV_MAX_BYTES, too_large="split it into smaller files.", unreadable="check the path.")
+    return parse_csv(decode_text(data, path), path, spec)
 
 
 def read_inputs(paths: Sequence[Path], spec: InputSpec, *, invert: bool = False) -> Batch:

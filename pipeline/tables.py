@@ -28,8 +28,11 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import PipelineError
+from pipeline.files import read_limited
 
 TABLE_FILE = "table.csv"  # the verified copy in data/raw/
+# Parsed into Python lists, a table takes ~30x its size in memory (1.1M rows x 10 columns: ~2 GB).
+MAX_TABLE_BYTES = 64 * 2**20
 MAX_CATEGORIES = 50  # values of one text column; more make as many columns, and an id column would pass
 # What a spreadsheet, R or pandas writes for "no value" (pandas' read_csv defaults): a missing value,
 # never a number (`nan`) or a text column's category (`NA` beside `male`, `female`).
@@ -97,10 +100,11 @@ def encode_row(
 
 
 def read_bytes(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as err:
-        raise PipelineError(f"{path} cannot be read ({err.strerror}).") from None
+    return read_limited(
+        path, MAX_TABLE_BYTES, unreadable="give data.source a CSV file.",
+        too_large="parsing takes ~30x a table's size in memory, so this pipeline reads no larger tables "
+        "(pipeline/tables.py, MAX_TABLE_BYTES): sample its rows, or drop columns.",
+    )  # fmt: skip
 
 
 def decode_text(data: bytes, path: Path) -> str:

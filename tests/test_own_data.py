@@ -6,13 +6,14 @@ import hashlib
 import io
 import json
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from pipeline import folders, images
+from pipeline import folders, images, tables
 from pipeline.errors import PipelineError
 from pipeline.folders import check_memory, decode_splits, index_folder, own_source
 from pipeline.images import Conversion, convert_image
@@ -220,6 +221,40 @@ def test_bad_folders_are_one_sentence(tmp_path: Path, monkeypatch: pytest.Monkey
         index_folder(own_source("data/own/x"))
 
 
+def _time_is_up(*_: object) -> None:
+    raise TimeoutError("the index hung reading a file")
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (os.mkfifo, "is not a regular file"),  # reading a pipe would wait for a writer forever
+        (lambda path: path.symlink_to("/dev/zero"), "is not a regular file"),  # reading it would never end
+        (lambda path: path.symlink_to(path.parent / "gone.png"), r"cannot be read \(No such file or directory\)"),
+        (lambda path: path.write_bytes(b"\x89PNG" + bytes(4096)), r"is larger than [0-9.]+ MiB; no image"),
+    ],
+)
+def test_pipes_devices_and_oversized_files_are_refused_without_reading_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make, message
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(folders, "MAX_FILE_BYTES", 4096)
+    for name in ("a/1.png", "b/2.png"):
+        (Path("data/own/x") / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("L", (4, 4)).save(Path("data/own/x") / name)
+    make(Path("data/own/x/a/odd.png"))
+    signal.signal(signal.SIGALRM, _time_is_up)
+    signal.alarm(30)  # a read that hangs fails the test instead of hanging the suite
+    try:
+        with pytest.raises(PipelineError, match=f"data/own/x/a/odd.png {message}") as caught:
+            index_folder(own_source("data/own/x"))
+    finally:
+        signal.alarm(0)
+    assert "\n" not in str(caught.value)
+    with pytest.raises(PipelineError, match=f"data/own/x/a/odd.png {message}"):
+        folders.read_checked("data/own/x/a/odd.png", "0" * 64)  # preprocess reads the listed files alike
+
+
 def test_sources_outside_data_own_or_missing_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     for source in ("/home/me/pets", "pets", "data/own", "data/own/../../pets"):
@@ -340,3 +375,15 @@ def test_bad_csv_is_one_sentence(text: str, message: str) -> None:
     with pytest.raises(PipelineError, match=message) as caught:
         parse_table(text, Path("t.csv"), "label")
     assert "\n" not in str(caught.value)
+
+
+def test_a_table_too_large_to_parse_in_memory_is_refused_before_it_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tables, "MAX_TABLE_BYTES", 1024)
+    path = tmp_path / "t.csv"
+    path.write_text("x,label\n" + "1.5,a\n2.5,b\n" * 100)
+    with pytest.raises(PipelineError, match=r"t.csv is larger than [0-9.]+ MiB; parsing takes ~30x"):
+        tables.read_table(path, "label")
+    path.write_text("x,label\n1.5,a\n2.5,b\n")
+    assert tables.read_table(path, "label").class_names == ("a", "b")
