@@ -9,10 +9,11 @@ same function. A column mixing numbers and text is refused, not encoded: `12.5` 
 "no value" (`MISSING_MARKERS`) are missing values in any column, as an empty cell is.
 
 Read with the standard library's csv module (a table that fits a classifier here fits in memory;
-pandas would add ~60 MB of dependency for no feature we use). Every problem is one sentence
-naming the file and the column or line: an empty file, a missing label column, a ragged row, a
-missing value, a column mixing numbers and text, a non-finite feature value, a text column with
-more than `MAX_CATEGORIES` values (an identifier, not a feature), a label with only one value.
+pandas would add ~60 MB of dependency for no feature we use), in two passes that hold one row of
+text at a time. Every problem is one sentence naming the file and the column or line: an empty
+file, a missing label column, a ragged row, a missing value, a column mixing numbers and text, a
+non-finite feature value, a text column with more than `MAX_CATEGORIES` values (an identifier, not
+a feature), a label with only one value, a file over `MAX_TABLE_BYTES`.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,8 @@ from pipeline.errors import PipelineError
 from pipeline.files import read_limited
 
 TABLE_FILE = "table.csv"  # the verified copy in data/raw/
-# Parsed into Python lists, a table takes ~30x its size in memory (1.1M rows x 10 columns: ~2 GB).
-MAX_TABLE_BYTES = 64 * 2**20
+# A table is parsed whole, in ~7x its size in memory: 113 MiB (2M rows x 10 columns) took 0.75 GB and 26 s.
+MAX_TABLE_BYTES = 256 * 2**20
 MAX_CATEGORIES = 50  # values of one text column; more make as many columns, and an id column would pass
 # What a spreadsheet, R or pandas writes for "no value" (pandas' read_csv defaults): a missing value,
 # never a number (`nan`) or a text column's category (`NA` beside `male`, `female`).
@@ -102,7 +103,7 @@ def encode_row(
 def read_bytes(path: Path) -> bytes:
     return read_limited(
         path, MAX_TABLE_BYTES, unreadable="give data.source a CSV file.",
-        too_large="parsing takes ~30x a table's size in memory, so this pipeline reads no larger tables "
+        too_large="a table is parsed whole, in ~7x its size in memory, so this pipeline reads no larger ones "
         "(pipeline/tables.py, MAX_TABLE_BYTES): sample its rows, or drop columns.",
     )  # fmt: skip
 
@@ -145,36 +146,49 @@ def _is_number(text: str) -> bool:
 
 
 def _number(text: str, path: Path, line: int, column: str) -> float:
-    value = float(text)  # a numeric column: every cell parses (_text_columns checked)
+    value = float(text)  # a numeric column: every cell parses (the scan checked)
     if not math.isfinite(value):
         raise PipelineError(f"{path} line {line}, column '{column}': '{text}' is not a finite number.")
     return value
 
 
-def _text_columns(
-    cells: list[list[str]], lines: list[int], columns: Sequence[str], path: Path
-) -> dict[str, tuple[str, ...]]:
-    """Each text column's sorted values; a column mixing numbers and text, or of too many values, is refused."""
-    categories = {}
-    for position, column in enumerate(columns):
-        texts = [(line, row[position]) for line, row in zip(lines, cells, strict=True) if not _is_number(row[position])]
-        if not texts:
-            continue
-        if len(texts) < len(cells):
-            line, text = texts[0]
+def _data_rows(text: str, path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(line number, cells) of every row that is not blank, the header first."""
+    reader = csv.reader(io.StringIO(text))
+    try:
+        for row in reader:
+            if any(cell.strip() for cell in row):
+                yield reader.line_num, row
+    except csv.Error as err:
+        raise PipelineError(f"{path} line {reader.line_num} is not valid CSV ({err}).") from None
+
+
+@dataclass
+class _Column:
+    """What the scan learns of one feature column: whether it holds numbers, text, or both."""
+
+    numbers: int = 0
+    texts: set[str] = field(default_factory=set)
+    first_text: tuple[int, str] | None = None  # (line, value): named when the column mixes both
+
+    def categories(self, name: str, path: Path) -> tuple[str, ...] | None:
+        """A text column's sorted values, None for a numeric one; a column mixing both, or of too many values,
+        is refused."""
+        if self.first_text is None:
+            return None
+        if self.numbers:
+            line, text = self.first_text
             raise PipelineError(
-                f"{path}: column '{column}' holds numbers and text (line {line} holds '{text}'); a feature column "
+                f"{path}: column '{name}' holds numbers and text (line {line} holds '{text}'); a feature column "
                 "holds numbers, or only text (one-hot encoded): fix the value, or drop the row."
             )
-        values = sorted({text for _, text in texts})
-        if len(values) > MAX_CATEGORIES:
+        if len(self.texts) > MAX_CATEGORIES:
             raise PipelineError(
-                f"{path}: text column '{column}' holds {len(values)} different values, more than the "
+                f"{path}: text column '{name}' holds {len(self.texts)} different values, more than the "
                 f"{MAX_CATEGORIES} one-hot encoding takes (one column each); drop it if it identifies rows, "
                 "or encode it as numbers."
             )
-        categories[column] = tuple(values)
-    return categories
+        return tuple(sorted(self.texts))
 
 
 def _class_order(values: list[str]) -> tuple[str, ...]:
@@ -187,20 +201,21 @@ def _class_order(values: list[str]) -> tuple[str, ...]:
 
 
 def parse_table(text: str, path: Path, label_column: str) -> Table:
-    """The table's features and labels, or one sentence about the first problem found."""
-    reader = csv.reader(io.StringIO(text))
-    try:
-        rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
-    except csv.Error as err:
-        raise PipelineError(f"{path} line {reader.line_num} is not valid CSV ({err}).") from None
-    if not rows:
+    """The table's features and labels, or one sentence about the first problem found.
+
+    Two passes over the text, one row in memory at a time: the first checks every row and learns which
+    columns hold text, the second writes the features into one array. Holding every cell as a Python
+    string instead took ~30x the file's size in memory.
+    """
+    rows = _data_rows(text, path)
+    header = next(rows, None)
+    if header is None:
         raise PipelineError(f"{path} is empty; it needs a header row naming the columns, then one row per example.")
-    names = [cell.strip() for cell in rows[0][1]]
+    names = [cell.strip() for cell in header[1]]
     label, features = _header(names, path, label_column)
-    if len(rows) == 1:
-        raise PipelineError(f"{path} has a header row but no data rows.")
-    cells, lines, labels = [], [], []
-    for line, row in rows[1:]:
+    scans = [_Column() for _ in features]
+    labels = []
+    for line, row in rows:
         if len(row) != len(names):
             raise PipelineError(f"{path} line {line} has {len(row)} values, but the header names {len(names)} columns.")
         stripped = [cell.strip() for cell in row]
@@ -210,9 +225,16 @@ def parse_table(text: str, path: Path, label_column: str) -> Table:
                 f"{path} line {line}, column '{names[empty]}' has no value{_shown(stripped[empty])}; fill in every "
                 "value or drop the row."
             )
-        cells.append([stripped[i] for i in features])
-        lines.append(line)
+        for scan, position in zip(scans, features, strict=True):
+            cell = stripped[position]
+            if _is_number(cell):
+                scan.numbers += 1
+            else:
+                scan.texts.add(cell)
+                scan.first_text = scan.first_text or (line, cell)
         labels.append(stripped[label])
+    if not labels:
+        raise PipelineError(f"{path} has a header row but no data rows.")
     class_names = _class_order(labels)
     if len(class_names) < 2:
         raise PipelineError(
@@ -220,14 +242,18 @@ def parse_table(text: str, path: Path, label_column: str) -> Table:
             "at least two classes."
         )
     columns = tuple(names[i] for i in features)
-    categories = _text_columns(cells, lines, columns, path)
-    values = [
-        encode_row(row, columns, categories, lambda text, column, line=line: _number(text, path, line, column), "")
-        for line, row in zip(lines, cells, strict=True)
-    ]
+    found = {column: scan.categories(column, path) for column, scan in zip(columns, scans, strict=True)}
+    categories = {column: values for column, values in found.items() if values is not None}
+    values = np.empty((len(labels), len(encoded_names(columns, categories))), dtype=np.float64)
+    rows = _data_rows(text, path)
+    next(rows)  # the header
+    for row_index, (line, row) in enumerate(rows):
+        cells = [row[i].strip() for i in features]
+        number = lambda cell, column, line=line: _number(cell, path, line, column)  # noqa: E731
+        values[row_index] = encode_row(cells, columns, categories, number, "")
     positions = {name: i for i, name in enumerate(class_names)}
     return Table(
-        features=np.asarray(values, dtype=np.float64),
+        features=values,
         labels=np.asarray([positions[name] for name in labels], dtype=np.int64),
         class_names=class_names,
         columns=columns,
