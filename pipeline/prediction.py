@@ -79,7 +79,7 @@ class InputSpec:
 
     @property
     def categories(self) -> dict[str, list[str]]:
-        return dict(self.table["categories"]) if self.table else {}
+        return self.table["categories"] if self.table else {}  # read per CSV row: no copy
 
     def conversion(self) -> Conversion:
         """How image files become this model's pixels: as preprocess converted the training images."""
