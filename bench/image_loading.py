@@ -12,12 +12,17 @@ per second and peak memory: the largest process (wait4's ru_maxrss) and the whol
 
     .venv/bin/python -m bench.image_loading            # 20,000 images, 3 runs each
     .venv/bin/python -m bench.image_loading --images 2000 --runs 1
+    .venv/bin/python -m bench.image_loading --baseline c919c35   # also that commit's stages, alternating
+
+`--baseline REV` runs the download + preprocess stages of a git revision too, in its own scratch copy,
+alternating with this checkout's: a change's effect on speed, measured side by side.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,7 +33,17 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import ENV, PYTHON, command_line, machine_info, make_workdir, median, save_results, set_params
+from bench.common import (
+    ENV,
+    PYTHON,
+    REPO_ROOT,
+    command_line,
+    machine_info,
+    make_workdir,
+    median,
+    save_results,
+    set_params,
+)
 
 CLASSES = 10
 SIZE = (64, 64)
@@ -150,11 +165,68 @@ def ours(repo: Path) -> dict[str, float]:
     }
 
 
+def baseline_copy(rev: str, repo: Path, dest: Path) -> Path:
+    """`repo` (this checkout's scratch copy, its data and params) with the code of git revision `rev`."""
+    shutil.copytree(repo, dest, symlinks=True, ignore=shutil.ignore_patterns(".git", "data"))
+    (dest / "data/own").mkdir(parents=True)
+    (dest / "data/own/bench").symlink_to((repo / "data/own/bench").readlink())
+    archive = subprocess.run(
+        ["git", "archive", rev, "pipeline", "stages"], cwd=REPO_ROOT, capture_output=True, check=True
+    )
+    for folder in ("pipeline", "stages"):
+        shutil.rmtree(dest / folder)
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    return dest
+
+
 def keras_loader(folder: Path, count: int, cwd: Path, interpolation: str) -> dict[str, float]:
     result = timed([PYTHON, "-c", KERAS_LOADER, str(folder), str(count), interpolation], cwd)
     loaded, loaded_cpu = (float(v) for v in result["output"].rsplit("loaded ", 1)[1].split()[:2])
     return {"seconds": result["seconds"], "cpu_s": result["cpu_s"], "load_s": loaded, "load_cpu_s": loaded_cpu,
             "max_rss_mb": result["max_rss_mb"], "tree_rss_mb": result["tree_rss_mb"]}  # fmt: skip
+
+
+def print_table(payload: dict, baseline_rev: str | None) -> None:
+    summary, images, info = payload["medians"], payload["images"], payload["machine"]
+    prepared_mb, folder_mb, flags = payload["prepared_arrays_mb"], payload["folder_mb"], payload["cpu_flags"]
+    uptime_start, uptime_end, index_mb = payload["uptime_start"], payload["uptime_end"], payload["index_json_mb"]
+    ours_ = summary["ours"]
+    print(f"{images} images ({folder_mb:.0f} MB), prepared arrays {prepared_mb:.0f} MiB; {info['cpu']} {flags}")
+    print(f"load: {uptime_start} -> {uptime_end}")
+    print("| loader | wall s | CPU s | images per s | peak RSS, largest process | peak RSS, all processes |")
+    print("|---|---|---|---|---|---|")
+    print(
+        f"| ours: download (index, {ours_['index_s']:.1f} s) + preprocess ({ours_['decode_s']:.1f} s) | "
+        f"{ours_['seconds']:.1f} | {ours_['cpu_s']:.1f} | {images / ours_['seconds']:.0f} | "
+        f"{ours_['max_rss_mb']:.0f} MiB | {ours_['tree_rss_mb']:.0f} MiB |"
+    )
+    if baseline_rev:
+        base = summary["baseline"]
+        print(
+            f"| ours at {baseline_rev}: index {base['index_s']:.1f} s + preprocess {base['decode_s']:.1f} s | "
+            f"{base['seconds']:.1f} | {base['cpu_s']:.1f} | {images / base['seconds']:.0f} | "
+            f"{base['max_rss_mb']:.0f} MiB | {base['tree_rss_mb']:.0f} MiB |"
+        )
+    for name, resize in (("keras", "bilinear"), ("keras_area", "area")):
+        keras_ = summary[name]
+        print(
+            f"| Keras ({resize}), whole process | {keras_['seconds']:.1f} | {keras_['cpu_s']:.1f} | "
+            f"{images / keras_['seconds']:.0f} | {keras_['max_rss_mb']:.0f} MiB | "
+            f"{keras_['tree_rss_mb']:.0f} MiB |"
+        )
+        print(
+            f"| Keras ({resize}), the loader call alone | {keras_['load_s']:.1f} | {keras_['load_cpu_s']:.1f} | "
+            f"{images / keras_['load_s']:.0f} | | |"
+        )
+    for name in ("keras", "keras_area"):
+        keras_ = summary[name]
+        print(
+            f"ratio {name}/ours, wall: whole process {keras_['seconds'] / ours_['seconds']:.2f}, "
+            f"loader call alone {keras_['load_s'] / ours_['seconds']:.2f}"
+        )
+    if baseline_rev:
+        print(f"ratio {baseline_rev}/ours, wall: {summary['baseline']['seconds'] / ours_['seconds']:.2f}")
+    print(f"index file {index_mb:.1f} MB")
 
 
 def main() -> None:
@@ -163,6 +235,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--folder", type=Path, default=Path("/tmp/bench_image_loading/images"))
     parser.add_argument("--results", default="image_loading", help="bench/results/ file name (default: %(default)s)")
+    parser.add_argument("--baseline", metavar="REV", help="also time the stages of this git revision, alternating")
     args = parser.parse_args()
     info = machine_info()
     with open("/proc/cpuinfo", encoding="utf-8") as handle:
@@ -180,7 +253,12 @@ def main() -> None:
     set_params(repo, {"data.dataset": "image_folder", "data.source": "data/own/bench",
                       "preprocess.image_size": list(SIZE), "preprocess.color_mode": "rgb"})  # fmt: skip
     runs: dict[str, list[dict[str, float]]] = {"ours": [], "keras": [], "keras_area": []}
+    if args.baseline:
+        baseline = baseline_copy(args.baseline, repo, work / "baseline")
+        runs["baseline"] = []
     for _ in range(args.runs):  # alternating, so a change in the machine's load hits all alike
+        if args.baseline:
+            runs["baseline"].append(ours(baseline))
         runs["ours"].append(ours(repo))
         runs["keras"].append(keras_loader(args.folder, args.images, repo, "bilinear"))
         runs["keras_area"].append(keras_loader(args.folder, args.images, repo, "area"))
@@ -196,36 +274,10 @@ def main() -> None:
         "command": command_line(), "machine": info, "cpu_flags": flags, "uptime_start": uptime_start,
         "uptime_end": uptime_end, "images": args.images, "folder_mb": folder_mb, "generate_s": generate_s,
         "prepared_arrays_mb": prepared_mb, "index_json_mb": index_mb, "runs": runs, "medians": summary,
+        "baseline": args.baseline,
     }  # fmt: skip
     path = save_results(args.results, payload)
-    ours_ = summary["ours"]
-    print(f"{args.images} images ({folder_mb:.0f} MB), prepared arrays {prepared_mb:.0f} MiB; {info['cpu']} {flags}")
-    print(f"load: {uptime_start} -> {uptime_end}")
-    print("| loader | wall s | CPU s | images per s | peak RSS, largest process | peak RSS, all processes |")
-    print("|---|---|---|---|---|---|")
-    print(
-        f"| ours: download (index, {ours_['index_s']:.1f} s) + preprocess ({ours_['decode_s']:.1f} s) | "
-        f"{ours_['seconds']:.1f} | {ours_['cpu_s']:.1f} | {args.images / ours_['seconds']:.0f} | "
-        f"{ours_['max_rss_mb']:.0f} MiB | {ours_['tree_rss_mb']:.0f} MiB |"
-    )
-    for name, resize in (("keras", "bilinear"), ("keras_area", "area")):
-        keras_ = summary[name]
-        print(
-            f"| Keras ({resize}), whole process | {keras_['seconds']:.1f} | {keras_['cpu_s']:.1f} | "
-            f"{args.images / keras_['seconds']:.0f} | {keras_['max_rss_mb']:.0f} MiB | "
-            f"{keras_['tree_rss_mb']:.0f} MiB |"
-        )
-        print(
-            f"| Keras ({resize}), the loader call alone | {keras_['load_s']:.1f} | {keras_['load_cpu_s']:.1f} | "
-            f"{args.images / keras_['load_s']:.0f} | | |"
-        )
-    for name in ("keras", "keras_area"):
-        keras_ = summary[name]
-        print(
-            f"ratio {name}/ours, wall: whole process {keras_['seconds'] / ours_['seconds']:.2f}, "
-            f"loader call alone {keras_['load_s'] / ours_['seconds']:.2f}"
-        )
-    print(f"index file {index_mb:.1f} MB")
+    print_table(payload, args.baseline)
     print(f"saved {path}", file=sys.stderr)
 
 

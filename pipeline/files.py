@@ -199,18 +199,34 @@ def read_limited(path: Path | str, max_bytes: int, *, too_large: str, unreadable
     A pipe or a device with a data file's name is refused before anything is read: reading a pipe waits
     for a writer forever, /dev/zero never ends. The size is checked while reading, so a file that grows
     meanwhile is caught too: the memory this takes is `max_bytes` at most.
+    The first read asks for the size fstat gives, plus one byte to see the end: asking for `max_bytes` at
+    once would make Python map a buffer that large for every file, which took 5x the time of the read
+    itself on small images (0.075 against 0.013 ms per file, bench.image_loading's folder).
     """
     path = Path(path)
     try:  # O_NONBLOCK: opening a pipe would otherwise wait for a writer
-        with open(path, "rb", opener=lambda name, flags: os.open(name, flags | os.O_NONBLOCK)) as handle:
-            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-                raise PipelineError(f"{path} is not a regular file (a pipe, a device or a socket); {unreadable}")
-            data = handle.read(max_bytes + 1)
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as err:
         raise PipelineError(f"{path} cannot be read ({err.strerror}); {unreadable}") from None
-    if len(data) > max_bytes:
+    try:
+        status = os.fstat(descriptor)
+        if not stat.S_ISREG(status.st_mode):
+            raise PipelineError(f"{path} is not a regular file (a pipe, a device or a socket); {unreadable}")
+        chunks, total, wanted = [], 0, min(status.st_size, max_bytes) + 1
+        while total <= max_bytes:  # more than one round only when the file grew since fstat
+            chunk = os.read(descriptor, wanted)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            wanted = min(2**20, max_bytes + 1 - total)
+    except OSError as err:
+        raise PipelineError(f"{path} cannot be read ({err.strerror}); {unreadable}") from None
+    finally:
+        os.close(descriptor)
+    if total > max_bytes:
         raise PipelineError(f"{path} is larger than {max_bytes / 2**20:g} MiB; {too_large}")
-    return data
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def read_json(path: Path | str) -> Any:

@@ -1,13 +1,23 @@
-"""Atomic writes: the old file or the new one, never half of one, and no scratch left behind."""
+"""Atomic writes: the old file or the new one, never half of one, and no scratch left behind. Bounded reads."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from pipeline.files import atomic_directory, atomic_path, load_npz, write_json_atomic, write_npz_atomic
+from pipeline import files
+from pipeline.errors import PipelineError
+from pipeline.files import (
+    atomic_directory,
+    atomic_path,
+    load_npz,
+    read_limited,
+    write_json_atomic,
+    write_npz_atomic,
+)
 
 
 def test_failed_write_keeps_the_old_file_and_leaves_no_scratch(tmp_path: Path) -> None:
@@ -43,3 +53,38 @@ def test_leftovers_of_a_killed_writer_are_removed_by_the_next_write(tmp_path: Pa
 def test_written_files_get_ordinary_permissions(tmp_path: Path) -> None:
     write_json_atomic(tmp_path / "a.json", {})
     assert (tmp_path / "a.json").stat().st_mode & 0o644 == 0o644
+
+
+def _grown_since_fstat(monkeypatch: pytest.MonkeyPatch) -> None:
+    """fstat reports the file empty: what read_limited sees when a file grows between its fstat and its read."""
+    real_fstat = os.fstat
+
+    def fstat(descriptor: int) -> os.stat_result:
+        status = real_fstat(descriptor)
+        return os.stat_result((status.st_mode, *status[1:6], 0, *status[7:]))
+
+    monkeypatch.setattr(files.os, "fstat", fstat)
+
+
+@pytest.mark.parametrize("size", [0, 1, 4095, 4096, 3 * 2**20 + 7])
+@pytest.mark.parametrize("grown", [False, True])
+def test_read_limited_returns_the_whole_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int, grown: bool
+) -> None:
+    data = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes()
+    (tmp_path / "f.bin").write_bytes(data)
+    if grown:
+        _grown_since_fstat(monkeypatch)
+    assert read_limited(tmp_path / "f.bin", 4 * 2**20, too_large="x", unreadable="y") == data
+
+
+@pytest.mark.parametrize("grown", [False, True])
+def test_read_limited_refuses_a_file_over_the_limit_even_if_it_grew_after_fstat(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, grown: bool
+) -> None:
+    (tmp_path / "f.bin").write_bytes(bytes(2**20 + 1))
+    if grown:
+        _grown_since_fstat(monkeypatch)
+    with pytest.raises(PipelineError, match=r"f.bin is larger than 1 MiB; cut it\.$"):
+        read_limited(tmp_path / "f.bin", 2**20, too_large="cut it.", unreadable="y")
+    assert read_limited(tmp_path / "f.bin", 2**20 + 1, too_large="x", unreadable="y") == bytes(2**20 + 1)
