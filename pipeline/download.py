@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.cli import Progress
 from pipeline.datasets import RemoteFile
 from pipeline.errors import PipelineError
 
@@ -167,17 +168,6 @@ def _looks_like_html(head: bytes) -> bool:
     return start.startswith((b"<!doctype", b"<html", b"<?xml", b"<head", b"<body"))
 
 
-def _report_progress(name: str, done: int, total: int | None, last_logged: list[float]) -> None:
-    now = time.monotonic()
-    if now - last_logged[0] < 2.0 and (total is None or done < total):
-        return
-    last_logged[0] = now
-    if total:
-        log.info("%s: %.1f of %.1f MB (%d%%)", name, done / 1e6, total / 1e6, 100 * done // total)
-    else:
-        log.info("%s: %.1f MB", name, done / 1e6)
-
-
 def _http_get(url: str, dest: Path, spec: RemoteFile, limits: TimeLimits) -> None:
     total_seconds = limits.total_seconds(spec.max_bytes)
     with _Watchdog(total_seconds) as watchdog:
@@ -228,7 +218,7 @@ def _http_transfer(
             raise PipelineError(f"the server offers {total_bytes} bytes, more than the {spec.max_bytes} expected")
         content_type = response.headers.get("Content-Type", "")
         done = 0
-        last_logged = [time.monotonic()]
+        progress = Progress(spec.name, total_bytes, "MB", scale=1e6, every=2.0)
         try:
             with open(dest, "wb") as out:
                 while chunk := response.read(CHUNK):
@@ -241,13 +231,14 @@ def _http_transfer(
                         out.write(chunk)
                     except OSError as err:  # our own disk (full, say), not the mirror: name the file, no retry
                         raise OSError(err.errno, err.strerror, str(dest)) from None
-                    _report_progress(spec.name, done, total_bytes, last_logged)
+                    progress.advance(len(chunk))
         except (OSError, http.client.HTTPException, ValueError) as err:
             if isinstance(err, OSError) and err.filename is not None:  # our own file: a full disk is no mirror's fault
                 raise
             raise _Transient(f"the transfer broke off after {done} bytes ({type(err).__name__})") from None
         if total_bytes is not None and done != total_bytes:
             raise _Transient(f"the transfer broke off after {done} of {total_bytes} bytes")
+        progress.finish()
 
 
 def _fetch_one(location: str, dest: Path, spec: RemoteFile, limits: TimeLimits) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import paths
+from pipeline.cli import Progress
 from pipeline.errors import PipelineError
 from pipeline.files import read_limited
 from pipeline.images import IMAGE_SUFFIXES, Conversion, convert_image
@@ -113,7 +114,9 @@ def _count_loose_files(folder: Path, skipped: Skipped) -> None:
             skipped.note("hidden" if hidden else "outside_classes", path)
 
 
-def _index_classes(folder: Path, class_names: list[str] | None, skipped: Skipped) -> tuple[list[str], list[list]]:
+def _index_classes(
+    folder: Path, class_names: list[str] | None, skipped: Skipped, progress: Progress
+) -> tuple[list[str], list[list]]:
     """[(path, label, sha256)] of one folder of class folders; `class_names` given = they must be the same."""
     _count_loose_files(folder, skipped)
     found = [d.name for d in _visible_dirs(folder)]
@@ -137,6 +140,7 @@ def _index_classes(folder: Path, class_names: list[str] | None, skipped: Skipped
             entries.append(
                 [str(path), label, file_sha256(_read_image_file(path, "replace it with the image, or remove it."))]
             )
+            progress.advance()
     return found, entries
 
 
@@ -144,7 +148,7 @@ def index_folder(source: Path) -> dict[str, Any]:
     """The index the download stage writes: classes (sorted folder names), every image's path and sha256."""
     if not source.is_dir():
         raise PipelineError(f"data.source: {source} is not a folder; data.dataset=image_folder needs a folder.")
-    skipped = Skipped()
+    skipped, progress = Skipped(), Progress(f"indexing {source}", unit="files read and hashed")
     subfolders = [d.name for d in _visible_dirs(source)]
     if all(name in subfolders for name in SPLIT_FOLDERS):
         others = [name for name in subfolders if name not in SPLIT_FOLDERS]
@@ -154,12 +158,13 @@ def index_folder(source: Path) -> dict[str, Any]:
                 "from train/ (preprocess.val_fraction): merge it into train/ or move it out."
             )
         _count_loose_files(source, skipped)
-        class_names, train = _index_classes(source / "train", None, skipped)
-        _, test = _index_classes(source / "test", class_names, skipped)
+        class_names, train = _index_classes(source / "train", None, skipped, progress)
+        _, test = _index_classes(source / "test", class_names, skipped, progress)
         layout = "train/ and test/ folders"
     else:
-        class_names, train = _index_classes(source, None, skipped)
+        class_names, train = _index_classes(source, None, skipped, progress)
         test, layout = [], "class folders"
+    progress.finish()
     return {
         "source": str(source),
         "layout": layout,
@@ -276,16 +281,18 @@ def decode_splits(files: dict[str, np.ndarray], conversion: Conversion, memory_l
         for name, rows in files.items()
         for start in range(0, len(rows), CHUNK)
     ]
-    workers = decoding_processes(n_images)
+    workers, progress = decoding_processes(n_images), Progress("decoding", n_images, "images")
 
     def store(name: str, start: int, chunk: list[tuple[str, str]], pixels: np.ndarray) -> None:
         if pixels.shape[1:] != shape:
             raise _size_error(chunk[0][0], pixels.shape[1:], first_path, shape)
         out[name][start : start + len(pixels)] = pixels
+        progress.advance(len(pixels))
 
     if workers == 1:
         for name, start, chunk in tasks:
             store(name, start, chunk, _decode_chunk(chunk, conversion))
+        progress.finish()
         return out
     # spawn, not fork: a forked child would inherit whatever threads the parent's libraries started.
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
@@ -296,4 +303,5 @@ def decode_splits(files: dict[str, np.ndarray], conversion: Conversion, memory_l
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
             raise
+    progress.finish()
     return out

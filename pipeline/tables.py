@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.cli import Progress
 from pipeline.errors import PipelineError
 from pipeline.files import read_limited
 
@@ -214,8 +215,9 @@ def parse_table(text: str, path: Path, label_column: str) -> Table:
     names = [cell.strip() for cell in header[1]]
     label, features = _header(names, path, label_column)
     scans = [_Column() for _ in features]
-    labels = []
+    labels, progress = [], Progress(f"checking {path}", unit="rows")
     for line, row in rows:
+        progress.advance()
         if len(row) != len(names):
             raise PipelineError(f"{path} line {line} has {len(row)} values, but the header names {len(names)} columns.")
         stripped = [cell.strip() for cell in row]
@@ -233,6 +235,7 @@ def parse_table(text: str, path: Path, label_column: str) -> Table:
                 scan.texts.add(cell)
                 scan.first_text = scan.first_text or (line, cell)
         labels.append(stripped[label])
+    progress.finish()
     if not labels:
         raise PipelineError(f"{path} has a header row but no data rows.")
     class_names = _class_order(labels)
@@ -245,12 +248,14 @@ def parse_table(text: str, path: Path, label_column: str) -> Table:
     found = {column: scan.categories(column, path) for column, scan in zip(columns, scans, strict=True)}
     categories = {column: values for column, values in found.items() if values is not None}
     values = np.empty((len(labels), len(encoded_names(columns, categories))), dtype=np.float64)
-    rows = _data_rows(text, path)
+    rows, progress = _data_rows(text, path), Progress(f"converting {path}", len(labels), "rows")
     next(rows)  # the header
     for row_index, (line, row) in enumerate(rows):
+        progress.advance()
         cells = [row[i].strip() for i in features]
         number = lambda cell, column, line=line: _number(cell, path, line, column)  # noqa: E731
         values[row_index] = encode_row(cells, columns, categories, number, "")
+    progress.finish()
     positions = {name: i for i, name in enumerate(class_names)}
     return Table(
         features=values,
