@@ -17,7 +17,8 @@ cannot drift apart. One function, in this order:
    4x rather than thumbnail()'s 2x: at 2x, sharp edges blurred visibly (up to 0.16 on a 0..1
    scale in tests/test_predict.py's scanned digit), at 4x they stay within 0.05.
 2. GIFs and other animations: the first frame. 16-bit grayscale: divided by 257 to 8 bits
-   (Pillow's own conversion would clip it to white). Palette images: through their palette.
+   (Pillow's own conversion would clip it to white). Floating-point pixels (TIFF) are refused: they
+   have no fixed range, and Pillow's conversion would make 0..1 black. Palette images: through their palette.
    Transparency (alpha, or a palette's transparent colour): composited on white.
 3. To grayscale (Pillow's ITU-R 601-2 luma) or RGB.
 4. Resized to (H, W) by area averaging (Pillow's BOX filter): each output pixel is the mean of the
@@ -46,6 +47,7 @@ except ImportError:  # no wheel for the platform (Intel Macs): Pillow decodes ev
 from pipeline.errors import PipelineError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+_UNREADABLE = "in another format than PNG, JPEG, BMP, GIF, WebP, TIFF, or damaged"  # the formats IMAGE_SUFFIXES name
 COLOR_MODES = {"grayscale": "L", "rgb": "RGB"}
 RESIZE_METHOD = "pillow-box"  # recorded in meta.json, so a model says how its inputs were made
 # Above this many pixels (after a JPEG's reduced decoding) an image is refused before it decodes:
@@ -112,7 +114,10 @@ def convert_image(source: bytes | Path | BinaryIO, conversion: Conversion, what:
                 return _to_pixels(image, conversion, what, data)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise PipelineError(f"{what} is too large to decode safely ({err}); downscale it before using it.") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:  # Pillow's ways of saying "corrupt"
+    except UnidentifiedImageError:  # its message names a BytesIO object, not the file
+        problem = "is empty (0 bytes)" if data == b"" else f"is not an image Pillow can read ({_UNREADABLE})"
+        raise PipelineError(f"{what} {problem}; replace or delete the file.") from None
+    except (OSError, SyntaxError, ValueError) as err:  # Pillow's ways of saying "corrupt"
         raise PipelineError(f"{what} is not a readable image ({err}); replace or delete the file.") from None
 
 
@@ -159,6 +164,11 @@ def _to_pixels(image: Image.Image, conversion: Conversion, what: str, data: byte
         width, height = image.size
     else:  # the size to resize to before turning the image upright
         height, width = conversion.size[::-1] if orientation in _SWAPS_AXES else conversion.size
+    if image.mode == "F":  # 32-bit floats (a TIFF of measurements): convert("L") would truncate 0..1 to black
+        raise PipelineError(
+            f"{what} holds floating-point pixels, which have no fixed range to map to 0..255; "
+            "save it as an 8- or 16-bit image."
+        )
     if image.mode.startswith("I"):
         # 16-bit grayscale: Pillow's convert("L") would clip every value above 255 to white.
         image = Image.fromarray(np.round(np.asarray(image, dtype=np.float64) / 257.0).clip(0, 255).astype(np.uint8))

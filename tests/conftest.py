@@ -144,6 +144,12 @@ CHROMIUM_FLAGS = [
 
 def open_in_chromium(page: Path, profile: Path, *extra: str) -> subprocess.CompletedProcess:
     """Load a local HTML file in headless Chromium with console messages logged to stderr."""
+    if not CHROMIUM.is_file():
+        pytest.fail(
+            f"{CHROMIUM} is not installed: the report tests open pages in headless Chromium; install Debian's "
+            "package (sudo apt-get install chromium), as .ci/run does.",
+            pytrace=False,
+        )
     flags = [*CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0", *extra]
     return run([str(CHROMIUM), *flags, page.resolve().as_uri()], page.parent, timeout=120)
 

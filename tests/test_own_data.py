@@ -166,8 +166,27 @@ def test_bombs_huge_and_broken_images_are_one_sentence(monkeypatch: pytest.Monke
     photo = encoded(Image.new("RGB", (400, 400), (0, 90, 0)), "JPEG")
     monkeypatch.setattr(images, "MAX_PIXELS", 100 * 100)
     assert convert_image(photo, Conversion("rgb", (16, 16)), "photo.jpg").shape == (16, 16, 3)
-    with pytest.raises(PipelineError, match=r"cut.png is not a readable image \(.*\); replace or delete the file"):
+    with pytest.raises(PipelineError, match=r"cut.png is not an image Pillow can read \(.*damaged\); replace"):
         convert_image(image[: len(image) // 2], Conversion(), "cut.png")
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", r"x.png is empty \(0 bytes\); replace or delete the file\.$"),
+        (b"<svg xmlns='http://www.w3.org/2000/svg'/>",
+         r"x.png is not an image Pillow can read \(in another format than PNG, .*, or damaged\); replace"),
+        (b"<html>Not Found</html>", r"x.png is not an image Pillow can read"),
+        # 32-bit floats in 0..1: Pillow's conversion to 8 bits would make every pixel 0, silently.
+        (encoded(Image.fromarray(np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)), "TIFF"),
+         r"x.png holds floating-point pixels, which have no fixed range to map to 0..255; save it as an 8- or 16-bit"),
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("mode", ["grayscale", "rgb"])
+def test_files_that_are_no_image_or_have_no_pixel_scale_are_one_sentence(data: bytes, message: str, mode: str) -> None:
+    with pytest.raises(PipelineError, match=message) as caught:
+        convert_image(data, Conversion(mode, (4, 4)), "x.png")
+    assert "BytesIO" not in str(caught.value)
 
 
 # ----------------------------------------------------------------------------- indexing a folder

@@ -227,7 +227,7 @@ TWO = {"a": 12, "b": 12}
         ({}, uniform_folder({"a": 12, "b": 3}, {}), "class 'b' has 3 examples: too few for preprocess.val_fraction"),
         ({"preprocess.image_size": []}, uniform_folder(TWO, {"a/z.png": Image.new("L", (10, 12))}),
          "data/own/bad/a/z.png is 10x12 pixels but data/own/bad/a/"),
-        ({}, uniform_folder(TWO, {"a/z.jpg": "not a photo"}), "data/own/bad/a/z.jpg is not a readable image"),
+        ({}, uniform_folder(TWO, {"a/z.jpg": "not a photo"}), "data/own/bad/a/z.jpg is not an image Pillow can read"),
         ({"preprocess.image_size": [4096, 4096], "preprocess.memory_limit_mb": 100}, uniform_folder(TWO, {}),
          "24 images of 4096x4096x1 take 403 MB as uint8 and 2.0 GB with the float32 copy train makes, more than 100"),
     ],
