@@ -8,7 +8,6 @@ Scaling reuses `pipeline.preprocessing`, so predict cannot drift from training.
 from __future__ import annotations
 
 import csv
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from pipeline.errors import PipelineError
 from pipeline.files import check_npy_header, read_limited
 from pipeline.images import IMAGE_SUFFIXES, Conversion, convert_image
 from pipeline.preprocessing import apply_minmax, scale_pixels
-from pipeline.tables import decode_text, encode_row
+from pipeline.tables import csv_reader, decode_text, encode_row
 
 ARRAY_SUFFIX = ".npy"
 CSV_SUFFIX = ".csv"
@@ -263,7 +262,7 @@ def _column_order(header: Sequence[str], spec: InputSpec, path: Path) -> list[in
 def parse_csv(text: str, path: Path, spec: InputSpec) -> Batch:
     """Rows of raw feature values, text columns one-hot encoded as preprocess did; an optional header names columns."""
     try:
-        rows = [row for row in csv.reader(io.StringIO(text)) if any(cell.strip() for cell in row)]
+        rows = [row for row in csv_reader(text) if any(cell.strip() for cell in row)]
     except csv.Error as err:  # e.g. a field over csv's 128 KB limit, or a NUL byte
         raise PipelineError(f"{path} is not a valid CSV file ({err}); give one row of numbers per example.") from None
     if not rows:

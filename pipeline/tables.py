@@ -4,9 +4,12 @@ A feature column holds numbers, or only text: a text column (a penguin's island,
 one-hot encoded into one 0/1 column per value, its values sorted, named `column=value`, as pandas'
 `get_dummies` does. The values come from the whole table, so every split and predict encode
 alike; `Table.record()` goes into meta.json, and predict encodes new rows with `encode_row`, the
-same function. A column mixing numbers and text is refused, not encoded: `12.5` beside `12,5` or
-`twelve` is a typo, which one-hot encoding would hide. `NA`, `null` and pandas' other markers of
-"no value" (`MISSING_MARKERS`) are missing values in any column, as an empty cell is.
+same function. A column mixing numbers and text is refused, not encoded: `12.5` beside `twelve` is a
+typo, which one-hot encoding would hide. `NA`, `null` and pandas' other markers of
+"no value" (`MISSING_MARKERS`) are missing values in any column, as an empty cell is. A text column
+whose every value is a number in dress (`10%`, `1,500`, `$5`, a decimal comma) is refused too: encoded,
+its values would lose their order. Values may be separated by commas, semicolons or tabs
+(`delimiter_of`), lines may end as on any system.
 
 Read with the standard library's csv module (a table that fits a classifier here fits in memory;
 pandas would add ~60 MB of dependency for no feature we use), in two passes that hold one row of
@@ -35,6 +38,7 @@ from pipeline.files import read_limited
 TABLE_FILE = "table.csv"  # the verified copy in data/raw/
 # A table is parsed whole, in ~7x its size in memory: 113 MiB (2M rows x 10 columns) took 0.75 GB and 26 s.
 MAX_TABLE_BYTES = 256 * 2**20
+DELIMITERS = (",", ";", "\t")
 MAX_CATEGORIES = 50  # values of one text column; more make as many columns, and an id column would pass
 # What a spreadsheet, R or pandas writes for "no value" (pandas' read_csv defaults): a missing value,
 # never a number (`nan`) or a text column's category (`NA` beside `male`, `female`).
@@ -146,6 +150,12 @@ def _is_number(text: str) -> bool:
     return True
 
 
+def _written_number(text: str) -> bool:
+    """Whether a text value is a number in dress: '10%', '$5', '1,500', '2,5' (a decimal comma), "1'000"."""
+    core = text.lstrip("+-").strip("$€£¥% ").replace(" ", "").replace("'", "")
+    return any(c.isdigit() for c in core) and (_is_number(core.replace(",", "")) or _is_number(core.replace(",", ".")))
+
+
 def _number(text: str, path: Path, line: int, column: str) -> float:
     value = float(text)  # a numeric column: every cell parses (the scan checked)
     if not math.isfinite(value):
@@ -153,9 +163,22 @@ def _number(text: str, path: Path, line: int, column: str) -> float:
     return value
 
 
+def delimiter_of(text: str) -> str:
+    """The character between a CSV text's values: of `DELIMITERS`, the one its first non-blank line holds most
+    often outside quotes (a comma when none): spreadsheets write `;` where the decimal mark is a comma."""
+    first = next((line for line in io.StringIO(text, newline=None) if line.strip()), "")
+    unquoted = "".join(first.split('"')[::2])
+    return max(DELIMITERS, key=unquoted.count)  # max keeps the first of equals: the comma
+
+
+def csv_reader(text: str) -> Any:
+    """A csv.reader of `text` with its own delimiter (`delimiter_of`) and any line ends (\\n, \\r\\n, old Macs' \\r)."""
+    return csv.reader(io.StringIO(text, newline=None), delimiter=delimiter_of(text))
+
+
 def _data_rows(text: str, path: Path) -> Iterator[tuple[int, list[str]]]:
     """(line number, cells) of every row that is not blank, the header first."""
-    reader = csv.reader(io.StringIO(text))
+    reader = csv_reader(text)
     try:
         for row in reader:
             if any(cell.strip() for cell in row):
@@ -173,12 +196,18 @@ class _Column:
     first_text: tuple[int, str] | None = None  # (line, value): named when the column mixes both
 
     def categories(self, name: str, path: Path) -> tuple[str, ...] | None:
-        """A text column's sorted values, None for a numeric one; a column mixing both, or of too many values,
-        is refused."""
+        """A text column's sorted values, None for a numeric one; a column mixing both, of numbers written as
+        text, or of too many values, is refused."""
         if self.first_text is None:
             return None
+        line, text = self.first_text
+        if _written_number(text) and (self.numbers or all(_written_number(value) for value in self.texts)):
+            raise PipelineError(
+                f"{path}: column '{name}' holds numbers written as text (line {line} holds '{text}'); write them as "
+                "plain numbers with a decimal point, without units or thousands separators (10% as 10 or 0.1, "
+                "1,500 as 1500, 2,5 as 2.5), or they would become categories."
+            )
         if self.numbers:
-            line, text = self.first_text
             raise PipelineError(
                 f"{path}: column '{name}' holds numbers and text (line {line} holds '{text}'); a feature column "
                 "holds numbers, or only text (one-hot encoded): fix the value, or drop the row."

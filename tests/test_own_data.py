@@ -343,6 +343,21 @@ def test_csv_labels_by_name_strings_or_integers_and_feature_order() -> None:
     assert table.record() == {"columns": ["b", "a"], "categories": {}}
 
 
+@pytest.mark.parametrize("delimiter", [",", ";", "\t"])
+@pytest.mark.parametrize("line_end", ["\n", "\r\n", "\r"])
+def test_commas_semicolons_tabs_and_every_line_end_read_alike(delimiter: str, line_end: str) -> None:
+    """Spreadsheets write ';' where the decimal mark is a comma, and tabs; old Macs end lines with '\\r'."""
+    rows = [["mass", "species", "version", "note"], ["3.5", "dog", "1.2.3", "big; heavy, old"],
+            ["4", "cat", "2.0.1", "x"], ["-1e2", "dog", "1.2.3", "tab\there"]]  # fmt: skip
+    reference = parse_table("".join(",".join(f'"{c}"' for c in row) + "\n" for row in rows), Path("t.csv"), "species")
+    text = line_end.join(delimiter.join(f'"{c}"' if delimiter in c or '"' in c else c for c in row) for row in rows)
+    table = parse_table(text + line_end, Path("t.csv"), "species")
+    assert table.features.tolist() == reference.features.tolist()
+    assert table.feature_names == reference.feature_names == (
+        "mass", "version=1.2.3", "version=2.0.1", "note=big; heavy, old", "note=tab\there", "note=x")  # fmt: skip
+    assert table.labels.tolist() == reference.labels.tolist() == [1, 0, 1]
+
+
 def test_text_columns_are_one_hot_encoded_and_predict_encodes_new_rows_alike() -> None:
     text = "island,mass,species\nDream,3.5,a\nBiscoe,4.0,b\nTorgersen,3.0,a\nBiscoe,4.5,b\n"
     table = parse_table(text, Path("p.csv"), "species")
@@ -358,6 +373,7 @@ def test_text_columns_are_one_hot_encoded_and_predict_encodes_new_rows_alike() -
     batch = parse_csv("mass,id,island\n4.5,7,Torgersen\n3.0,8,Dream\n", Path("new.csv"), spec)
     assert batch.x.tolist() == [[0, 0, 1, 4.5], [0, 1, 0, 3.0]]
     assert parse_csv("Biscoe,4\n", Path("bare.csv"), spec).x.tolist() == [[1, 0, 0, 4]]  # no header: file order
+    assert parse_csv("mass;island\r4.5;Torgersen\r", Path("excel.csv"), spec).x.tolist() == [[0, 0, 1, 4.5]]
     with pytest.raises(PipelineError, match=r"new.csv line 2, column 'island': 'Atlantis' is not one of the values"):
         parse_csv("island,mass\nAtlantis,4\n", Path("new.csv"), spec)
     with pytest.raises(PipelineError, match=r"new.csv line 2, column 'mass' has no value \('NA'\)"):
@@ -388,6 +404,11 @@ def test_text_columns_are_one_hot_encoded_and_predict_encodes_new_rows_alike() -
         ("x,label\n1,a\n2,a\n", "t.csv: column 'label' holds only one value \\('a'\\)"),
         ("label\na\nb\n", "t.csv has no feature columns besides 'label'"),
         ("x,x,label\n1,2,a\n", "t.csv: the header names column 'x' twice"),
+        # numbers in dress would become categories, their order lost
+        ("x,label\n10%,a\n5%,b\n", "t.csv: column 'x' holds numbers written as text \\(line 2 holds '10%'\\); write"),
+        ('x,label\n"1,500",a\n2,b\n', "column 'x' holds numbers written as text \\(line 2 holds '1,500'\\)"),
+        ("x;label\n2;a\n1,5;b\n", "column 'x' holds numbers written as text \\(line 3 holds '1,5'\\)"),  # decimal comma
+        ("x,label\n$5,a\n€7,b\n", "column 'x' holds numbers written as text \\(line 2 holds '\\$5'\\)"),
     ],
 )
 def test_bad_csv_is_one_sentence(text: str, message: str) -> None:
