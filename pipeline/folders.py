@@ -23,8 +23,7 @@ import numpy as np
 from pipeline import paths
 from pipeline.cli import Progress
 from pipeline.errors import PipelineError
-from pipeline.files import read_limited
-from pipeline.images import IMAGE_SUFFIXES, Conversion, convert_image
+from pipeline.images import IMAGE_SUFFIXES, Conversion, convert_image, read_image_file
 
 INDEX_FILE = "images.json"
 SPLIT_FOLDERS = ("train", "test")  # the Kaggle layout: an official test split
@@ -32,8 +31,6 @@ SYSTEM_FILES = frozenset({"thumbs.db", "desktop.ini", "ehthumbs.db"})  # besides
 CHUNK = 128  # images per task sent to a decoding process
 IMAGES_PER_PROCESS = 512  # fewer images than this per process and starting one costs more than it saves
 MAX_PROCESSES = 8
-# No image that MAX_PIXELS lets through needs more: 40 megapixels of 16-bit RGBA, uncompressed (TIFF), are 320 MB.
-MAX_FILE_BYTES = 512 * 2**20
 
 
 def own_source(source: str, what: str = "data.source") -> Path:
@@ -138,7 +135,7 @@ def _index_classes(
     for label, name in enumerate(found):
         for path in _class_files(folder / name, skipped):
             entries.append(
-                [str(path), label, file_sha256(_read_image_file(path, "replace it with the image, or remove it."))]
+                [str(path), label, file_sha256(read_image_file(path, "replace it with the image, or remove it."))]
             )
             progress.advance()
     return found, entries
@@ -222,17 +219,9 @@ def check_memory(n_images: int, height: int, width: int, channels: int, limit_mb
         )
 
 
-def _read_image_file(path: Path | str, unreadable: str) -> bytes:
-    return read_limited(
-        path, MAX_FILE_BYTES, unreadable=unreadable,
-        too_large="no image this pipeline decodes needs that much (pipeline/folders.py, MAX_FILE_BYTES): "
-        "downscale or recompress it.",
-    )  # fmt: skip
-
-
 def read_checked(path: str, sha256: str) -> bytes:
     """The file's bytes, read once, refused when they are not the bytes the index recorded."""
-    data = _read_image_file(path, "run `dvc repro` (or `dvc pull`) so the index matches the folder.")
+    data = read_image_file(path, "run `dvc repro` (or `dvc pull`) so the index matches the folder.")
     if file_sha256(data) != sha256:
         raise PipelineError(f"{path} changed after the download stage indexed it; run `dvc repro` again.")
     return data

@@ -45,6 +45,7 @@ except ImportError:  # no wheel for the platform (Intel Macs): Pillow decodes ev
     pyspng = None
 
 from pipeline.errors import PipelineError
+from pipeline.files import read_limited
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _UNREADABLE = "in another format than PNG, JPEG, BMP, GIF, WebP, TIFF, or damaged"  # the formats IMAGE_SUFFIXES name
@@ -58,6 +59,8 @@ MAX_PIXELS = 40_000_000
 # so the fast path stops at photos of 4 megapixels and larger PNGs keep Pillow's smaller peak.
 FAST_PNG_MAX_PIXELS = 4_000_000
 FAST_PNG_MODES = ("L", "RGB", "RGBA")  # 8-bit modes libspng decodes to Pillow's layout (it has no 8-bit L+alpha)
+# No image that MAX_PIXELS lets through needs more: 40 megapixels of 16-bit RGBA, uncompressed (TIFF), are 320 MB.
+MAX_FILE_BYTES = 512 * 2**20
 DRAFT_GAP = 4  # JPEGs decode at the smallest scale still >= DRAFT_GAP x the target (see the module docstring)
 
 # EXIF orientation -> the transpose that shows the photo upright (as PIL.ImageOps.exif_transpose).
@@ -97,6 +100,16 @@ class Conversion:
                 "rerun the pipeline (dvc repro)."
             )
         return cls(record.get("color_mode", "grayscale"), (int(input_shape[0]), int(input_shape[1])))
+
+
+def read_image_file(path: Path | str, unreadable: str) -> bytes:
+    """An image file's bytes, read bounded (`files.read_limited`): a pipe named like an image is refused, not
+    waited on; `unreadable` ends the sentence for a file that cannot be read."""
+    return read_limited(
+        path, MAX_FILE_BYTES, unreadable=unreadable,
+        too_large="no image this pipeline decodes needs that much (pipeline/images.py, MAX_FILE_BYTES): "
+        "downscale or recompress it.",
+    )  # fmt: skip
 
 
 def convert_image(source: bytes | Path | BinaryIO, conversion: Conversion, what: str) -> np.ndarray:

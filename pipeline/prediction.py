@@ -17,7 +17,7 @@ import numpy as np
 
 from pipeline.errors import PipelineError
 from pipeline.files import check_npy_header, read_limited
-from pipeline.images import IMAGE_SUFFIXES, Conversion, convert_image
+from pipeline.images import IMAGE_SUFFIXES, Conversion, convert_image, read_image_file
 from pipeline.preprocessing import apply_minmax, scale_pixels
 from pipeline.tables import csv_reader, decode_text, encode_row
 
@@ -145,7 +145,7 @@ def scale_features(features: np.ndarray, scaling: dict[str, Any]) -> np.ndarray:
 
 def read_image(path: Path, spec: InputSpec, *, invert: bool = False) -> Batch:
     """An image file of any size and format, converted by the function preprocess used (pipeline/images.py)."""
-    pixels = convert_image(path, spec.conversion(), str(path))
+    pixels = convert_image(read_image_file(path, "check the path."), spec.conversion(), str(path))
     if invert:
         pixels = 255 - pixels
     return Batch((str(path),), scale_pixels(pixels[np.newaxis], IMAGE_FILE_MAX))

@@ -257,7 +257,7 @@ def test_pipes_devices_and_oversized_files_are_refused_without_reading_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make, message
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(folders, "MAX_FILE_BYTES", 4096)
+    monkeypatch.setattr(images, "MAX_FILE_BYTES", 4096)
     for name in ("a/1.png", "b/2.png"):
         (Path("data/own/x") / name).parent.mkdir(parents=True, exist_ok=True)
         Image.new("L", (4, 4)).save(Path("data/own/x") / name)

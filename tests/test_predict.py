@@ -130,6 +130,7 @@ def test_csv_and_npy_rows_scale_exactly_as_preprocess(tmp_path: Path) -> None:
         ("image", "rows.csv", "1,2,3\n", "a '.csv' file is not an input this image model takes"),
         ("image", "notes.txt", "hello", "a '.txt' file is not an input"),
         ("image", "fake.png", "not an image", r"fake.png is not an image Pillow can read \(in another format than PNG"),
+        ("image", "blank.jpg", "", r"blank.jpg is empty \(0 bytes\); replace or delete the file\."),
         ("tabular", "wide.npy", np.zeros((2, 4)), r"takes rows of 3 features"),
         ("tabular", "photo.png", "", "a '.png' file is not an input this tabular model takes"),
         ("tabular", "short.csv", "1,2,3\n4,5\n", "line 2 has 2 values, but this model takes rows of 3 features"),
