@@ -84,8 +84,8 @@ def _visible_dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _class_files(folder: Path, skipped: Skipped) -> list[Path]:
-    """Image files anywhere below one class folder, sorted by path; hidden folders are not entered."""
+def image_files(folder: Path, skipped: Skipped) -> list[Path]:
+    """Image files anywhere below `folder`, sorted by path; hidden folders are not entered, other files noted."""
     found = []
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -97,11 +97,16 @@ def _class_files(folder: Path, skipped: Skipped) -> list[Path]:
                 skipped.note("not_images", path)
             else:
                 found.append(path)
+    return sorted(found)
+
+
+def _class_files(folder: Path, skipped: Skipped) -> list[Path]:
+    found = image_files(folder, skipped)
     if not found:
         raise PipelineError(
             f"class folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)}); add images or remove the folder."
         )
-    return sorted(found)
+    return found
 
 
 def _count_loose_files(folder: Path, skipped: Skipped) -> None:

@@ -8,6 +8,7 @@ Scaling reuses `pipeline.preprocessing`, so predict cannot drift from training.
 from __future__ import annotations
 
 import csv
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +18,12 @@ import numpy as np
 
 from pipeline.errors import PipelineError
 from pipeline.files import check_npy_header, read_limited
+from pipeline.folders import Skipped, image_files
 from pipeline.images import IMAGE_SUFFIXES, Conversion, convert_image, read_image_file
 from pipeline.preprocessing import apply_minmax, scale_pixels
 from pipeline.tables import csv_reader, decode_text, encode_row
+
+log = logging.getLogger(__name__)
 
 ARRAY_SUFFIX = ".npy"
 CSV_SUFFIX = ".csv"
@@ -294,8 +298,29 @@ def read_csv(path: Path, spec: InputSpec) -> Batch:
     return parse_csv(decode_text(data, path), path, spec)
 
 
+def expand_folders(paths: Sequence[Path], spec: InputSpec) -> list[Path]:
+    """`paths` with each folder replaced by the image files below it, sorted, found as the download stage
+    finds a class folder's (`folders.image_files`: hidden and other files skipped, counted in a log line)."""
+    expanded = []
+    for path in paths:
+        if not path.is_dir():
+            expanded.append(path)
+            continue
+        if spec.kind != "image":
+            raise PipelineError(f"{path} is a folder; this {spec.kind} model takes .csv or .npy files.")
+        skipped = Skipped()
+        found = image_files(path, skipped)
+        if not found:
+            raise PipelineError(f"{path} holds no images ({', '.join(IMAGE_SUFFIXES)}); check the path.")
+        if skipped.example:
+            log.info("%s: %s", path, skipped.sentence())
+        expanded.extend(found)
+    return expanded
+
+
 def read_inputs(paths: Sequence[Path], spec: InputSpec, *, invert: bool = False) -> Batch:
-    """Every input read, checked and scaled, in one batch in the order given."""
+    """Every input read, checked and scaled, in one batch in the order given (a folder: its images, sorted)."""
+    paths = expand_folders(paths, spec)
     check_inputs(paths, spec)
     batches = []
     for path in paths:

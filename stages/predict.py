@@ -37,7 +37,9 @@ from pipeline.preprocessing import read_meta
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image, .npy or .csv files")
+    parser.add_argument(
+        "inputs", nargs="+", type=Path, metavar="INPUT", help="image, .npy or .csv files, or folders of images"
+    )
     parser.add_argument("--top-k", type=int, default=1, help="show the K most probable classes (default 1)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text lines")
     parser.add_argument(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -284,3 +285,33 @@ def test_rgb_model_takes_image_files_and_rgb_arrays_alike(tmp_path: Path) -> Non
     np.save(tmp_path / "gray.npy", pixels[0, ..., 0])  # a grayscale array for an RGB model: one sentence
     with pytest.raises(PipelineError, match=r"has shape \(8, 8\), but this model takes images of shape \(8, 8, 3\)"):
         read_inputs([tmp_path / "gray.npy"], spec)
+
+
+def test_a_folder_of_images_is_its_image_files_sorted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    raw, expected, spec = prepared("image")
+    new = tmp_path / "new"
+    (new / "b" / "deeper").mkdir(parents=True)
+    (new / ".hidden").mkdir()
+    names = ["b/deeper/2.png", "a.png", "b/1.JPG"]
+    for i, name in enumerate(names):
+        image = save_png(raw.x_test[i], tmp_path / f"{i}.png", 16.0)
+        Image.open(image).save(new / name, format="JPEG" if name.endswith("JPG") else "PNG", quality=100)
+    (new / ".hidden" / "3.png").write_bytes((new / "a.png").read_bytes())
+    (new / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (new / "notes.txt").write_text("taken on Tuesday", encoding="utf-8")
+    caplog.set_level(logging.INFO)
+    batch = read_inputs([new, tmp_path / "0.png"], spec)
+    assert batch.labels == (
+        str(new / "a.png"),
+        str(new / "b/1.JPG"),
+        str(new / "b/deeper/2.png"),
+        str(tmp_path / "0.png"),
+    )
+    np.testing.assert_allclose(batch.x[[0, 2, 3]], expected[[1, 0, 0]], atol=0.5 / 255 + 1e-6)
+    np.testing.assert_allclose(batch.x[1], expected[2], atol=0.05)  # the JPEG
+    assert any("skipped 2 files (1 hidden or system files, 1 without an image extension" in m for m in caplog.messages)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PipelineError, match=r"empty holds no images \(.png, .jpg,.*\); check the path\.$"):
+        read_inputs([tmp_path / "empty"], spec)
+    with pytest.raises(PipelineError, match=r"new is a folder; this tabular model takes .csv or .npy files\.$"):
+        read_inputs([new], prepared("tabular")[2])
