@@ -23,6 +23,7 @@ from pipeline import paths
 from pipeline.cli import run_stage
 from pipeline.errors import PipelineError
 from pipeline.export import description_beside
+from pipeline.inputs import read_inputs
 from pipeline.prediction import (
     InputSpec,
     as_records,
@@ -30,7 +31,6 @@ from pipeline.prediction import (
     check_probabilities,
     check_top_k,
     format_text,
-    read_inputs,
     top_classes,
 )
 from pipeline.preprocessing import read_meta

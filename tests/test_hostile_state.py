@@ -22,8 +22,9 @@ from test_predict import prepared
 from pipeline import paths
 from pipeline.errors import PipelineError
 from pipeline.files import load_npz, write_npz_atomic
+from pipeline.inputs import read_inputs
 from pipeline.models import check_model_fits, load_model
-from pipeline.prediction import check_probabilities, check_top_k, read_inputs
+from pipeline.prediction import check_probabilities, check_top_k
 from pipeline.preprocessing import load_checked_split, read_meta
 from pipeline.resume import Progress, load_state, save_state
 

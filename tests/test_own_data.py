@@ -17,7 +17,8 @@ from pipeline import folders, images, tables
 from pipeline.errors import PipelineError
 from pipeline.folders import check_memory, decode_splits, index_folder, own_source
 from pipeline.images import Conversion, convert_image
-from pipeline.prediction import InputSpec, parse_csv
+from pipeline.inputs import parse_csv
+from pipeline.prediction import InputSpec
 from pipeline.preprocessing import check_every_class_in_every_split
 from pipeline.tables import parse_table
 

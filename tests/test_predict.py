@@ -14,14 +14,13 @@ from PIL import Image
 
 from pipeline.datasets import RawDataset
 from pipeline.errors import PipelineError
+from pipeline.inputs import parse_csv, read_inputs
 from pipeline.prediction import (
     InputSpec,
     as_records,
     check_model_matches,
     check_top_k,
     format_text,
-    parse_csv,
-    read_inputs,
     top_classes,
 )
 from pipeline.preprocessing import prepare_splits, scale_pixels
