@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.cli import Progress
 from pipeline.errors import PipelineError
 from pipeline.files import check_npy_header, read_limited
 from pipeline.folders import Skipped, image_files
@@ -229,7 +230,7 @@ def read_inputs(paths: Sequence[Path], spec: InputSpec, *, invert: bool = False)
     """Every input read, checked and scaled, in one batch in the order given (a folder: its images, sorted)."""
     paths = expand_folders(paths, spec)
     check_inputs(paths, spec)
-    batches = []
+    batches, progress = [], Progress("reading", len(paths), "inputs")
     for path in paths:
         suffix = path.suffix.lower()
         if suffix in IMAGE_SUFFIXES:
@@ -238,6 +239,8 @@ def read_inputs(paths: Sequence[Path], spec: InputSpec, *, invert: bool = False)
             batches.append(read_npy(path, spec))
         else:
             batches.append(read_csv(path, spec))
+        progress.advance()
+    progress.finish()
     labels = tuple(label for batch in batches for label in batch.labels)
     x = np.concatenate([batch.x for batch in batches]).astype(np.float32)
     if not np.all(np.isfinite(x)):  # finite raw values can still overflow once scaled (a tiny min-max range)

@@ -39,6 +39,7 @@ TABLE_FILE = "table.csv"  # the verified copy in data/raw/
 # A table is parsed whole, in ~7x its size in memory: 113 MiB (2M rows x 10 columns) took 0.75 GB and 26 s.
 MAX_TABLE_BYTES = 256 * 2**20
 DELIMITERS = (",", ";", "\t")
+HEAD_CHARS = 65536
 MAX_CATEGORIES = 50  # values of one text column; more make as many columns, and an id column would pass
 # What a spreadsheet, R or pandas writes for "no value" (pandas' read_csv defaults): a missing value,
 # never a number (`nan`) or a text column's category (`NA` beside `male`, `female`).
@@ -166,7 +167,8 @@ def _number(text: str, path: Path, line: int, column: str) -> float:
 def delimiter_of(text: str) -> str:
     """The character between a CSV text's values: of `DELIMITERS`, the one its first non-blank line holds most
     often outside quotes (a comma when none): spreadsheets write `;` where the decimal mark is a comma."""
-    first = next((line for line in io.StringIO(text, newline=None) if line.strip()), "")
+    head = text[:HEAD_CHARS]  # a header line of a million characters need not be copied whole to be counted
+    first = next((line for line in io.StringIO(head, newline=None) if line.strip()), "")
     unquoted = "".join(first.split('"')[::2])
     return max(DELIMITERS, key=unquoted.count)  # max keeps the first of equals: the comma
 

@@ -20,7 +20,7 @@ from pipeline.images import Conversion, convert_image
 from pipeline.inputs import parse_csv
 from pipeline.prediction import InputSpec
 from pipeline.preprocessing import check_every_class_in_every_split
-from pipeline.tables import parse_table
+from pipeline.tables import delimiter_of, parse_table
 
 COLOURS = ((200, 30, 30), (30, 150, 40), (40, 60, 210))
 SHAPES = ("circle", "square", "triangle")
@@ -357,6 +357,14 @@ def test_commas_semicolons_tabs_and_every_line_end_read_alike(delimiter: str, li
     assert table.feature_names == reference.feature_names == (
         "mass", "version=1.2.3", "version=2.0.1", "note=big; heavy, old", "note=tab\there", "note=x")  # fmt: skip
     assert table.labels.tolist() == reference.labels.tolist() == [1, 0, 1]
+
+
+def test_the_delimiter_is_found_in_the_first_line_without_copying_a_huge_one() -> None:
+    assert delimiter_of("a;b;c\n1,5;2;3\n") == ";"
+    assert delimiter_of('"x,y";"z";w\n') == ";"  # commas inside quotes do not count
+    assert delimiter_of("\n\n  \na\tb,c\tlabel\n") == "\t"
+    assert delimiter_of("label\n1\n") == ","
+    assert delimiter_of(";".join(["column"] * 200_000) + "\n") == ";"  # a 1.4 MB header: its head counts
 
 
 def test_text_columns_are_one_hot_encoded_and_predict_encodes_new_rows_alike() -> None:

@@ -12,6 +12,8 @@ from PIL import Image
 from pipeline import cli, folders, tables
 from pipeline.cli import Progress
 from pipeline.images import Conversion
+from pipeline.inputs import read_inputs
+from pipeline.prediction import InputSpec
 
 
 def _lines(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -83,3 +85,19 @@ def test_stages_report_progress_of_long_work(
     assert "decoding: 6 of 6 images (100%)" in lines
     assert "checking t.csv: 10 rows" in lines
     assert "converting t.csv: 10 of 10 rows (100%)" in lines
+
+
+def test_predict_reports_progress_reading_many_inputs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    real_init = Progress.__init__
+    monkeypatch.setattr(Progress, "__init__", lambda self, *a, **k: real_init(self, *a, **{**k, "every": 0}))
+    spec = InputSpec(
+        kind="image", input_shape=(4, 4, 1), class_names=("a", "b"), scaling={"method": "divide", "pixel_max": 255.0},
+        image={"color_mode": "grayscale", "image_size": [4, 4], "resize": "pillow-box"},
+    )  # fmt: skip
+    for i in range(5):
+        Image.new("L", (8, 8), 50 * i).save(tmp_path / f"{i}.png")
+    assert read_inputs([tmp_path], spec).x.shape == (5, 4, 4, 1)
+    assert _lines(caplog)[-1] == "reading: 5 of 5 inputs (100%)"
