@@ -63,13 +63,19 @@ def test_the_clock_is_read_rarely_when_calls_are_frequent(monkeypatch: pytest.Mo
     assert len(reads) < 2_000  # about ten a second; one per call would be a million
 
 
-def test_stages_report_progress_of_long_work(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    """The index, the decoding and both passes over a table log their progress (every check logs here)."""
+@pytest.fixture
+def every_check_logs(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    """Progress logs at every look at the clock, as if each took 5 s: the lines of long work, in a test."""
     caplog.set_level(logging.INFO)
     real_init = Progress.__init__
     monkeypatch.setattr(Progress, "__init__", lambda self, *a, **k: real_init(self, *a, **{**k, "every": 0}))
+    return caplog
+
+
+def test_stages_report_progress_of_long_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, every_check_logs: pytest.LogCaptureFixture
+) -> None:
+    """The index, the decoding and both passes over a table log their progress (every check logs here)."""
     monkeypatch.chdir(tmp_path)
     for label in ("a", "b"):
         (Path("own") / label).mkdir(parents=True)
@@ -80,7 +86,7 @@ def test_stages_report_progress_of_long_work(
     folders.decode_splits({"train": rows}, Conversion(), 0)
     Path("t.csv").write_text("x,y\n" + "".join(f"{i},{'ab'[i % 2]}\n" for i in range(10)), encoding="utf-8")
     tables.read_table(Path("t.csv"), "y")
-    lines = _lines(caplog)
+    lines = _lines(every_check_logs)
     assert "indexing own: 6 files read and hashed" in lines
     assert "decoding: 6 of 6 images (100%)" in lines
     assert "checking t.csv: 10 rows" in lines
@@ -88,11 +94,8 @@ def test_stages_report_progress_of_long_work(
 
 
 def test_predict_reports_progress_reading_many_inputs(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, every_check_logs: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO)
-    real_init = Progress.__init__
-    monkeypatch.setattr(Progress, "__init__", lambda self, *a, **k: real_init(self, *a, **{**k, "every": 0}))
     spec = InputSpec(
         kind="image", input_shape=(4, 4, 1), class_names=("a", "b"), scaling={"method": "divide", "pixel_max": 255.0},
         image={"color_mode": "grayscale", "image_size": [4, 4], "resize": "pillow-box"},
@@ -100,4 +103,4 @@ def test_predict_reports_progress_reading_many_inputs(
     for i in range(5):
         Image.new("L", (8, 8), 50 * i).save(tmp_path / f"{i}.png")
     assert read_inputs([tmp_path], spec).x.shape == (5, 4, 4, 1)
-    assert _lines(caplog)[-1] == "reading: 5 of 5 inputs (100%)"
+    assert _lines(every_check_logs)[-1] == "reading: 5 of 5 inputs (100%)"
