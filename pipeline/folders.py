@@ -64,20 +64,35 @@ class Skipped:
     hidden: int = 0  # names starting with "." (.DS_Store) and system files (Thumbs.db)
     not_images: int = 0  # other extensions (.txt, .csv, .json, ...)
     outside_classes: int = 0  # files lying beside the class folders rather than in one
+    linked_folders: int = 0  # symbolic links to folders inside a class folder: DVC does not track what they hold
     example: str = ""
+    linked_example: str = ""
 
     def note(self, kind: str, path: Path) -> None:
         setattr(self, kind, getattr(self, kind) + 1)
-        self.example = self.example or str(path)
+        if kind == "linked_folders":
+            self.linked_example = self.linked_example or str(path)
+        else:
+            self.example = self.example or str(path)
+
+    @property
+    def count(self) -> int:
+        return self.hidden + self.not_images + self.outside_classes + self.linked_folders
 
     def sentence(self) -> str:
-        total = self.hidden + self.not_images + self.outside_classes
-        if not total:
-            return "no files skipped"
-        return (
-            f"skipped {total} files ({self.hidden} hidden or system files, {self.not_images} without an image "
-            f"extension, {self.outside_classes} outside the class folders; e.g. {self.example})"
-        )
+        total = self.count - self.linked_folders
+        parts = []
+        if total:
+            parts.append(
+                f"skipped {total} files ({self.hidden} hidden or system files, {self.not_images} without an image "
+                f"extension, {self.outside_classes} outside the class folders; e.g. {self.example})"
+            )
+        if self.linked_folders:
+            parts.append(
+                f"did not enter {self.linked_folders} link{'s' if self.linked_folders > 1 else ''} to a folder "
+                f"(e.g. {self.linked_example}): DVC does not track what a link to a folder holds, so move the files in"
+            )
+        return "; ".join(parts) or "no files skipped"
 
 
 def _visible_dirs(folder: Path) -> list[Path]:
@@ -87,7 +102,10 @@ def _visible_dirs(folder: Path) -> list[Path]:
 def image_files(folder: Path, skipped: Skipped) -> list[Path]:
     """Image files anywhere below `folder`, sorted by path; hidden folders are not entered, other files noted."""
     found = []
-    for root, dirs, files in os.walk(folder):
+    for root, dirs, files in os.walk(folder):  # not into links to folders: `dvc add` does not follow them either
+        for name in dirs:
+            if not name.startswith(".") and os.path.islink(os.path.join(root, name)):
+                skipped.note("linked_folders", Path(root) / name)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             path = Path(root) / name

@@ -220,7 +220,7 @@ def expand_folders(paths: Sequence[Path], spec: InputSpec) -> list[Path]:
         found = image_files(path, skipped)
         if not found:
             raise PipelineError(f"{path} holds no images ({', '.join(IMAGE_SUFFIXES)}); check the path.")
-        if skipped.example:
+        if skipped.count:
             log.info("%s: %s", path, skipped.sentence())
         expanded.extend(found)
     return expanded

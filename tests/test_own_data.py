@@ -210,6 +210,18 @@ def test_index_sorts_classes_skips_and_counts_other_files(tmp_path: Path, monkey
     ]  # fmt: skip
     assert index["test"] == [] and index["layout"] == "class folders"
     assert "skipped 5 files (3 hidden or system files, 1 without an image extension, 1 outside" in index["skipped"]
+    # A link to a folder is not entered, as `dvc add` does not follow it (its files would not be shared), and
+    # says so; a link to a file is an image like any other (DVC tracks the file it points to).
+    (tmp_path / "elsewhere").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "elsewhere" / "e.png")
+    (root / "cat/more").symlink_to(tmp_path / "elsewhere")
+    (root / "dog/linked.png").symlink_to(tmp_path / "elsewhere" / "e.png")
+    index = index_folder(own_source("data/own/pets"))
+    assert [path for path, _, _ in index["train"]][-2:] == ["data/own/pets/dog/a.png", "data/own/pets/dog/linked.png"]
+    assert index["skipped"].endswith(
+        "; did not enter 1 link to a folder (e.g. data/own/pets/cat/more): DVC does not track what a link to a "
+        "folder holds, so move the files in"
+    )
 
 
 def test_train_and_test_folders_give_the_official_test_split(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
