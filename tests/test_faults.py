@@ -1,4 +1,5 @@
-"""Faults during stages: a SIGKILL at every step of a directory swap, a full disk, read-only outputs, two runs at once.
+"""Faults during stages: a SIGKILL at every step of a directory swap or mid-decode, a full disk, read-only outputs,
+two runs at once.
 
 Real signals, a real tmpfs and real read-only mounts (the tests that mount need root, as in CI's container).
 """
@@ -16,8 +17,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
-from conftest import ENV, PROJECT_ROOT, make_prepared_repo, stage
+from conftest import ENV, PROJECT_ROOT, edit_params, make_prepared_repo, make_project_repo, stage
+from PIL import Image
 
 from pipeline.files import atomic_directory, recover_directory
 
@@ -210,3 +213,61 @@ def test_a_second_train_in_the_same_workspace_is_refused_and_a_killed_one_leaves
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
     assert not _locked(lock), "the kernel releases the lock of a killed run"
+
+
+def _parent_and_state(pid: int) -> tuple[int, str] | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[1]), fields[0]
+
+
+def _decoding_processes(stage_pid: int) -> list[int]:
+    """The stage's children that run the decoding pool (multiprocessing's spawn), from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (_parent_and_state(int(entry.name)) or (0, ""))[0] == stage_pid:
+            with contextlib.suppress(OSError):
+                if b"spawn_main" in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    return (_parent_and_state(pid) or (0, "Z"))[1] != "Z"  # gone, or a zombie nobody reaped yet
+
+
+def test_a_killed_preprocess_leaves_no_decoding_process_behind(tmp_path: Path) -> None:
+    """SIGKILLed mid-decode (the OOM killer, a CI timeout), the stage cannot stop its pool: the kernel must."""
+    repo = make_project_repo(tmp_path / "repo")
+    folder = repo / "data/own/big"
+    for label in ("a", "b"):
+        (folder / label).mkdir(parents=True)
+    noise = np.random.default_rng(0).integers(0, 256, (512, 512), dtype=np.uint8)
+    Image.fromarray(noise).save(folder / "a/0.png", compress_level=1)
+    for i in range(1, 2000):  # the same file 2,000 times, two decoding processes' worth of seconds
+        os.link(folder / "a/0.png", folder / f"{'ab'[i % 2]}/{i}.png")
+    edit_params(
+        repo, **{"data.dataset": "image_folder", "data.source": "data/own/big", "preprocess.image_size": [8, 8]}
+    )
+    assert stage(repo, "download").returncode == 0
+    preprocess = subprocess.Popen(
+        [sys.executable, "-m", "stages.preprocess"], cwd=repo, env=ENV,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while len(workers := _decoding_processes(preprocess.pid)) < 2:
+            assert preprocess.poll() is None and time.monotonic() < deadline, "preprocess never started decoding"
+            time.sleep(0.02)
+        time.sleep(0.5)  # into the decoding
+        assert preprocess.poll() is None, "preprocess ended too soon for this test to mean anything"
+    finally:
+        preprocess.send_signal(signal.SIGKILL)
+        preprocess.wait(timeout=30)
+    deadline = time.monotonic() + 20
+    while any(map(_running, workers)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(map(_running, workers)), "decoding processes outlived the killed stage"
+    assert not (repo / "data/prepared").exists()
