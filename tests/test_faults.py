@@ -185,6 +185,17 @@ def test_train_on_a_full_or_read_only_disk_fails_in_one_sentence_and_the_rerun_r
 # ----------------------------------------------------------------------------- two runs at once
 
 
+def start_stage(repo: Path, name: str) -> subprocess.Popen:
+    """A stage started in the background, its output discarded: the test signals it."""
+    return subprocess.Popen(
+        [sys.executable, "-m", f"stages.{name}"],
+        cwd=repo,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def _locked(path: Path) -> bool:
     with open(path, "a+b") as handle:
         try:
@@ -197,10 +208,7 @@ def _locked(path: Path) -> bool:
 
 def test_a_second_train_in_the_same_workspace_is_refused_and_a_killed_one_leaves_no_lock(project_repo: Path) -> None:
     lock = project_repo / ".resume" / "train.lock"
-    first = subprocess.Popen(
-        [sys.executable, "-m", "stages.train"], cwd=project_repo, env=ENV,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    first = start_stage(project_repo, "train")
     try:
         deadline = time.monotonic() + 30
         while not (lock.exists() and _locked(lock)):
@@ -252,10 +260,7 @@ def test_a_killed_preprocess_leaves_no_decoding_process_behind(tmp_path: Path) -
         repo, **{"data.dataset": "image_folder", "data.source": "data/own/big", "preprocess.image_size": [8, 8]}
     )
     assert stage(repo, "download").returncode == 0
-    preprocess = subprocess.Popen(
-        [sys.executable, "-m", "stages.preprocess"], cwd=repo, env=ENV,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    preprocess = start_stage(repo, "preprocess")
     try:
         deadline = time.monotonic() + 60
         while len(workers := _decoding_processes(preprocess.pid)) < 2:
