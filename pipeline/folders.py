@@ -83,19 +83,24 @@ class Skipped:
         return self.hidden + self.not_images + self.outside_classes + self.linked_folders
 
     def sentence(self) -> str:
-        total = self.count - self.linked_folders
+        kinds = [
+            (self.hidden, "hidden or system"), (self.not_images, "without an image extension"),
+            (self.outside_classes, "outside the class folders"),
+        ]  # fmt: skip
+        counted = ", ".join(f"{n} {what}" for n, what in kinds if n)
         parts = []
-        if total:
-            parts.append(
-                f"skipped {total} files ({self.hidden} hidden or system files, {self.not_images} without an image "
-                f"extension, {self.outside_classes} outside the class folders; e.g. {self.example})"
-            )
+        if self.count - self.linked_folders:
+            parts.append(f"skipped {_files(self.count - self.linked_folders)} ({counted}; e.g. {self.example})")
         if self.linked_folders:
             parts.append(
                 f"did not enter {self.linked_folders} link{'s' if self.linked_folders > 1 else ''} to a folder "
                 f"(e.g. {self.linked_example}): DVC does not track what a link to a folder holds, so move the files in"
             )
         return "; ".join(parts) or "no files skipped"
+
+
+def _files(count: int) -> str:
+    return f"{count} file" if count == 1 else f"{count} files"
 
 
 def _visible_dirs(folder: Path) -> list[Path]:

@@ -43,7 +43,7 @@ def test_image_folder_end_to_end_with_reruns_predict_and_a_remote(tmp_path: Path
     gray = dvc(repo, "exp", "run", *USE_SHAPES)
     assert ran_stages(gray.stdout) == ["download", "preprocess", "train", "evaluate", "export"]
     assert read_metrics(repo)["test"]["accuracy"] >= 0.9
-    assert "skipped 2 files (1 hidden or system files, 1 without an image extension" in gray.stderr
+    assert "skipped 2 files (1 hidden or system, 1 without an image extension; e.g." in gray.stderr
     meta = json.loads((repo / "data/prepared/meta.json").read_text())
     assert meta["input_shape"] == [16, 16, 1] and meta["class_names"] == list(SHAPES)
     git_commit(repo, "grayscale run")

@@ -308,7 +308,7 @@ def test_a_folder_of_images_is_its_image_files_sorted(tmp_path: Path, caplog: py
     )
     np.testing.assert_allclose(batch.x[[0, 2, 3]], expected[[1, 0, 0]], atol=0.5 / 255 + 1e-6)
     np.testing.assert_allclose(batch.x[1], expected[2], atol=0.05)  # the JPEG
-    assert any("skipped 2 files (1 hidden or system files, 1 without an image extension" in m for m in caplog.messages)
+    assert any("skipped 2 files (1 hidden or system, 1 without an image extension; e.g." in m for m in caplog.messages)
     (tmp_path / "empty").mkdir()
     with pytest.raises(PipelineError, match=r"empty holds no images \(.png, .jpg,.*\); check the path\.$"):
         read_inputs([tmp_path / "empty"], spec)
