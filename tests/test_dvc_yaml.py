@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import fnmatch
 import json
 import sys
 from pathlib import Path
@@ -126,3 +127,29 @@ def test_stages_other_than_train_and_evaluate_do_not_import_tensorflow(name: str
     )
     result = run([sys.executable, "-c", probe], PROJECT_ROOT)
     assert result.stdout.strip() == "[]"
+
+
+def _uncached_outputs() -> list[str]:
+    """The outputs dvc.yaml keeps in git (`cache: false`): a teammate's clone has only what was committed."""
+    found = []
+    for spec in STAGES.values():
+        for entry in [*spec.get("outs", []), *spec.get("metrics", []), *spec.get("plots", [])]:
+            if isinstance(entry, dict):
+                ((path, options),) = entry.items()
+                if options and options.get("cache") is False:
+                    found.append(path)
+    return found
+
+
+def test_the_documented_commit_holds_every_output_kept_in_git() -> None:
+    """docs/remotes-and-ci.md's `git add` line: leave one such output out and a teammate's `dvc repro` reruns its
+    stage (measured: `reports/*.csv` left out reports/live.json and export_parity.json, and train ran again)."""
+    text = (PROJECT_ROOT / "docs/remotes-and-ci.md").read_text()
+    (line,) = [line for line in text.splitlines() if line.startswith("dvc repro && git add ")]
+    pathspecs = line.removeprefix("dvc repro && git add ").split(" && ")[0].split()
+    uncached = _uncached_outputs()
+    assert "reports/live.json" in uncached and "metrics.json" in uncached
+    for output in uncached:
+        assert any(fnmatch.fnmatch(output, spec) or output.startswith(spec.rstrip("/") + "/") for spec in pathspecs), (
+            output
+        )
