@@ -60,8 +60,18 @@ def experiments(repo: Path) -> dict[str, dict[str, Any]]:
 
 
 def queue_states(repo: Path) -> dict[str, str]:
-    """{experiment name: Queued | Running | Success | Failed} from `dvc queue status`."""
-    rows = dvc(repo, "queue", "status").stdout.splitlines()
+    """{experiment name: Queued | Running | Success | Failed} from `dvc queue status`.
+
+    Asked while a worker writes its state, DVC now and then fails after printing the table ("unexpected error -
+    Expecting value: line 1 column 1", seen once in ~6 suite runs; treeverse/dvc#8014 reports the same family):
+    asked again, as a user would, up to 3 times.
+    """
+    for attempt in range(3):
+        result = dvc(repo, "queue", "status", check=attempt == 2)
+        if result.returncode == 0:
+            break
+        time.sleep(0.5)
+    rows = result.stdout.splitlines()
     return {
         parts[1]: parts[-1]
         for parts in (row.split() for row in rows)
