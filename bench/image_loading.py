@@ -186,6 +186,14 @@ def keras_loader(folder: Path, count: int, cwd: Path, interpolation: str) -> dic
             "max_rss_mb": result["max_rss_mb"], "tree_rss_mb": result["tree_rss_mb"]}  # fmt: skip
 
 
+def _ours_row(label: str, medians: dict[str, float], images: int) -> str:
+    return (
+        f"| {label}: download (index, {medians['index_s']:.1f} s) + preprocess ({medians['decode_s']:.1f} s) | "
+        f"{medians['seconds']:.1f} | {medians['cpu_s']:.1f} | {images / medians['seconds']:.0f} | "
+        f"{medians['max_rss_mb']:.0f} MiB | {medians['tree_rss_mb']:.0f} MiB |"
+    )
+
+
 def print_table(payload: dict, baseline_rev: str | None) -> None:
     summary, images, info = payload["medians"], payload["images"], payload["machine"]
     prepared_mb, folder_mb, flags = payload["prepared_arrays_mb"], payload["folder_mb"], payload["cpu_flags"]
@@ -195,18 +203,9 @@ def print_table(payload: dict, baseline_rev: str | None) -> None:
     print(f"load: {uptime_start} -> {uptime_end}")
     print("| loader | wall s | CPU s | images per s | peak RSS, largest process | peak RSS, all processes |")
     print("|---|---|---|---|---|---|")
-    print(
-        f"| ours: download (index, {ours_['index_s']:.1f} s) + preprocess ({ours_['decode_s']:.1f} s) | "
-        f"{ours_['seconds']:.1f} | {ours_['cpu_s']:.1f} | {images / ours_['seconds']:.0f} | "
-        f"{ours_['max_rss_mb']:.0f} MiB | {ours_['tree_rss_mb']:.0f} MiB |"
-    )
+    print(_ours_row("ours", ours_, images))
     if baseline_rev:
-        base = summary["baseline"]
-        print(
-            f"| ours at {baseline_rev}: index {base['index_s']:.1f} s + preprocess {base['decode_s']:.1f} s | "
-            f"{base['seconds']:.1f} | {base['cpu_s']:.1f} | {images / base['seconds']:.0f} | "
-            f"{base['max_rss_mb']:.0f} MiB | {base['tree_rss_mb']:.0f} MiB |"
-        )
+        print(_ours_row(f"ours at {baseline_rev}", summary["baseline"], images))
     for name, resize in (("keras", "bilinear"), ("keras_area", "area")):
         keras_ = summary[name]
         print(

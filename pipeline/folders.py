@@ -88,19 +88,19 @@ class Skipped:
             (self.outside_classes, "outside the class folders"),
         ]  # fmt: skip
         counted = ", ".join(f"{n} {what}" for n, what in kinds if n)
-        parts = []
-        if self.count - self.linked_folders:
-            parts.append(f"skipped {_files(self.count - self.linked_folders)} ({counted}; e.g. {self.example})")
+        files, parts = self.count - self.linked_folders, []
+        if files:
+            parts.append(f"skipped {_counted(files, 'file')} ({counted}; e.g. {self.example})")
         if self.linked_folders:
             parts.append(
-                f"did not enter {self.linked_folders} link{'s' if self.linked_folders > 1 else ''} to a folder "
-                f"(e.g. {self.linked_example}): DVC does not track what a link to a folder holds, so move the files in"
+                f"did not enter {_counted(self.linked_folders, 'link')} to a folder (e.g. {self.linked_example}): "
+                "DVC does not track what a link to a folder holds, so move the files in"
             )
         return "; ".join(parts) or "no files skipped"
 
 
-def _files(count: int) -> str:
-    return f"{count} file" if count == 1 else f"{count} files"
+def _counted(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def _visible_dirs(folder: Path) -> list[Path]:
