@@ -130,7 +130,7 @@ def main() -> None:
     info = common.machine_info() | {"cpu_flags": cpu_flags(), "uptime_before": uptime()}
     with tempfile.TemporaryDirectory(prefix="export-latency-") as scratch:
         export_dir = args.export_dir or build_export(Path(scratch) / "repo", changes)
-        from pipeline.files import read_json
+        from pipeline.io.reading import read_json
         from pipeline.preprocessing import load_split
 
         data = export_dir.parent.parent / "data" / "prepared"

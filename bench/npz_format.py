@@ -30,7 +30,7 @@ import numpy as np
 
 from bench import common
 from pipeline.datasets import get_spec
-from pipeline.files import load_npz
+from pipeline.io.reading import load_npz
 from pipeline.preprocessing import prepare_splits, scale_pixels
 
 FORMATS = ("float32 savez", "float32 savez_compressed", "uint8 savez", "uint8 savez_compressed")

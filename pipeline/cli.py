@@ -1,7 +1,4 @@
-"""The wrapper every stage runs under: `--help`, logging, one-sentence errors, quiet TensorFlow, a summary line.
-
-And `Progress`, the log lines of long work inside a stage.
-"""
+"""The wrapper every stage runs under: `--help`, logging, one-sentence errors, quiet TensorFlow, a summary line."""
 
 from __future__ import annotations
 
@@ -9,15 +6,14 @@ import argparse
 import logging
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from pipeline.errors import PipelineError
-from pipeline.files import describe_environment_error
+from pipeline.errors import PipelineError, describe_environment_error
+from pipeline.tf_noise import filter_tensorflow_noise
 
 log = logging.getLogger("pipeline")
 
@@ -90,52 +86,6 @@ def run_stage(
         restore_stderr()
 
 
-# ----------------------------------------------------------------------------- progress of long work
-
-
-class Progress:
-    """A log line every `every` seconds while long work goes on, e.g. `decoding: 12,000 of 20,000 images (60%)`.
-
-    Work that ends sooner logs nothing. `advance` can be called per table row: it reads the clock about
-    ten times a second, whatever the rate of calls.
-    """
-
-    def __init__(
-        self, what: str, total: int | None = None, unit: str = "", *, scale: float = 1, every: float = 5.0
-    ) -> None:
-        """`scale` divides the counts shown: bytes counted, megabytes shown with `scale=1e6, unit="MB"`."""
-        self.what, self.total, self.unit, self.scale, self.every = what, total, unit, scale, every
-        self.done, self.logged = 0, False
-        self._last_log = self._last_check = time.monotonic()
-        self._next_check, self._stride = 1, 1
-
-    def advance(self, count: int = 1) -> None:
-        self.done += count
-        if self.done >= self._next_check:
-            self._check_clock()
-
-    def finish(self) -> None:
-        """The last line, once there was a line before it: long work says it ended."""
-        if self.logged:
-            log.info("%s", self.line())
-
-    def line(self) -> str:
-        show = (lambda n: f"{n:,}") if self.scale == 1 else (lambda n: f"{n / self.scale:.1f}")
-        unit = f" {self.unit}" if self.unit else ""
-        if not self.total:
-            return f"{self.what}: {show(self.done)}{unit}"
-        return f"{self.what}: {show(self.done)} of {show(self.total)}{unit} ({100 * self.done // self.total}%)"
-
-    def _check_clock(self) -> None:
-        now = time.monotonic()
-        if now - self._last_check < 0.1:
-            self._stride *= 2  # called often: read the clock less often
-        self._last_check, self._next_check = now, self.done + self._stride
-        if now - self._last_log >= self.every:
-            self._last_log, self.logged = now, True
-            log.info("%s", self.line())
-
-
 # ----------------------------------------------------------------------------- the summary line
 
 
@@ -145,7 +95,7 @@ def _stage_name(main_spec: object) -> str:
 
 
 def record_written_files() -> list[Path]:
-    """A list that fills with every file or folder this process writes atomically (pipeline/files.py), in order.
+    """A list that fills with every file or folder this process writes atomically (pipeline/io/atomic.py), in order.
 
     Every atomic write ends in one `os.replace` of a hidden temporary (`.NAME.XXXX.tmp...`) onto its
     destination; an audit hook sees those renames, so the summary names what the stage really wrote
@@ -173,79 +123,3 @@ def summary_line(stage: str, written: list[Path], seconds: float) -> str:
     """
     files = ", ".join(path.as_posix() for path in written) if written else "no files"
     return f"{stage}: done in {seconds:.1f} s, wrote {files}"
-
-
-# ----------------------------------------------------------------------------- quiet TensorFlow
-
-# TensorFlow's C++ start-up lines that carry nothing for a user of this pipeline. TF_CPP_MIN_LOG_LEVEL
-# (set to 2 in pipeline/__init__.py) hides some of them, but not the lines that the libraries print
-# while they load, before they read it (measured on TF 2.21): absl's "before InitializeLog" warning
-# and the oneDNN notice, once per shared library, i.e. twice per process. Nor the tf.data NodeDef
-# line, an ERROR that TensorFlow's own pip build prints for its own graphs (version skew between
-# its Python and C++ halves, "unknown attributes will be ignored").
-TENSORFLOW_NOISE = (
-    r"^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$",
-    r"^[IWE]\d{4} [\d:. ]+\d+ \S+:\d+\] (?:"
-    r"oneDNN custom operations are on"
-    r"|This TensorFlow binary is optimized to use available CPU instructions"
-    r"|Unable to register cu(?:DNN|FFT|BLAS) factory"
-    r"|Could not find cuda drivers on your machine"
-    r"|failed call to cuInit"
-    r"|NodeDef mentions attribute use_unbounded_threadpool which is not in the op definition"
-    r")",
-    r"^To enable the following instructions: .*rebuild TensorFlow with the appropriate compiler flags\.$",
-    r"^INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$",  # LiteRT, when predict runs a .tflite
-)
-
-# Runs in a child process, so that whatever the stage prints last before it dies (a C++ abort, a
-# segfault's message) still reaches the terminal; it ignores Ctrl-C and SIGTERM and ends when the
-# stage closes its stderr.
-_FILTER_PROGRAM = """
-import re, signal, sys
-signal.signal(signal.SIGINT, signal.SIG_IGN)
-signal.signal(signal.SIGTERM, signal.SIG_IGN)
-noise = re.compile(sys.argv[1])
-for line in sys.stdin.buffer:
-    if not noise.match(line.decode("utf-8", "replace").rstrip("\\r\\n")):
-        sys.stdout.buffer.write(line)
-        sys.stdout.buffer.flush()
-"""
-
-
-def filter_tensorflow_noise() -> Callable[[], None]:
-    """Route this process's stderr (file descriptor 2, so C++ output too) through a filter of TENSORFLOW_NOISE.
-
-    Returns the function that undoes it and waits for the filter to pass on the last lines.
-    `TF_CPP_MIN_LOG_LEVEL=0` (TensorFlow's own switch for "show me everything") turns the filter off.
-    """
-    if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0":
-        return lambda: None
-    sys.stderr.flush()
-    try:
-        original = os.dup(2)
-    except OSError:  # no stderr at all: nothing to filter
-        return lambda: None
-    pattern = "|".join(f"(?:{noise})" for noise in TENSORFLOW_NOISE)
-    program = [sys.executable, "-I", "-S", "-c", _FILTER_PROGRAM, pattern]
-    try:
-        child = subprocess.Popen(program, stdin=subprocess.PIPE, stdout=original, stderr=original)
-    except OSError:  # no filter is better than no stage
-        os.close(original)
-        return lambda: None
-    os.dup2(child.stdin.fileno(), 2)  # children of the stage (the distributed launcher's) inherit it too
-    child.stdin.close()
-
-    def restore() -> None:
-        sys.stderr.flush()
-        os.dup2(original, 2)  # closes this process's end of the pipe: the filter sees its end
-        os.close(original)
-        # Usually the filter ends at once. A process this one started can still hold the pipe: the resource
-        # tracker of a multiprocessing pool lives until this process exits (waiting for it cost preprocess's
-        # decoding pool a 10 s timeout, when preprocess still ran behind this filter). After a short wait the
-        # filter is left to pass on whatever comes last and to end with the pipe's last holder.
-        try:
-            child.wait(timeout=0.5)
-        except subprocess.TimeoutExpired:
-            pass
-
-    return restore

@@ -1,14 +1,13 @@
 """The dataset registry: what each dataset is, where its files come from, and how to read them.
 
 Reading is pure (bytes or folders in, arrays out); fetching lives in
-`pipeline.download`. The bundled datasets' file format is this module's alone:
+`pipeline.io.download`. The bundled datasets' file format is this module's alone:
 `write_bundled` writes it, `_read_bundled` reads it. Nothing here imports
 TensorFlow; scikit-learn only inside `bundled_arrays`, when it is called.
 """
 
 from __future__ import annotations
 
-import gzip
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.files import load_npz, read_json, recover_directory, write_npz_atomic
+from pipeline.io.atomic import recover_directory, write_npz_atomic
+from pipeline.io.reading import load_npz, read_gzip, read_json
 
 KERAS_DATASETS_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
 RAW_MANIFEST = "dataset.json"
@@ -61,7 +61,7 @@ class DatasetSpec:
     files: tuple[RemoteFile, ...]  # empty: bundled with scikit-learn, nothing to download
     read: Callable[[Path], RawDataset]
     # Other sets of files holding the same data, e.g. mnist as the four IDX files instead of mnist.npz:
-    # the download stage takes the first set that `data.source` holds (pipeline.download.fetch_any_form).
+    # the download stage takes the first set that `data.source` holds (pipeline.io.download.fetch_any_form).
     other_forms: tuple[tuple[RemoteFile, ...], ...] = ()
 
 
@@ -87,18 +87,6 @@ def parse_idx(data: bytes, what: str = "IDX data") -> np.ndarray:
     if 0 in shape:
         raise PipelineError(f"{what} has IDX shape {shape}: it is empty; the file is corrupt or not this dataset.")
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
-
-
-def read_gzip(path: Path, max_bytes: int) -> bytes:
-    """Decompress `path`, refusing output beyond `max_bytes` (a gzip bomb) and reporting corruption."""
-    try:
-        with gzip.open(path, "rb") as handle:
-            data = handle.read(max_bytes + 1)
-    except (OSError, EOFError) as err:  # BadGzipFile is an OSError; truncation is an EOFError
-        raise PipelineError(f"{path.name} is not a valid gzip file ({err}); the file is corrupt.") from None
-    if len(data) > max_bytes:
-        raise PipelineError(f"{path.name} decompresses to more than {max_bytes} bytes; the file is not the dataset.")
-    return data
 
 
 def _read_idx_gz(path: Path, max_bytes: int) -> np.ndarray:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.files import atomic_directory, write_json_atomic
+from pipeline.io.atomic import atomic_directory, write_json_atomic
 from pipeline.runtimes import INSTALL_HINT, keras_runner, open_model
 
 # What each format writes inside models/export/ (params.EXPORT_FORMATS lists the same names).

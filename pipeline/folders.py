@@ -9,7 +9,6 @@ listed file once, checks its sha256 against the index while it has the bytes, an
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import math
 import os
@@ -23,9 +22,10 @@ from typing import Any
 import numpy as np
 
 from pipeline import paths
-from pipeline.cli import Progress
+from pipeline.children import die_with_parent
 from pipeline.errors import PipelineError
 from pipeline.images import IMAGE_SUFFIXES, Conversion, convert_image, read_image_file
+from pipeline.progress import Progress
 
 INDEX_FILE = "images.json"
 SPLIT_FOLDERS = ("train", "test")  # the Kaggle layout: an official test split
@@ -33,7 +33,6 @@ SYSTEM_FILES = frozenset({"thumbs.db", "desktop.ini", "ehthumbs.db"})  # besides
 CHUNK = 128  # images per task sent to a decoding process
 IMAGES_PER_PROCESS = 512  # fewer images than this per process and starting one costs more than it saves
 MAX_PROCESSES = 8
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def own_source(source: str, what: str = "data.source") -> Path:
@@ -277,21 +276,6 @@ def _size_error(path: str, shape: tuple[int, ...], first: str, first_shape: tupl
     )
 
 
-def _die_with_parent(parent: int) -> None:
-    """Each decoding process's first step: on Linux, ask the kernel to kill it when the stage dies.
-
-    Killed by SIGKILL (the OOM killer, a CI timeout), the stage cannot stop its pool, and the decoding
-    processes it left stayed blocked on their queues for good (measured: still there minutes later).
-    """
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):  # not Linux: no such call
-        return
-    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the stage died before the call above
-        os._exit(1)
-
-
 def decoding_processes(n_images: int) -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, min(cores, MAX_PROCESSES, math.ceil(n_images / IMAGES_PER_PROCESS)))
@@ -331,7 +315,7 @@ def decode_splits(files: dict[str, np.ndarray], conversion: Conversion, memory_l
         return out
     # spawn, not fork: a forked child would inherit whatever threads the parent's libraries started.
     with ProcessPoolExecutor(
-        workers, mp_context=get_context("spawn"), initializer=_die_with_parent, initargs=(os.getpid(),)
+        workers, mp_context=get_context("spawn"), initializer=die_with_parent, initargs=(signal.SIGKILL, os.getpid())
     ) as pool:
         results = pool.map(_decode_chunk, [chunk for _, _, chunk in tasks], [conversion] * len(tasks))
         try:

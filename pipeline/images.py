@@ -45,7 +45,7 @@ except ImportError:  # no wheel for the platform (Intel Macs): Pillow decodes ev
     pyspng = None
 
 from pipeline.errors import PipelineError
-from pipeline.files import read_limited
+from pipeline.io.reading import read_limited
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _UNREADABLE = "in another format than PNG, JPEG, BMP, GIF, WebP, TIFF, or damaged"  # the formats IMAGE_SUFFIXES name
@@ -103,7 +103,7 @@ class Conversion:
 
 
 def read_image_file(path: Path | str, unreadable: str) -> bytes:
-    """An image file's bytes, read bounded (`files.read_limited`): a pipe named like an image is refused, not
+    """An image file's bytes, read bounded (`reading.read_limited`): a pipe named like an image is refused, not
     waited on; `unreadable` ends the sentence for a file that cannot be read."""
     return read_limited(
         path, MAX_FILE_BYTES, unreadable=unreadable,

@@ -15,13 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.cli import Progress
 from pipeline.errors import PipelineError
-from pipeline.files import check_npy_header, read_limited
 from pipeline.folders import Skipped, image_files
 from pipeline.images import IMAGE_SUFFIXES, convert_image, read_image_file
+from pipeline.io.reading import check_npy_header, read_limited
 from pipeline.prediction import ARRAY_SUFFIX, Batch, InputSpec
 from pipeline.preprocessing import apply_minmax, scale_pixels
+from pipeline.progress import Progress
 from pipeline.tables import csv_reader, decode_text, encode_row
 
 log = logging.getLogger(__name__)

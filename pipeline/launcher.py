@@ -10,7 +10,7 @@ cluster (srun, mpirun, a Kubernetes indexed job) starts them instead, and this m
 from __future__ import annotations
 
 import contextlib
-import ctypes
+import functools
 import logging
 import os
 import re
@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 
+from pipeline.children import die_with_parent
 from pipeline.distributed import COORDINATOR_ENV, PROCESS_ID_ENV
 from pipeline.errors import PipelineError
 from pipeline.params import DistributedParams
@@ -42,13 +43,6 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    # Linux: a training process gets SIGTERM if the launcher dies, even by SIGKILL, instead of
-    # training on unsupervised (and writing outputs for a stage that DVC already counts as failed).
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 class _Child:
@@ -126,7 +120,7 @@ def launch_local(dist: DistributedParams, argv: list[str]) -> None:
                     stderr=subprocess.PIPE,
                     text=True,
                     errors="replace",
-                    preexec_fn=_die_with_parent,  # noqa: PLW1509 (no threads exist yet: they start below)
+                    preexec_fn=functools.partial(die_with_parent, signal.SIGTERM, os.getpid()),  # noqa: PLW1509 (no threads exist yet: they start below)
                 )
             )
         children = [_Child(index, process) for index, process in enumerate(processes)]

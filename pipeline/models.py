@@ -9,7 +9,7 @@ import keras
 from keras import layers
 
 from pipeline.errors import PipelineError
-from pipeline.files import atomic_path
+from pipeline.io.atomic import atomic_path
 from pipeline.params import CnnParams, MlpParams, TrainParams
 
 

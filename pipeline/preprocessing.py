@@ -18,7 +18,7 @@ import numpy as np
 
 from pipeline import paths
 from pipeline.errors import PipelineError
-from pipeline.files import load_xy, read_json
+from pipeline.io.reading import load_xy, read_json
 
 if TYPE_CHECKING:  # train and evaluate import this module; they need not depend on the dataset registry
     from pipeline.datasets import RawDataset

@@ -1,7 +1,7 @@
 """What a killed training run leaves behind, and whether the next run may resume from it.
 
 After every epoch the train stage saves one state file (`save_state`): the weights, the dropout
-generators' states, the optimizer's slots, the best epoch's weights and the counters (`Progress`).
+generators' states, the optimizer's slots, the best epoch's weights and the counters (`RunRecord`).
 The next run restores it (`load_state`) only if it was written by this very run: the same
 fingerprint (`run_fingerprint` of the params that shape the result, the inputs, the code and the
 library versions) and the same model layout. A state that cannot be read or does not hold what a
@@ -23,8 +23,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from pipeline.code_deps import ROOT, import_closure
 from pipeline.errors import PipelineError
-from pipeline.files import atomic_path, load_npz
+from pipeline.io.atomic import atomic_path
+from pipeline.io.reading import load_npz
 from pipeline.params import EXECUTION_ONLY, TrainParams, section_as_dict
 
 log = logging.getLogger(__name__)
@@ -46,7 +48,7 @@ def fingerprint_params(params: TrainParams) -> dict[str, Any]:
 
 
 @dataclass
-class Progress:
+class RunRecord:
     """Everything about a run that is not a tensor: saved with the tensors after every epoch."""
 
     fingerprint: str
@@ -67,7 +69,7 @@ def _model_layout(model: keras.Model) -> list[str]:
     return [f"{tuple(v.shape)}:{v.dtype}" for v in model.variables]
 
 
-def save_state(path: Path, model: keras.Model, best_weights: list[np.ndarray], progress: Progress) -> None:
+def save_state(path: Path, model: keras.Model, best_weights: list[np.ndarray], progress: RunRecord) -> None:
     """One file holding weights, dropout RNG states, optimizer slots, best weights and counters."""
     arrays: dict[str, Any] = {f"model_{i}": np.asarray(v.numpy()) for i, v in enumerate(model.variables)}
     arrays |= {f"optimizer_{i}": np.asarray(v.numpy()) for i, v in enumerate(model.optimizer.variables)}
@@ -85,7 +87,7 @@ def _set_aside(path: Path, why: str) -> None:
     log.warning("ignoring %s; set aside as %s, training from scratch", why, aside)
 
 
-# What each counter of Progress must be in a saved state (a hand-edited or damaged file is refused, not trusted).
+# What each counter of RunRecord must be in a saved state (a hand-edited or damaged file is refused, not trusted).
 _PROGRESS_TYPES: dict[str, type | tuple[type, ...]] = {
     "epochs_done": int, "best_val_accuracy": (int, float), "best_val_loss": (int, float), "best_epoch": int,
     "wait": int, "finished": bool, "history": list,
@@ -114,7 +116,7 @@ def _state_problem(arrays: dict[str, np.ndarray], meta: dict[str, Any], model: k
     return None
 
 
-def load_state(path: Path, model: keras.Model, fingerprint: str) -> tuple[Progress, list[np.ndarray]] | None:
+def load_state(path: Path, model: keras.Model, fingerprint: str) -> tuple[RunRecord, list[np.ndarray]] | None:
     """Restore `model` (and its optimizer) from `path` if it belongs to this exact run; else None.
 
     A state that cannot be read or does not hold what this run saves (truncated, hand-edited) is
@@ -148,20 +150,13 @@ def load_state(path: Path, model: keras.Model, fingerprint: str) -> tuple[Progre
     for i, variable in enumerate(model.optimizer.variables):
         variable.assign(arrays[f"optimizer_{i}"])
     best = [arrays[f"best_{i}"] for i in range(len(model.weights))]
-    return Progress(fingerprint=fingerprint, **meta), best
+    return RunRecord(fingerprint=fingerprint, **meta), best
 
 
 def code_files(entry_point: Path) -> list[Path]:
-    """The code a run's fingerprint covers: `entry_point` (the stage's file) and every module of `pipeline`.
-
-    Every module of the package, not a hand-kept list of the ones the stage imports (it once named
-    four of the ten, missing `preprocessing.load_split`, which scales the data): nothing to keep in
-    sync, and the same list whichever engine runs and whoever calls the stage. It is a superset of
-    the train stage's code deps in dvc.yaml, so a change to any of them makes a saved state stale;
-    the cost of the superset is that editing a module the stage does not import (evaluation.py)
-    also discards an interrupted run's state, i.e. retrains from scratch: never a wrong resume.
-    """
-    return [entry_point, *sorted(Path(__file__).parent.glob("*.py"))]
+    """The code a run's fingerprint covers: the train stage's file and every module it imports, as dvc.yaml lists
+    them (`pipeline.code_deps`): editing a module the stage does not run keeps an interrupted run's state."""
+    return [ROOT / path for path in import_closure(entry_point)]
 
 
 def run_fingerprint(params: dict[str, Any], files: list[Path]) -> str:

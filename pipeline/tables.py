@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.cli import Progress
 from pipeline.errors import PipelineError
-from pipeline.files import read_limited
+from pipeline.io.reading import read_limited
+from pipeline.progress import Progress
 
 TABLE_FILE = "table.csv"  # the verified copy in data/raw/
 # A table is parsed whole, in ~7x its size in memory: 113 MiB (2M rows x 10 columns) took 0.75 GB and 26 s.

@@ -21,9 +21,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline.files import write_csv_atomic, write_json_atomic
+from pipeline.io.atomic import write_csv_atomic, write_json_atomic
 from pipeline.params import TrainParams
-from pipeline.resume import STATE_FILE, Progress, load_state, save_state
+from pipeline.resume import STATE_FILE, RunRecord, load_state, save_state
 
 if TYPE_CHECKING:  # a one-process run never imports pipeline.distributed
     from pipeline.distributed import Role
@@ -102,10 +102,10 @@ def shard_batches(dataset: tf.data.Dataset, *, batch_size: int, role: Role) -> t
     return dataset.map(lambda x, y: (x[start:stop], y[start:stop]))
 
 
-Report = Callable[[Progress], None]
+Report = Callable[[RunRecord], None]
 
 
-def live_metrics(progress: Progress, epochs: int) -> dict[str, Any]:
+def live_metrics(progress: RunRecord, epochs: int) -> dict[str, Any]:
     """The run so far, as reports/live.json shows it while training goes on: a function of the progress only,
     so a resumed or watched run ends with the same bytes as one nobody interrupted or watched."""
     latest = progress.history[-1] if progress.history else {}
@@ -119,7 +119,7 @@ def live_metrics(progress: Progress, epochs: int) -> dict[str, Any]:
     }
 
 
-def publish_progress(progress: Progress, *, epochs: int, live_path: Path, history_path: Path) -> None:
+def publish_progress(progress: RunRecord, *, epochs: int, live_path: Path, history_path: Path) -> None:
     """Write the history so far and then the live metrics, each atomically: a `Report` for `fit_resumable`.
 
     Readers from outside (`dvc exp show` on a queued run, `dvc plots show` in the run's workspace) see
@@ -135,7 +135,7 @@ class _EpochEnd(keras.callbacks.Callback):
     def __init__(
         self,
         state_path: Path,
-        progress: Progress,
+        progress: RunRecord,
         best: list[np.ndarray],
         patience: int,
         epochs: int,
@@ -189,7 +189,7 @@ def fit_resumable(
     class_weight: dict[int, float] | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     report: Report | None = None,
-) -> Progress:
+) -> RunRecord:
     """Fit `model` (compiled, seeded) and leave it holding its best epoch's weights.
 
     Resumes from `state_dir` when it holds the state of this very run
@@ -207,7 +207,7 @@ def fit_resumable(
     """
     state_path = state_dir / STATE_FILE
     restored = load_state(state_path, model, fingerprint)
-    progress, best = restored if restored else (Progress(fingerprint=fingerprint), [])
+    progress, best = restored if restored else (RunRecord(fingerprint=fingerprint), [])
     writer = role is None or role.writes_outputs
     if role is not None:
         role.agree(progress.epochs_done, "the number of epochs already done (the resume state)")

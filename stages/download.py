@@ -18,9 +18,9 @@ from pathlib import Path
 from pipeline import folders, paths, tables
 from pipeline.cli import run_stage
 from pipeline.datasets import KERAS_DATASETS_URL, RAW_MANIFEST, get_spec, write_bundled
-from pipeline.download import fetch_any_form
 from pipeline.errors import PipelineError
-from pipeline.files import atomic_directory, write_bytes_atomic, write_json_atomic
+from pipeline.io.atomic import atomic_directory, write_bytes_atomic, write_json_atomic
+from pipeline.io.download import fetch_any_form
 from pipeline.params import DataParams, load_params
 
 log = logging.getLogger("download")

@@ -19,12 +19,8 @@ from pipeline.evaluation import (
     per_class_scores,
     placeholder_image,
 )
-from pipeline.files import (
-    read_json,
-    write_bytes_atomic,
-    write_csv_atomic,
-    write_json_atomic,
-)
+from pipeline.io.atomic import write_bytes_atomic, write_csv_atomic, write_json_atomic
+from pipeline.io.reading import read_json
 from pipeline.params import EvaluateParams, load_params
 from pipeline.preprocessing import load_checked_split, read_meta
 

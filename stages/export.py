@@ -14,7 +14,7 @@ import logging
 from pipeline import paths
 from pipeline.cli import run_stage
 from pipeline.errors import PipelineError
-from pipeline.files import write_json_atomic
+from pipeline.io.atomic import write_json_atomic
 from pipeline.params import ExportParams, load_params
 from pipeline.preprocessing import load_checked_split, read_meta
 

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline import cpu, paths
 from pipeline.cli import run_stage
-from pipeline.files import exclusive_lock, write_csv_atomic, write_json_atomic
+from pipeline.io.atomic import write_csv_atomic, write_json_atomic
+from pipeline.io.lock import exclusive_lock
 from pipeline.params import TrainParams, load_params
 from pipeline.preprocessing import load_checked_split, read_meta
 

@@ -24,7 +24,7 @@ from conftest import ENV, PROJECT_ROOT, copy_repo, edit_params, make_prepared_re
 
 from pipeline import paths
 from pipeline.errors import PipelineError
-from pipeline.files import load_npz
+from pipeline.io.reading import load_npz
 from pipeline.params import TrainParams, parse_section
 
 EPOCHS = 6

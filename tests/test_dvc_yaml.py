@@ -14,33 +14,10 @@ import yaml
 from conftest import PROJECT_ROOT, copy_repo, dvc, edit_params, ran_stages, run
 
 from pipeline import params, paths
+from pipeline.code_deps import import_closure
 
 PIPELINE = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())
 STAGES = PIPELINE["stages"]
-
-
-def imported_pipeline_modules(source: Path, seen: set[str] | None = None) -> set[str]:
-    """Files of every `pipeline` module `source` imports, directly or through other pipeline modules.
-
-    Imports under `if TYPE_CHECKING:` never run, so they are not dependencies.
-    """
-    seen = set() if seen is None else seen
-    tree = ast.parse(source.read_text())
-    for block in ast.walk(tree):
-        if isinstance(block, ast.If) and isinstance(block.test, ast.Name) and block.test.id == "TYPE_CHECKING":
-            block.body = []
-    for node in ast.walk(tree):
-        names: list[str] = []
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "pipeline":
-            names = [node.module] if node.module != "pipeline" else [f"pipeline.{a.name}" for a in node.names]
-        elif isinstance(node, ast.Import):
-            names = [a.name for a in node.names if a.name.startswith("pipeline.")]
-        for name in names:
-            file = f"{name.replace('.', '/')}.py"
-            if file not in seen and (PROJECT_ROOT / file).exists():
-                seen.add(file)
-                imported_pipeline_modules(PROJECT_ROOT / file, seen)
-    return seen | {"pipeline/__init__.py"}
 
 
 def sections_read(source: Path) -> list[type]:
@@ -71,9 +48,21 @@ def test_stage_runs_its_module(name: str) -> None:
 
 @pytest.mark.parametrize("name", list(STAGES))
 def test_code_deps_are_exactly_the_modules_the_stage_imports(name: str) -> None:
-    source = PROJECT_ROOT / "stages" / f"{name}.py"
-    declared = {dep for dep in STAGES[name]["deps"] if dep.endswith(".py")}
-    assert declared == imported_pipeline_modules(source) | {f"stages/{name}.py"}
+    declared = [dep for dep in STAGES[name]["deps"] if dep.endswith(".py")]
+    imported = [str(path) for path in import_closure(PROJECT_ROOT / "stages" / f"{name}.py")]
+    assert sorted(declared) == imported, "the stage's code deps in dvc.yaml should be:\n" + "\n".join(
+        f"      - {path}" for path in imported
+    )
+
+
+def test_editing_a_helper_reruns_only_the_stages_that_import_it(digits_run: Path, tmp_path: Path) -> None:
+    """With real DVC: the image decoder is preprocess's (and download's) code, never train's or evaluate's."""
+    repo = copy_repo(digits_run, tmp_path / "repo")
+    with open(repo / "pipeline/images.py", "a", encoding="utf-8") as module:
+        module.write("# an edit\n")
+    importers = {name for name in STAGES if "pipeline/images.py" in STAGES[name]["deps"]}
+    assert "preprocess" in importers and not importers & {"train", "evaluate", "export"}
+    assert set(json.loads(dvc(repo, "status", "--json").stdout)) == importers
 
 
 @pytest.mark.parametrize("name", list(STAGES))

@@ -22,7 +22,7 @@ import pytest
 from conftest import ENV, PROJECT_ROOT, edit_params, make_prepared_repo, make_project_repo, stage
 from PIL import Image
 
-from pipeline.files import atomic_directory, recover_directory
+from pipeline.io.atomic import atomic_directory, recover_directory
 
 # Run in a subprocess: an audit hook SIGKILLs the process just before its Nth file-system call
 # (mkdir, scandir, open, rename, remove, rmdir, ...), so every step of the swap gets its own kill.
@@ -30,7 +30,7 @@ _SWAP_CHILD = textwrap.dedent(
     """
     import os, signal, sys
     from pathlib import Path
-    from pipeline.files import atomic_directory
+    from pipeline.io.atomic import atomic_directory
     dest, kill_at = Path(sys.argv[1]), int(sys.argv[2])
     calls = []
     def kill_before_call(event, args):

@@ -8,16 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import files
 from pipeline.errors import PipelineError
-from pipeline.files import (
-    atomic_directory,
-    atomic_path,
-    load_npz,
-    read_limited,
-    write_json_atomic,
-    write_npz_atomic,
-)
+from pipeline.io import reading
+from pipeline.io.atomic import atomic_directory, atomic_path, write_json_atomic, write_npz_atomic
+from pipeline.io.reading import load_npz, read_limited
 
 
 def test_failed_write_keeps_the_old_file_and_leaves_no_scratch(tmp_path: Path) -> None:
@@ -63,7 +57,7 @@ def _grown_since_fstat(monkeypatch: pytest.MonkeyPatch) -> None:
         status = real_fstat(descriptor)
         return os.stat_result((status.st_mode, *status[1:6], 0, *status[7:]))
 
-    monkeypatch.setattr(files.os, "fstat", fstat)
+    monkeypatch.setattr(reading.os, "fstat", fstat)
 
 
 @pytest.mark.parametrize("size", [0, 1, 4095, 4096, 3 * 2**20 + 7])

@@ -26,8 +26,8 @@ from conftest import ENV, PROJECT_ROOT, edit_params, stage
 from test_download import make_idx, make_mnist_npz
 
 from pipeline.datasets import REGISTRY, RemoteFile, parse_idx
-from pipeline.download import TimeLimits, fetch_dataset
 from pipeline.errors import PipelineError
+from pipeline.io.download import TimeLimits, fetch_dataset
 
 Reply = Callable[[socket.socket, threading.Event], None]
 

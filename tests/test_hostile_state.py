@@ -21,12 +21,13 @@ from test_predict import prepared
 
 from pipeline import paths
 from pipeline.errors import PipelineError
-from pipeline.files import load_npz, write_npz_atomic
 from pipeline.inputs import read_inputs
+from pipeline.io.atomic import write_npz_atomic
+from pipeline.io.reading import load_npz
 from pipeline.models import check_model_fits, load_model
 from pipeline.prediction import check_probabilities, check_top_k
 from pipeline.preprocessing import load_checked_split, read_meta
-from pipeline.resume import Progress, load_state, save_state
+from pipeline.resume import RunRecord, load_state, save_state
 
 # ----------------------------------------------------------------------------- the resume state
 
@@ -83,7 +84,7 @@ def test_a_damaged_resume_state_is_set_aside_and_training_starts_fresh(
     model = tiny_model()
     path = tmp_path / "state.npz"
     best = [np.asarray(w.numpy()) for w in model.weights]
-    save_state(path, model, best, Progress("run", epochs_done=2, best_epoch=1, history=[{"epoch": 1}, {"epoch": 2}]))
+    save_state(path, model, best, RunRecord("run", epochs_done=2, best_epoch=1, history=[{"epoch": 1}, {"epoch": 2}]))
     fresh = tiny_model()
     before = [np.asarray(v.numpy()).copy() for v in fresh.variables]
     assert load_state(path, tiny_model(), "run") is not None  # the undamaged state restores

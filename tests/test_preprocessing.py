@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.datasets import RawDataset
 from pipeline.errors import PipelineError
-from pipeline.files import write_npz_atomic
+from pipeline.io.atomic import write_npz_atomic
 from pipeline.preprocessing import (
     apply_minmax,
     fit_minmax,

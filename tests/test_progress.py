@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 
 from pipeline import cli, folders, tables
-from pipeline.cli import Progress
 from pipeline.images import Conversion
 from pipeline.inputs import read_inputs
 from pipeline.prediction import InputSpec
+from pipeline.progress import Progress
 
 
 def _lines(caplog: pytest.LogCaptureFixture) -> list[str]:

@@ -15,7 +15,7 @@ from conftest import PROJECT_ROOT, copy_repo, edit_params, run
 
 from pipeline import models, paths, resume, training
 from pipeline.distributed import Role
-from pipeline.files import load_npz
+from pipeline.io.reading import load_npz
 from pipeline.params import TrainParams, parse_section
 
 BASE = parse_section(TrainParams, yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())["train"])
@@ -157,11 +157,11 @@ def test_one_process_run_does_not_pass_through_the_distributed_modules(digits_ru
     assert len((repo / paths.TRAIN_HISTORY).read_text().splitlines()) == 1 + 2  # it did train, just now
 
 
-def test_resume_fingerprint_covers_every_code_dep_of_the_train_stage() -> None:
+def test_resume_fingerprint_covers_exactly_the_code_deps_of_the_train_stage() -> None:
     # dvc.yaml's code deps are the modules the stage imports (tests/test_dvc_yaml.py checks that).
     deps = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]["train"]["deps"]
     covered = {str(path.relative_to(PROJECT_ROOT)) for path in resume.code_files(PROJECT_ROOT / "stages/train.py")}
-    assert {dep for dep in deps if dep.endswith(".py")} <= covered
+    assert {dep for dep in deps if dep.endswith(".py")} == covered
 
 
 def test_execution_only_params_leave_the_resume_fingerprint_alone() -> None:

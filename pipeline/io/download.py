@@ -7,7 +7,6 @@ folder, or raises `PipelineError` and leaves the target as it was.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import hashlib
 import http.client
 import logging
@@ -23,9 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.cli import Progress
 from pipeline.datasets import RemoteFile
 from pipeline.errors import PipelineError
+from pipeline.io.reading import content_chunks
+from pipeline.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -147,19 +147,8 @@ def file_location(source: str, name: str) -> str:
 def content_sha256(path: Path, max_content_bytes: int) -> str:
     """sha256 of the file's content, decompressed first when its name ends in `.gz`."""
     digest = hashlib.sha256()
-    seen = 0
-    opener: Callable = gzip.open if path.name.endswith(".gz") else open
-    try:
-        with opener(path, "rb") as handle:
-            while chunk := handle.read(CHUNK):
-                seen += len(chunk)
-                if seen > max_content_bytes:
-                    raise PipelineError(
-                        f"{path.name} holds more than {max_content_bytes} bytes of content; it is not the dataset."
-                    )
-                digest.update(chunk)
-    except (OSError, EOFError) as err:  # bad or truncated gzip stream
-        raise PipelineError(f"{path.name} is not a valid gzip file ({err})") from None
+    for chunk in content_chunks(path, max_content_bytes, CHUNK):
+        digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -285,7 +274,7 @@ def fetch_dataset(
             actual = content_sha256(dest, spec.max_bytes * GZIP_EXPANSION_LIMIT)
         except PipelineError as err:
             dest.unlink(missing_ok=True)
-            message = f"could not fetch {spec.name} from {location}: {err}; {OFFLINE_HINT}."
+            message = f"could not fetch {spec.name} from {location}: {str(err).rstrip('.')}; {OFFLINE_HINT}."
             raise (NotOffered if isinstance(err, NotOffered) else PipelineError)(message) from None
         if actual != expected:
             dest.unlink(missing_ok=True)
