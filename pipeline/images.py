@@ -9,7 +9,7 @@ cannot drift apart. One function, in this order:
    Plain 8-bit PNGs (L, RGB, RGBA; not interlaced, no palette, no transparency chunk, no EXIF) of up to
    `FAST_PNG_MAX_PIXELS` are decoded by libspng (pyspng) instead, after Pillow has read and checked
    their header: PNG is lossless, so the pixels are the same (tests/test_own_data.py checks every
-   such mode), in 0.63-0.80x of Pillow's time (BENCHMARKS.md, 3d). Anything libspng refuses goes to
+   such mode), faster (BENCHMARKS.md, 3d). Anything libspng refuses goes to
    Pillow, so a file is refused, or not, exactly as Pillow alone would.
    JPEGs decode at a reduced scale (libjpeg's DCT scaling, Pillow's `draft`, as Pillow's own
    `thumbnail()` does) when they are more than `DRAFT_GAP` times the target's longer side: a
@@ -51,9 +51,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 _UNREADABLE = "in another format than PNG, JPEG, BMP, GIF, WebP, TIFF, or damaged"  # the formats IMAGE_SUFFIXES name
 COLOR_MODES = {"grayscale": "L", "rgb": "RGB"}
 RESIZE_METHOD = "pillow-box"  # recorded in meta.json, so a model says how its inputs were made
-# Above this many pixels (after a JPEG's reduced decoding) an image is refused before it decodes:
-# converting an RGBA PNG peaks at ~7 bytes per pixel (grayscale) to ~13 (RGB), measured on a
-# 6000x6000 one (276 / 487 MB), so 40 megapixels (e.g. 7000x5700) stay around 0.5 GB.
+# Above this many pixels (after a JPEG's reduced decoding) an image is refused before it decodes: converting
+# an RGBA PNG takes about a dozen bytes per pixel at its peak, so this bounds one image's memory to ~0.5 GB.
 MAX_PIXELS = 40_000_000
 # libspng decodes into its own array, which Pillow then copies: a few bytes per pixel more at the peak,
 # so the fast path stops at photos of 4 megapixels and larger PNGs keep Pillow's smaller peak.
@@ -63,7 +62,8 @@ FAST_PNG_MODES = ("L", "RGB", "RGBA")  # 8-bit modes libspng decodes to Pillow's
 MAX_FILE_BYTES = 512 * 2**20
 DRAFT_GAP = 4  # JPEGs decode at the smallest scale still >= DRAFT_GAP x the target (see the module docstring)
 
-# EXIF orientation -> the transpose that shows the photo upright (as PIL.ImageOps.exif_transpose).
+# EXIF orientation -> the transpose that shows the photo upright. Hand-written rather than PIL.ImageOps.exif_transpose:
+# the turn comes after the resize (cheaper, same pixels), when the image no longer carries its EXIF.
 _ORIENTATION = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
     3: Image.Transpose.ROTATE_180,

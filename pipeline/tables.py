@@ -12,7 +12,7 @@ its values would lose their order. Values may be separated by commas, semicolons
 (`delimiter_of`), lines may end as on any system.
 
 Read with the standard library's csv module (a table that fits a classifier here fits in memory;
-pandas would add ~60 MB of dependency for no feature we use), in two passes that hold one row of
+pandas would be a large dependency for no feature we use), in two passes that hold one row of
 text at a time. Every problem is one sentence naming the file and the column or line: an empty
 file, a missing label column, a ragged row, a missing value, a column mixing numbers and text, a
 non-finite feature value, a text column with more than `MAX_CATEGORIES` values (an identifier, not
@@ -36,7 +36,7 @@ from pipeline.io.reading import read_limited
 from pipeline.progress import Progress
 
 TABLE_FILE = "table.csv"  # the verified copy in data/raw/
-# A table is parsed whole, in ~7x its size in memory: 113 MiB (2M rows x 10 columns) took 0.75 GB and 26 s.
+# A table is parsed whole, in several times its size in memory: this caps that memory.
 MAX_TABLE_BYTES = 256 * 2**20
 DELIMITERS = (",", ";", "\t")
 HEAD_CHARS = 65536
@@ -109,7 +109,7 @@ def encode_row(
 def read_bytes(path: Path) -> bytes:
     return read_limited(
         path, MAX_TABLE_BYTES, unreadable="give data.source a CSV file.",
-        too_large="a table is parsed whole, in ~7x its size in memory, so this pipeline reads no larger ones "
+        too_large="a table is parsed whole, in several times its size in memory, so this pipeline reads no larger ones "
         "(pipeline/tables.py, MAX_TABLE_BYTES): sample its rows, or drop columns.",
     )  # fmt: skip
 
@@ -236,8 +236,8 @@ def parse_table(text: str, path: Path, label_column: str) -> Table:
     """The table's features and labels, or one sentence about the first problem found.
 
     Two passes over the text, one row in memory at a time: the first checks every row and learns which
-    columns hold text, the second writes the features into one array. Holding every cell as a Python
-    string instead took ~30x the file's size in memory.
+    columns hold text, the second writes the features into one array: holding every cell as a Python
+    string would take many times the file's size in memory.
     """
     rows = _data_rows(text, path)
     header = next(rows, None)

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 def model_params(params: TrainParams) -> TrainParams:
     """The params the model is built with. The JAX backend compiles the training step by itself (XLA);
-    `jit_compile: false` there would mean running it op by op, ~20x slower, so engine jax always compiles."""
+    `jit_compile: false` there would mean running it op by op, far slower, so engine jax always compiles."""
     return dataclasses.replace(params, jit_compile=True) if params.distributed.engine == "jax" else params
 
 
@@ -249,7 +249,8 @@ def class_weights(labels_one_hot: np.ndarray, method: str) -> dict[int, float] |
     """Per-class loss weights from the training split: None (all 1) or scikit-learn's "balanced".
 
     balanced: n_examples / (n_classes * count of the class), so every class adds the same total
-    weight to the loss however many examples it has. A class absent from the split gets 1.
+    weight to the loss however many examples it has. A class absent from the split gets 1 (written here:
+    scikit-learn's compute_class_weight refuses such a class, and NumPy's bincount is the whole of it).
     """
     if method == "none":
         return None

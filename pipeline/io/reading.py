@@ -95,8 +95,7 @@ def read_limited(path: Path | str, max_bytes: int, *, too_large: str, unreadable
     for a writer forever, /dev/zero never ends. The size is checked while reading, so a file that grows
     meanwhile is caught too: the memory this takes is `max_bytes` at most.
     The first read asks for the size fstat gives, plus one byte to see the end: asking for `max_bytes` at
-    once would make Python map a buffer that large for every file, which took 5x the time of the read
-    itself on small images (0.075 against 0.013 ms per file, bench.image_loading's folder).
+    once would make Python map a buffer that large for every file, which costs more than the read itself.
     """
     path = Path(path)
     try:  # O_NONBLOCK: opening a pipe would otherwise wait for a writer
