@@ -37,9 +37,9 @@ EPOCH_LINE = re.compile(r"^(\d+)/\1 - .*?(\d+)ms/step", re.MULTILINE)
 
 
 def weights(repo: Path) -> list[np.ndarray]:
-    import keras
+    from pipeline.models import load_model
 
-    return [np.asarray(w) for w in keras.saving.load_model(repo / "models" / "model.keras").get_weights()]
+    return [np.asarray(w) for w in load_model(repo / "models" / "model.keras").get_weights()]
 
 
 def main() -> None:

@@ -57,11 +57,10 @@ def build_export(workdir: Path, changes: dict[str, Any]) -> Path:
 
 
 def open_runners(export_dir: Path) -> dict[str, Any]:
-    import keras
-
+    from pipeline.models import load_model
     from pipeline.runtimes import keras_runner, open_model
 
-    model = keras.saving.load_model(export_dir / "model.keras")
+    model = load_model(export_dir / "model.keras")
     runners = {"keras (predict_on_batch)": keras_runner(model).run_batch}
     runners["keras (model.predict)"] = lambda x: model.predict(x, batch_size=256, verbose=0)
     for name in ("saved_model", "tflite", "onnx"):

@@ -30,3 +30,8 @@ def describe_environment_error(err: OSError) -> str | None:
         f"cannot {verb} {where}: {err.strerror} ({code}); {cause}, then rerun "
         "(the outputs written before are intact, and an interrupted train stage resumes where it stopped)."
     )
+
+
+def error_detail(err: BaseException, limit: int = 160) -> str:
+    """`err`'s type and message on one line, cut to `limit` characters: to quote inside a one-sentence error."""
+    return f"{type(err).__name__}: {' '.join(str(err).split())[:limit]}"

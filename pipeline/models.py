@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import keras
 from keras import layers
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, error_detail
 from pipeline.io.atomic import atomic_path
 from pipeline.params import CnnParams, MlpParams, TrainParams
 
@@ -155,21 +157,36 @@ def load_model(path: Path) -> keras.Model:
 
     A damaged file makes Keras raise almost anything (zipfile, h5py, JSON, KeyError, TypeError), so
     every exception becomes one sentence here: there is nothing in such a file worth a traceback.
+    Every `.keras` file the project opens comes through here (predict's too, via pipeline.runtimes).
     """
     if not path.exists():
         raise PipelineError(f"{path} not found; run the train stage first (dvc repro train).")
+    if path.is_file() and not zipfile.is_zipfile(path):  # Keras would call it "File not found"
+        raise PipelineError(
+            f"{path} is not a readable Keras model: not a zip archive (truncated, overwritten or another kind of "
+            "file); rerun the stage that writes it: dvc repro -f train."
+        )
     try:
         return keras.saving.load_model(path, safe_mode=True)
     except Exception as err:  # noqa: BLE001 - see the docstring
-        detail = " ".join(str(err).split())[:160]
-        if "Lambda" in detail or "safe_mode" in detail:
+        message = str(err)
+        if "Lambda" in message or "safe_mode" in message:
             raise PipelineError(
                 f"{path} is refused: its config would run Python code when loaded (a Lambda layer, refused by Keras's "
                 "safe mode); use a model this project's train stage wrote (dvc repro -f train)."
             ) from None
+        # A config naming a function outside Keras (os.system, say): Keras finds no such function among its own
+        # and says so deep inside a long message that quotes the whole config.
+        unknown = re.search(r"Could not locate (class|function) '([^']*)'", message)
+        if unknown:
+            raise PipelineError(
+                f"{path} is refused: its config names the {unknown[1]} '{unknown[2]:.60}', which is not Keras's own "
+                "(the train stage writes only Keras's); use a model this project's train stage wrote "
+                "(dvc repro -f train)."
+            ) from None
         raise PipelineError(
-            f"{path} is not a readable Keras model ({type(err).__name__}: {detail}); "
-            "rerun the stage that writes it: dvc repro -f train."
+            f"{path} is not a readable Keras model ({error_detail(err)}); rerun the stage that writes it: "
+            "dvc repro -f train."
         ) from None
 
 

@@ -14,10 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, error_detail
 
 BATCH_SIZE = 256  # examples per call into a runtime: memory only, the results do not depend on it
 INSTALL_HINT = "install the export extra (pip install -e '.[export]'; make setup has it)"
+# Each format in a sentence, and the stage that writes it: what to rerun when a file of it is unreadable.
+FORMAT_NAMES = {"keras": "Keras model", "saved_model": "SavedModel", "tflite": "LiteRT model", "onnx": "ONNX model"}
+REWRITE = {"keras": "dvc repro -f train", **dict.fromkeys(("saved_model", "tflite", "onnx"), "dvc repro -f export")}
 
 
 @dataclass(frozen=True)
@@ -59,10 +62,9 @@ def _batch_dim(shape: tuple) -> tuple[int | None, ...]:
 
 
 def open_keras(path: Path) -> Runner:
-    import keras
+    from pipeline.models import load_model  # the project's one .keras loader: safe mode, one-sentence errors
 
-    model = keras.saving.load_model(path)
-    return keras_runner(model)
+    return keras_runner(load_model(path))
 
 
 def keras_runner(model) -> Runner:
@@ -77,12 +79,15 @@ def open_saved_model(path: Path) -> Runner:
 
     loaded = tf.saved_model.load(str(path))
     if "serving_default" not in loaded.signatures:
-        raise PipelineError(f"{path} has no serving_default signature; export it again (dvc repro export).")
+        raise PipelineError(f"{path} has no serving_default signature; export it again: dvc repro -f export.")
     signature = loaded.signatures["serving_default"]
     (input_name, input_spec), *others = signature.structured_input_signature[1].items()
     outputs = signature.structured_outputs
     if others or len(outputs) != 1:
-        raise PipelineError(f"{path}: its serving signature must take one input and give one output.")
+        raise PipelineError(
+            f"{path}: its serving signature must take one input and give one output; export it again: "
+            "dvc repro -f export."
+        )
     (output_name, output_spec) = next(iter(outputs.items()))
 
     def run_batch(x: np.ndarray) -> np.ndarray:
@@ -97,13 +102,13 @@ def open_tflite(path: Path) -> Runner:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
         raise PipelineError(f"reading {path} needs the LiteRT interpreter (ai-edge-litert); {INSTALL_HINT}.") from None
-    try:
-        interpreter = Interpreter(model_path=str(path))
-    except ValueError as err:
-        raise PipelineError(f"{path} is not a readable LiteRT flatbuffer ({err}).") from None
+    interpreter = Interpreter(model_path=str(path))
     signatures = interpreter.get_signature_list()
     if len(signatures) != 1:
-        raise PipelineError(f"{path} has {len(signatures)} signatures; one (serving_default) is needed.")
+        raise PipelineError(
+            f"{path} has {len(signatures)} signatures, but one (serving_default) is needed; export it again: "
+            "dvc repro -f export."
+        )
     runner = interpreter.get_signature_runner(next(iter(signatures)))
     (input_name, input_detail), *_ = runner.get_input_details().items()
     (output_name, output_detail), *_ = runner.get_output_details().items()
@@ -121,10 +126,7 @@ def open_onnx(path: Path) -> Runner:
         import onnxruntime
     except ImportError:
         raise PipelineError(f"reading {path} needs ONNX Runtime (onnxruntime); {INSTALL_HINT}.") from None
-    try:
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as err:  # onnxruntime raises its own exception types for unreadable files
-        raise PipelineError(f"{path} is not a readable ONNX model ({str(err).splitlines()[0]}).") from None
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (model_input,) = session.get_inputs()
     model_output = session.get_outputs()[0]
 
@@ -143,5 +145,19 @@ OPENERS: dict[str, Callable[[Path], Runner]] = {
 
 
 def open_model(path: Path) -> Runner:
-    """Load `path` (any format this project writes) into its own runtime."""
-    return OPENERS[format_of(path)](path)
+    """Load `path` (any format this project writes) into its own runtime.
+
+    A damaged or truncated file makes each runtime raise its own exceptions (OSError, IndexError,
+    TensorFlow's OpError, ONNX Runtime's, a protobuf DecodeError, ...), while opening it or while
+    reading its signature: every one becomes one sentence, as `pipeline.models.load_model` does for Keras.
+    """
+    model_format = format_of(path)
+    try:
+        return OPENERS[model_format](path)
+    except PipelineError:
+        raise
+    except Exception as err:  # noqa: BLE001 - see the docstring
+        raise PipelineError(
+            f"{path} is not a readable {FORMAT_NAMES[model_format]} ({error_detail(err)}); rerun the stage that "
+            f"writes it: {REWRITE[model_format]}."
+        ) from None

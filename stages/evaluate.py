@@ -13,11 +13,13 @@ import logging
 from pipeline import paths
 from pipeline.cli import run_stage
 from pipeline.evaluation import (
+    accuracy,
     confusion_matrix,
     macro_f1,
     misclassified_grid,
     per_class_scores,
     placeholder_image,
+    rounded_loss,
 )
 from pipeline.io.atomic import write_bytes_atomic, write_csv_atomic, write_json_atomic
 from pipeline.io.reading import read_json
@@ -46,9 +48,10 @@ def main(args: argparse.Namespace) -> None:
     scores = model.evaluate(x_test, y_test, batch_size=params.batch_size, verbose=0, return_dict=True)
     probabilities = model.predict(x_test, batch_size=params.batch_size, verbose=0)
     true_labels, predicted_labels = y_test.argmax(axis=1), probabilities.argmax(axis=1)
-    per_class = per_class_scores(confusion_matrix(true_labels, predicted_labels, len(class_names)), class_names)
+    counts = confusion_matrix(true_labels, predicted_labels, len(class_names))
+    per_class = per_class_scores(counts, class_names)
     metrics = {
-        "test": {"loss": float(scores["loss"]), "accuracy": float(scores["accuracy"]), "macro_f1": macro_f1(per_class)},
+        "test": {"loss": rounded_loss(scores["loss"]), "accuracy": accuracy(counts), "macro_f1": macro_f1(per_class)},
         "per_class": per_class,
         "model": {"params": summary["params_total"], "best_epoch": summary["best_epoch"]},
     }

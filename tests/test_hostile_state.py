@@ -10,13 +10,16 @@ import io
 import json
 import logging
 import math
+import re
+import shutil
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
-from conftest import copy_repo, stage
+from conftest import PROJECT_ROOT, copy_repo, stage
 from test_predict import prepared
 
 from pipeline import paths
@@ -28,6 +31,7 @@ from pipeline.models import check_model_fits, load_model
 from pipeline.prediction import check_probabilities, check_top_k
 from pipeline.preprocessing import load_checked_split, read_meta
 from pipeline.resume import RunRecord, load_state, save_state
+from pipeline.runtimes import open_model
 
 # ----------------------------------------------------------------------------- the resume state
 
@@ -213,12 +217,29 @@ def _lambda_model(path: Path) -> None:
     keras.Model(inputs, outputs).save(path)
 
 
+def _config_naming_os_system(path: Path, good: bytes) -> None:
+    """`good` (a .keras file) with every layer's activation made os.system: loading it would call os.system(x)."""
+    with zipfile.ZipFile(io.BytesIO(good)) as source, zipfile.ZipFile(path, "w") as dest:
+        for name in source.namelist():
+            data = source.read(name)
+            if name == "config.json":
+                config = json.loads(data)
+                for layer in config["config"]["layers"]:
+                    if "activation" in layer["config"]:
+                        layer["config"]["activation"] = {
+                            "module": "os", "class_name": "function", "config": "system", "registered_name": "system"
+                        }  # fmt: skip
+                data = json.dumps(config).encode()
+            dest.writestr(name, data)
+
+
 MODEL_DAMAGE: dict[str, Callable[[Path, bytes], None]] = {
     "garbage": lambda path, good: path.write_bytes(b"\x89garbage" * 100),
     "empty": lambda path, good: path.write_bytes(b""),
     "truncated": lambda path, good: path.write_bytes(good[: len(good) // 2]),
     "config-garbled": lambda path, good: path.write_bytes(good.replace(b'"class_name"', b'"klass_name"')),
     "lambda-layer": lambda path, good: _lambda_model(path),
+    "config-names-os-system": _config_naming_os_system,
 }
 
 
@@ -247,6 +268,27 @@ def test_a_lambda_model_says_it_is_refused_for_running_code(tmp_path: Path) -> N
     _lambda_model(tmp_path / "model.keras")
     with pytest.raises(PipelineError, match="would run Python code"):
         load_model(tmp_path / "model.keras")
+
+
+def test_a_model_naming_os_system_says_it_names_code_outside_keras(saved_model: Path, tmp_path: Path) -> None:
+    _config_naming_os_system(tmp_path / "model.keras", saved_model.read_bytes())
+    with pytest.raises(PipelineError, match="names the function 'system', which is not Keras's own"):
+        load_model(tmp_path / "model.keras")
+
+
+def test_every_keras_file_is_opened_by_the_one_checked_loader() -> None:
+    """A second loader skips safe mode's refusal and the one-sentence errors (issue #31: predict had one)."""
+    keras_loader = re.compile(
+        r"\bkeras\.(saving|models)\.load_model\b|\bsaving\.load_model\b|from keras\S* import .*load_model"
+    )
+    calls = [
+        f"{path.relative_to(PROJECT_ROOT)}:{number}"
+        for folder in ("pipeline", "stages", "bench")
+        for path in sorted((PROJECT_ROOT / folder).rglob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if keras_loader.search(line)
+    ]
+    assert len(calls) == 1 and calls[0].startswith("pipeline/models.py:"), calls
 
 
 # ----------------------------------------------------------------------------- predict's inputs
@@ -326,3 +368,68 @@ def test_a_model_giving_nan_is_refused_rather_than_printed(bad: float) -> None:
     check_probabilities(np.array([[0.25, 0.75]]), Path("models/model.keras"))
     with pytest.raises(PipelineError, match="model.keras gave NaN or infinite probabilities.*dvc repro -f train"):
         check_probabilities(np.array([[bad, 0.5]]), Path("models/model.keras"))
+
+
+def _predict_error(repo: Path, model: Path, tmp_path: Path) -> str:
+    """The one error line of predict with `--model model` on one digit: exit 1, no traceback, nothing printed."""
+    np.save(tmp_path / "digit.npy", np.zeros((8, 8)))
+    result = stage(repo, "predict", "--model", str(model), str(tmp_path / "digit.npy"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr and result.stdout == "", result.stderr
+    errors = [line for line in result.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1, result.stderr
+    return errors[0]
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "lambda-layer", "config-names-os-system"])
+def test_predict_refuses_a_damaged_or_unsafe_model_keras_in_one_sentence(
+    digits_run: Path, tmp_path: Path, damage: str
+) -> None:
+    model = tmp_path / paths.MODEL
+    model.parent.mkdir()
+    MODEL_DAMAGE[damage](model, (digits_run / paths.MODEL).read_bytes())
+    error = _predict_error(digits_run, model, tmp_path)
+    assert f"{model} is " in error and "dvc repro -f train" in error, error
+    assert "safe_mode=False" not in error
+
+
+EXPORT_DAMAGE: dict[str, Callable[[bytes], bytes]] = {
+    "garbage": lambda good: b"\x89garbage" * 100,
+    "truncated": lambda good: good[: len(good) // 2],
+}
+# The file of each exported format that is damaged: a SavedModel is a folder, its graph and its weights apart.
+EXPORT_MEMBERS = {
+    "saved_model": "saved_model/saved_model.pb",
+    "saved_model-weights": "saved_model/variables/variables.data-00000-of-00001",
+    "saved_model-weights-index": "saved_model/variables/variables.index",
+    "tflite": "model.tflite",
+    "onnx": "model.onnx",
+}
+
+
+def _damaged_export(digits_run: Path, dest: Path, member: str, damage: str) -> Path:
+    """A copy of the digits run's models/export with `member` damaged: the path to give as --model."""
+    export = shutil.copytree(digits_run / "models/export", dest)
+    (export / member).write_bytes(EXPORT_DAMAGE[damage]((export / member).read_bytes()))
+    return export / Path(member).parts[0]
+
+
+@pytest.mark.parametrize("damage", EXPORT_DAMAGE)
+@pytest.mark.parametrize("member", EXPORT_MEMBERS.values(), ids=EXPORT_MEMBERS.keys())
+def test_a_damaged_export_is_one_sentence(digits_run: Path, tmp_path: Path, member: str, damage: str) -> None:
+    model = _damaged_export(digits_run, tmp_path / "export", member, damage)
+    open_model(digits_run / "models/export" / model.name)  # the undamaged export opens
+    with pytest.raises(PipelineError) as caught:
+        open_model(model)
+    message = str(caught.value)
+    assert message.startswith(f"{model} is not a readable ") and message.endswith("dvc repro -f export."), message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("damage", EXPORT_DAMAGE)
+@pytest.mark.parametrize("member", ["saved_model/saved_model.pb", "model.tflite", "model.onnx"])
+def test_predict_refuses_a_damaged_export_in_one_sentence(
+    digits_run: Path, tmp_path: Path, member: str, damage: str
+) -> None:
+    model = _damaged_export(digits_run, tmp_path / "export", member, damage)
+    error = _predict_error(digits_run, model, tmp_path)
+    assert f"{model} is not a readable " in error and "dvc repro -f export" in error, error

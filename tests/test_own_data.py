@@ -447,7 +447,8 @@ def test_a_table_too_large_to_parse_in_memory_is_refused_before_it_is_read(
     monkeypatch.setattr(tables, "MAX_TABLE_BYTES", 1024)
     path = tmp_path / "t.csv"
     path.write_text("x,label\n" + "1.5,a\n2.5,b\n" * 100)
-    with pytest.raises(PipelineError, match=r"t.csv is larger than [0-9.]+ MiB; a table is parsed whole, in several times its size"):
+    too_large = r"t.csv is larger than [0-9.]+ MiB; a table is parsed whole, in several times its size"
+    with pytest.raises(PipelineError, match=too_large):
         tables.read_table(path, "label")
     path.write_text("x,label\n1.5,a\n2.5,b\n")
     assert tables.read_table(path, "label").class_names == ("a", "b")
