@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import dataclasses
 import fnmatch
 import json
 import sys
@@ -53,14 +52,13 @@ def sections_read(source: Path) -> list[type]:
     ]
 
 
-def all_keys(cls: type, prefix: str) -> set[str]:
+def all_keys(cls: type[params.Section], prefix: str) -> set[str]:
     keys = set()
-    for field in dataclasses.fields(cls):
-        rule = cls.RULES[field.name]
-        if dataclasses.is_dataclass(rule):
-            keys |= all_keys(rule, f"{prefix}.{field.name}")
+    for name, field in cls.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, params.Section):
+            keys |= all_keys(field.annotation, f"{prefix}.{name}")
         else:
-            keys.add(f"{prefix}.{field.name}")
+            keys.add(f"{prefix}.{name}")
     return keys
 
 
@@ -74,6 +72,14 @@ def test_code_deps_are_exactly_the_modules_the_stage_imports(name: str) -> None:
     source = PROJECT_ROOT / "stages" / f"{name}.py"
     declared = {dep for dep in STAGES[name]["deps"] if dep.endswith(".py")}
     assert declared == imported_pipeline_modules(source) | {f"stages/{name}.py"}
+
+
+def test_params_module_imports_only_leaf_modules() -> None:
+    """Every stage imports params.py, so whatever it imports is a code dep of every stage: editing a helper
+    such as pipeline/images.py must not make train stale."""
+    leaves = {"pipeline/errors.py", "pipeline/paths.py", "pipeline/__init__.py"}
+    assert imported_pipeline_modules(PROJECT_ROOT / "pipeline/params.py") == leaves
+    assert all(imported_pipeline_modules(PROJECT_ROOT / leaf) == {"pipeline/__init__.py"} for leaf in leaves)
 
 
 @pytest.mark.parametrize("name", list(STAGES))
