@@ -208,7 +208,7 @@ def _read_image_index(folder: Path) -> RawDataset:
 
     Preprocess decodes the files (pipeline/folders.py); nothing is decoded here.
     """
-    from pipeline import folders  # here, not at the top: every stage imports this module (through params.py)
+    from pipeline import folders  # here, not at the top: the readers of the other datasets need no image decoder
 
     index = read_json(folder / folders.INDEX_FILE)
 
@@ -272,6 +272,7 @@ _FASHION_SHA256 = {
     "t10k-images-idx3-ubyte.gz": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
 }  # the largest file, train images, is 47,040,016 bytes decompressed
 
+# Keyed by params.DATASETS, the names `data.dataset` allows (tests/test_params.py checks that they match).
 REGISTRY: dict[str, DatasetSpec] = {
     "digits": DatasetSpec(
         "digits", "scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes)", (),

@@ -1,65 +1,40 @@
-"""Read `params.yaml` once, check one section, and hand the stage a frozen, typed object.
+"""Read `params.yaml`, check every section of it, and hand the stage its own as a frozen, typed object.
 
-Each stage calls `load_params(SectionClass)`. A typo, a wrong type or a value out
-of range raises `PipelineError` with one sentence naming the key, the value given
-and what is allowed, before the stage touches any file.
+Each stage calls `load_params(SectionClass)`. A typo, a wrong type or a value out of range anywhere in the
+file raises `PipelineError` with one sentence naming the key, the value given and what is allowed, before
+the stage touches any file. The sections are pydantic models; `_sentence` words pydantic's error.
 """
 
-from __future__ import annotations
-
-import dataclasses
 import difflib
-from dataclasses import dataclass
+import re
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args, get_origin
 
 import yaml
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 
 from pipeline import paths
-from pipeline.datasets import REGISTRY
 from pipeline.errors import PipelineError
-from pipeline.rules import (
-    Invalid,
-    boolean,
-    choice,
-    choice_list,
-    describe,
-    host_port,
-    image_size,
-    integer,
-    integer_list,
-    real,
-    sha256_mapping,
-    text,
-)
 
-# The dataset names are the registry's (pipeline/datasets.py, NumPy only): a dataset added there is allowed here.
-# Its cost: every stage imports pipeline/datasets.py through this module, so it is a code dep of each in dvc.yaml.
-DATASETS = tuple(REGISTRY)
-COLOR_MODES = ("grayscale", "rgb")
-CLASS_WEIGHTS = ("none", "balanced")
+# The one list of each kind of name: pipeline/datasets.py (REGISTRY), pipeline/export.py (FORMATS) and
+# pipeline/models.py (MODEL_BUILDERS) key their tables by these, and tests check that they match. The
+# names live here, not there, so that the stages do not import the dataset readers or TensorFlow to check
+# a param (each import would be a code dep of every stage in dvc.yaml).
+DATASETS = ("digits", "iris", "mnist", "fashion_mnist", "image_folder", "csv")
+EXPORT_FORMATS = ("saved_model", "tflite", "onnx")
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "elu", "selu", "gelu", "silu", "leaky_relu")
-LR_SCHEDULES = ("constant", "cosine")
 OPTIMIZERS = ("adam", "sgd", "rmsprop", "adadelta", "adagrad", "adamax", "nadam", "ftrl")
-DISTRIBUTED_ENGINES = ("none", "jax")
-LAUNCHERS = ("local", "external")
-EXPORT_FORMATS = ("saved_model", "tflite", "onnx")  # pipeline/export.py, FORMATS: what each one writes
-PRECISIONS = ("float32", "mixed_bfloat16")
-LOSSES = (
-    "categorical_crossentropy",
-    "categorical_focal_crossentropy",
-    "kl_divergence",
-    "mean_squared_error",
-    "categorical_hinge",
-)
-
+LOSSES = ("categorical_crossentropy", "categorical_focal_crossentropy", "kl_divergence", "mean_squared_error",
+          "categorical_hinge")  # fmt: skip
 
 # Keys that decide how fast the train stage runs, or how its processes find each other, but never the model it
 # trains (steps_per_execution only groups the same steps into fewer backend calls: bit-identical weights for any
-# value, tests/test_training.py; measured so on TensorFlow and JAX, with XLA and without). They are deliberately
-# not in the train stage's `params:` in dvc.yaml, nor in the resume fingerprint, so that changing only them
-# retrains nothing (tests/test_dvc_yaml.py checks it with DVC, tests/test_training.py the fingerprint);
-# `dvc params diff` and `dvc exp show` still show them, as they show every key of params.yaml.
+# value, tests/test_training.py, on TensorFlow and JAX, with XLA and without). They are deliberately not in the
+# train stage's `params:` in dvc.yaml, nor in the resume fingerprint, so that changing only them retrains nothing
+# (tests/test_dvc_yaml.py checks it with DVC, tests/test_training.py the fingerprint); `dvc params diff` and
+# `dvc exp show` still show them, as they show every key of params.yaml.
 EXECUTION_ONLY = (
     "train.steps_per_execution",
     "train.distributed.launcher",
@@ -68,262 +43,249 @@ EXECUTION_ONLY = (
 )
 
 
-# ----------------------------------------------------------------------------- sections
+def _check(test: Any) -> AfterValidator:
+    """A rule no type states; the message comes from the field's description (see `_allowed`)."""
+
+    def rule(value: Any) -> Any:
+        if not test(value):
+            raise ValueError("refused")
+        return value
+
+    return AfterValidator(rule)
 
 
-@dataclass(frozen=True)
-class DataParams:
+# YAML has no tuples: a list is taken where the stages keep an immutable tuple.
+_LIST = BeforeValidator(lambda value: tuple(value) if isinstance(value, list) else value)
+# An empty value in YAML (`source:`) is None: for these keys it means "none".
+_NONE_IS_EMPTY = BeforeValidator(lambda value: "" if value is None else value)
+Text = Annotated[str, _NONE_IS_EMPTY, Field(description='a string (use "" for none)')]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+Dropout = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
+class Section(BaseModel):
+    # strict: YAML's `true` is not the number 1, nor "5" the integer 5; an int is still taken for a float.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+    SECTION: ClassVar[str]
+
+
+class DataParams(Section):
     SECTION = "data"
-    RULES = {
-        "dataset": choice(*DATASETS),
-        "source": text(),
-        "checksums": sha256_mapping(),
-        "label_column": text(),
-    }
-    dataset: str
-    source: str
-    checksums: dict[str, str]
-    label_column: str
+    dataset: Literal[DATASETS]
+    source: Text
+    checksums: Annotated[
+        dict[str, str],
+        BeforeValidator(lambda value: {} if value is None else value),
+        _check(lambda mapping: all(re.fullmatch("[0-9a-fA-F]{64}", digest) for digest in mapping.values())),
+        Field(description="a mapping of file name to a 64-character hex sha256 ({} for the published checksums)"),
+    ]
+    label_column: Text
 
 
-@dataclass(frozen=True)
-class PreprocessParams:
+class PreprocessParams(Section):
     SECTION = "preprocess"
-    RULES = {
-        "val_fraction": real(0.0, 1.0, low_open=True, high_open=True),
-        "test_fraction": real(0.0, 1.0, low_open=True, high_open=True),
-        "seed": integer(0, 2**32 - 1),
-        "image_size": image_size(),
-        "color_mode": choice(*COLOR_MODES),
-        "memory_limit_mb": integer(0),
-    }
-    val_fraction: float
-    test_fraction: float
-    seed: int
-    image_size: tuple[int, ...]
-    color_mode: str
-    memory_limit_mb: int
+    val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)]
+    test_fraction: Annotated[float, Field(gt=0.0, lt=1.0)]
+    seed: Seed
+    image_size: Annotated[
+        tuple[Annotated[int, Field(ge=1, le=4096)], ...],
+        _LIST,
+        _check(lambda sides: len(sides) in (0, 2)),
+        Field(description="[] (each image's own size) or [height, width], two integers from 1 to 4096, e.g. [64, 64]"),
+    ]
+    color_mode: Literal["grayscale", "rgb"]
+    memory_limit_mb: Annotated[int, Field(ge=0)]
 
 
-@dataclass(frozen=True)
-class MlpParams:
-    SECTION = "train.mlp"
-    RULES = {
-        "hidden_units": integer_list(1),
-        "activation": choice(*ACTIVATIONS),
-        "dropout": real(0.0, 1.0, high_open=True),
-    }
-    hidden_units: tuple[int, ...]
-    activation: str
-    dropout: float
+class MlpParams(Section):
+    hidden_units: Annotated[tuple[Annotated[int, Field(ge=1)], ...], _LIST, Field(description="a list of integers ≥ 1")]
+    activation: Literal[ACTIVATIONS]
+    dropout: Dropout
 
 
-@dataclass(frozen=True)
-class CnnParams:
-    SECTION = "train.cnn"
-    RULES = {
-        "filters": integer_list(1, min_length=1),
-        "kernel_size": integer(1, 15),
-        "pool_size": integer(1, 8),
-        "pool_after_each_conv": boolean(),
-        "batch_norm": boolean(),
-        "dense_units": integer(1),
-        "conv_dropout": real(0.0, 1.0, high_open=True),
-        "dense_dropout": real(0.0, 1.0, high_open=True),
-    }
-    filters: tuple[int, ...]
-    kernel_size: int
-    pool_size: int
+class CnnParams(Section):
+    filters: Annotated[
+        tuple[Annotated[int, Field(ge=1)], ...],
+        _LIST,
+        Field(min_length=1, description="a list of at least 1 integers ≥ 1"),
+    ]
+    kernel_size: Annotated[int, Field(ge=1, le=15)]
+    pool_size: Annotated[int, Field(ge=1, le=8)]
     pool_after_each_conv: bool
     batch_norm: bool
-    dense_units: int
-    conv_dropout: float
-    dense_dropout: float
+    dense_units: Annotated[int, Field(ge=1)]
+    conv_dropout: Dropout
+    dense_dropout: Dropout
 
 
 # The model names of `train.model`, each with its own section of sizes (train.mlp, train.cnn): the one list of
 # models. pipeline.models keys its builders by these sections (TensorFlow is not imported here).
-ARCHITECTURES: dict[str, type] = {"mlp": MlpParams, "cnn": CnnParams}
+ARCHITECTURES: dict[str, type[Section]] = {"mlp": MlpParams, "cnn": CnnParams}
 MODELS = tuple(ARCHITECTURES)
 
 
-@dataclass(frozen=True)
-class DistributedParams:
-    SECTION = "train.distributed"
-    RULES = {
-        "engine": choice(*DISTRIBUTED_ENGINES),
-        "processes": integer(1, 4096),
-        "launcher": choice(*LAUNCHERS),
-        "coordinator": host_port(),
-        "join_timeout": integer(1, 3600),
-    }
-    engine: str
-    processes: int
-    launcher: str
-    coordinator: str
-    join_timeout: int
+def _is_host_port(text: str) -> bool:
+    host, _, port = text.rpartition(":")
+    return bool(host) and port.isdigit() and 1 <= int(port) <= 65535
 
 
-@dataclass(frozen=True)
-class TrainParams:
+class DistributedParams(Section):
+    engine: Literal["none", "jax"]
+    processes: Annotated[int, Field(ge=1, le=4096)]
+    launcher: Literal["local", "external"]
+    coordinator: Annotated[
+        str,
+        _NONE_IS_EMPTY,
+        _check(lambda text: not text or _is_host_port(text)),
+        Field(description='HOST:PORT with a port from 1 to 65535, e.g. "10.0.0.5:12355" ("" = detect it)'),
+    ]
+    join_timeout: Annotated[int, Field(ge=1, le=3600)]
+
+
+def _combination(sentence: str) -> PydanticCustomError:
+    """A refusal of two keys together: `_sentence` passes its words through as they are."""
+    return PydanticCustomError("combination", "{sentence}", {"sentence": sentence})
+
+
+class TrainParams(Section):
     SECTION = "train"
-    RULES = {
-        "model": choice(*MODELS),
-        **ARCHITECTURES,
-        "optimizer": choice(*OPTIMIZERS),
-        "learning_rate": real(0.0, 10.0, low_open=True),
-        "lr_schedule": choice(*LR_SCHEDULES),
-        "loss": choice(*LOSSES),
-        "batch_size": integer(1, 1_000_000),
-        "epochs": integer(1, 100_000),
-        "early_stopping_patience": integer(0),
-        "seed": integer(0, 2**32 - 1),
-        "jit_compile": boolean(),
-        "steps_per_execution": integer(1, 100_000),
-        "onednn": boolean(),
-        "precision": choice(*PRECISIONS),
-        "distributed": DistributedParams,
-        "class_weight": choice(*CLASS_WEIGHTS),
-    }
-    model: str
+    model: Literal[MODELS]
     mlp: MlpParams
     cnn: CnnParams
-    optimizer: str
-    learning_rate: float
-    lr_schedule: str
-    loss: str
-    batch_size: int
-    epochs: int
-    early_stopping_patience: int
-    seed: int
+    optimizer: Literal[OPTIMIZERS]
+    learning_rate: Annotated[float, Field(gt=0.0, le=10.0)]
+    lr_schedule: Literal["constant", "cosine"]
+    loss: Literal[LOSSES]
+    batch_size: Annotated[int, Field(ge=1, le=1_000_000)]
+    epochs: Annotated[int, Field(ge=1, le=100_000)]
+    early_stopping_patience: Annotated[int, Field(ge=0)]
+    seed: Seed
     jit_compile: bool
-    steps_per_execution: int
+    steps_per_execution: Annotated[int, Field(ge=1, le=100_000)]
     onednn: bool
-    precision: str
+    precision: Literal["float32", "mixed_bfloat16"]
     distributed: DistributedParams
-    class_weight: str
+    class_weight: Literal["none", "balanced"]
 
-    def check_combinations(self, where: str) -> None:
-        """The checks no single key's rule can make: `train.distributed` against the rest of `train`."""
+    @model_validator(mode="after")
+    def processes_fit_the_batch(self) -> "TrainParams":
+        """The checks no single key's type can make: `train.distributed` against the rest of `train`."""
         dist = self.distributed
         if dist.engine == "none" and dist.processes != 1:
-            raise PipelineError(
-                f"{where}: 'train.distributed.processes' is {dist.processes}, but engine 'none' trains in one "
-                "process; set 'train.distributed.engine' to jax, or processes to 1."
+            raise _combination(
+                f"'train.distributed.processes' is {dist.processes}, but engine 'none' trains in one process; "
+                "set 'train.distributed.engine' to jax, or processes to 1."
             )
         if self.batch_size % dist.processes:
-            raise PipelineError(
-                f"{where}: 'train.batch_size' is {self.batch_size}, which {dist.processes} processes cannot split "
-                f"evenly ('train.distributed.processes'); use a batch size that is a multiple of {dist.processes}."
+            raise _combination(
+                f"'train.batch_size' is {self.batch_size}, which {dist.processes} processes cannot split evenly "
+                f"('train.distributed.processes'); use a batch size that is a multiple of {dist.processes}."
             )
-
-    def cpu_speed_warnings(self, bf16_flags: tuple[str, ...] = ()) -> list[str]:
-        """Speed settings measured to slow this model down on a CPU (bench/step_time.py, bench/bf16.py), as
-        sentences to log. `bf16_flags`: the CPU's bfloat16 instructions (pipeline.cpu.bf16_flags)."""
-        warnings = []
-        if self.precision == "mixed_bfloat16":
-            warnings += self._bf16_warnings(bf16_flags)
-        if self.distributed.engine != "none":  # engine jax compiles every step, whatever jit_compile says
-            return self._with_advice(warnings)
-        if self.jit_compile and self.model == "cnn":
-            warnings.append("train.jit_compile=true with a CNN: XLA made convolution steps 2.6-4.2x slower")
-        if self.jit_compile and self.model == "mlp" and self.mlp.dropout > 0:
-            warnings.append("train.jit_compile=true with train.mlp.dropout > 0: XLA's dropout made steps ~4x slower")
-        if self.steps_per_execution > 1 and self.model == "cnn":
-            warnings.append("train.steps_per_execution > 1 with a CNN: its epochs ran ~1.4x slower than with 1")
-        return self._with_advice(warnings)
-
-    def cpu_speed_hint(self, bf16_flags: tuple[str, ...]) -> str | None:
-        """One line for the log when this CPU has a faster setting for this model than the one asked for."""
-        if self.precision == "float32" and self.model == "cnn" and bf16_flags and self.onednn:
-            return (
-                f"this CPU has {' and '.join(bf16_flags)}: train.precision=mixed_bfloat16 ran the tutorial CNN's "
-                "steps 1.6-1.85x faster than float32 on AVX-512 BF16, 2.4-2.9x with AMX (docs/bf16.md)"
-            )
-        return None
-
-    def _bf16_warnings(self, bf16_flags: tuple[str, ...]) -> list[str]:
-        # Measured by bench/bf16.py on an AMD EPYC with avx512_bf16 (no AMX): the tutorial CNN 1.6-1.85x faster
-        # with oneDNN, 11x slower without it; the dense net 784-784-100 at batch 32 0.71-0.99x (no gain on AMX either).
-        # On an AVX2-only EPYC (bench/results/bf16_avx2.json): the CNN 0.13x, the dense net 0.66x.
-        setting = "train.precision=mixed_bfloat16"
-        if not bf16_flags:
-            return [
-                f"{setting} on a CPU without bfloat16 instructions (neither amx_bf16 nor avx512_bf16 in "
-                "/proc/cpuinfo): there it is converted, not computed natively; the tutorial CNN ran 7.8x slower "
-                "than float32 on an AVX2 EPYC (the dense net 1.5x)"
-            ]
-        if self.distributed.engine == "none" and not self.onednn:
-            return [f"{setting} with train.onednn=false: without oneDNN, bfloat16 convolutions ran ~11x slower"]
-        if self.model == "mlp":
-            return [f"{setting} with a dense net: its steps ran 0.71-0.99x as fast as float32 (no faster with AMX)"]
-        return []
-
-    @staticmethod
-    def _with_advice(warnings: list[str]) -> list[str]:
-        advice = "on a CPU (BENCHMARKS.md, section 1; docs/bf16.md); change it unless you train on a GPU."
-        return [f"{text} {advice}" for text in warnings]
+        return self
 
 
-@dataclass(frozen=True)
-class EvaluateParams:
+class EvaluateParams(Section):
     SECTION = "evaluate"
-    RULES = {"batch_size": integer(1, 1_000_000), "misclassified_max": integer(0, 400)}
-    batch_size: int
-    misclassified_max: int
+    batch_size: Annotated[int, Field(ge=1, le=1_000_000)]
+    misclassified_max: Annotated[int, Field(ge=0, le=400)]
 
 
-@dataclass(frozen=True)
-class ExportParams:
+class ExportParams(Section):
     SECTION = "export"
-    RULES = {"formats": choice_list(*EXPORT_FORMATS), "tolerance": real(0.0, 1.0, low_open=True)}
-    formats: tuple[str, ...]
-    tolerance: float
+    formats: Annotated[
+        tuple[Literal[EXPORT_FORMATS], ...],
+        _LIST,
+        _check(lambda names: len(set(names)) == len(names)),
+        Field(min_length=1, description=f"a non-empty list of distinct names out of {', '.join(EXPORT_FORMATS)}"),
+    ]
+    tolerance: Annotated[float, Field(gt=0.0, le=1.0)]
 
 
-Section = TypeVar("Section")
+SECTIONS = (DataParams, PreprocessParams, TrainParams, EvaluateParams, ExportParams)
+S = TypeVar("S", bound=Section)
 
 
-def parse_section(cls: type[Section], raw: Any, where: str = "params.yaml") -> Section:
-    """Check `raw` (the YAML mapping of one section) against `cls.RULES` and build `cls`."""
-    name = cls.SECTION
+def choices(annotation: Any) -> tuple[str, ...]:
+    """The names a field's type allows: a `Literal`'s, or those of a tuple of them (export.formats); else ()."""
+    if get_origin(annotation) is tuple:
+        annotation = get_args(annotation)[0]
+    return get_args(annotation) if get_origin(annotation) is Literal else ()
+
+
+def describe(value: Any) -> str:
+    return repr(value) if not isinstance(value, str) else f"'{value}'"
+
+
+def _allowed(field: FieldInfo) -> str:
+    """The "what is allowed" half of the sentence: the field's description, else its type and bounds."""
+    if field.description:
+        return field.description
+    if names := choices(field.annotation):
+        return f"one of {', '.join(names)}"
+    if field.annotation is bool:
+        return "true or false"
+    bounds = {name: getattr(bound, name) for bound in field.metadata for name in ("ge", "gt", "le", "lt")
+              if hasattr(bound, name)}  # fmt: skip
+    if field.annotation is float:
+        low, high = bounds.get("ge", bounds.get("gt")), bounds.get("le", bounds.get("lt"))
+        return f"a number in {'(' if 'gt' in bounds else '['}{low}, {high}{')' if 'lt' in bounds else ']'}"
+    low, high = bounds.get("ge"), bounds.get("le")
+    return "an integer" + (f" from {low} to {high}" if high is not None else f" ≥ {low}" if low is not None else "")
+
+
+def _not_a_mapping(name: str, value: Any) -> str:
+    restore = "restore it from the project's params.yaml"
+    return f"section '{name}' is {describe(value)}, but it must be a mapping of keys; {restore}."
+
+
+def _is_section(field: FieldInfo | None) -> bool:
+    return field is not None and isinstance(field.annotation, type) and issubclass(field.annotation, Section)
+
+
+def _sentence(cls: type[Section], raw: dict[str, Any], error: Any) -> str:
+    """One of pydantic's errors as today's sentence: key, value given, what is allowed (or what to do)."""
+    if error["type"] == "combination":
+        return error["msg"]
+    model, names, values = cls, [cls.SECTION], raw
+    loc = error["loc"]
+    for depth, part in enumerate(loc):  # down through the nested sections; an index into a list names the list
+        names.append(str(part))
+        field = model.model_fields.get(part)  # type: ignore[call-overload]
+        if depth == len(loc) - 1 or not (_is_section(field) and isinstance(values.get(part), dict)):
+            break
+        model, values = field.annotation, values[part]  # type: ignore[union-attr]
+    key, value = ".".join(names), values.get(part)
+    if error["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(str(part), model.model_fields, n=1)
+        hint = f"did you mean '{key.rpartition('.')[0]}.{close[0]}'?" if close else None
+        return f"unknown key '{key}'; {hint or 'allowed keys: ' + ', '.join(model.model_fields) + '.'}"
+    if error["type"] == "missing":
+        return f"key '{key}' is missing; add it (the committed params.yaml has every key)."
+    if _is_section(field):
+        return _not_a_mapping(key, value)
+    return f"'{key}' is {describe(value)}, but it must be {_allowed(field)}."  # type: ignore[arg-type]
+
+
+def parse_section(cls: type[S], raw: Any, where: str = "params.yaml") -> S:
+    """Check `raw` (the YAML mapping of one section) and build `cls`."""
     if not isinstance(raw, dict):
-        raise PipelineError(
-            f"{where}: section '{name}' is {describe(raw)}, but it must be a mapping of keys; "
-            "restore it from the project's params.yaml."
-        )
-    rules: dict[str, Any] = cls.RULES
-    for key in raw:
-        if key not in rules:
-            close = difflib.get_close_matches(str(key), rules, n=1)
-            hint = f"did you mean '{name}.{close[0]}'?" if close else f"allowed keys: {', '.join(rules)}."
-            raise PipelineError(f"{where}: unknown key '{name}.{key}'; {hint}")
-    values = {}
-    for key, rule in rules.items():
-        if key not in raw:
-            raise PipelineError(
-                f"{where}: key '{name}.{key}' is missing; add it (the committed params.yaml has every key)."
-            )
-        if dataclasses.is_dataclass(rule):
-            values[key] = parse_section(rule, raw[key], where)
-            continue
-        try:
-            values[key] = rule(raw[key])
-        except Invalid as allowed:
-            raise PipelineError(f"{where}: '{name}.{key}' is {describe(raw[key])}, but it must be {allowed}.") from None
-    section = cls(**values)
-    if hasattr(section, "check_combinations"):  # a section whose keys constrain each other checks them here
-        section.check_combinations(where)
-    return section
+        raise PipelineError(f"{where}: {_not_a_mapping(cls.SECTION, raw)}")
+    try:
+        return cls.model_validate(raw)
+    except ValidationError as invalid:
+        # A typo shows as an unknown key and a missing one: the unknown key's "did you mean" says more.
+        ranks = {"extra_forbidden": 0, "missing": 1}
+        first = min(invalid.errors(), key=lambda error: ranks.get(error["type"], 2))
+        raise PipelineError(f"{where}: {_sentence(cls, raw, first)}") from None
 
 
 def read_params_file(path: Path = paths.PARAMS) -> dict[str, Any]:
     try:
-        text_ = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise PipelineError(f"{path} not found; run the stage from the project's root folder.") from None
     try:
-        document = yaml.safe_load(text_)
+        document = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark is not None else ""
@@ -334,17 +296,26 @@ def read_params_file(path: Path = paths.PARAMS) -> dict[str, Any]:
     return document
 
 
-def load_params(cls: type[Section], path: Path = paths.PARAMS) -> Section:
-    """Read `path` and return its validated section `cls.SECTION`."""
+def load_params(cls: type[S], path: Path = paths.PARAMS) -> S:
+    """Check every section of `path`, the stage's own first, and return the stage's own (`cls.SECTION`).
+
+    Every section, so that a bad `train.epochs` fails the first stage of `dvc repro` in seconds, not after
+    download and preprocess. The other sections are only read: DVC tracks the keys in dvc.yaml's `params:`.
+    """
     document = read_params_file(path)
-    if cls.SECTION not in document:
-        raise PipelineError(f"{path}: section '{cls.SECTION}' is missing; restore it from the project's params.yaml.")
-    return parse_section(cls, document[cls.SECTION], str(path))
+    parsed = {}
+    for section in sorted(SECTIONS, key=lambda section: section is not cls):
+        if section.SECTION not in document:
+            raise PipelineError(
+                f"{path}: section '{section.SECTION}' is missing; restore it from the project's params.yaml."
+            )
+        parsed[section] = parse_section(section, document[section.SECTION], str(path))
+    return parsed[cls]
 
 
-def section_as_dict(section: Any) -> dict[str, Any]:
-    """A section as plain data (lists for tuples), e.g. to fingerprint it or store it with a model."""
-    return dataclasses.asdict(section)
+def section_as_dict(section: Section) -> dict[str, Any]:
+    """A section as plain data, e.g. to fingerprint it or store it with a model."""
+    return section.model_dump()
 
 
 def apply_params(document: dict[str, Any], changes: dict[str, Any]) -> None:

@@ -9,7 +9,6 @@ epoch; pipeline/resume.py holds that file's format and the rule for resuming fro
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import sys
@@ -34,7 +33,7 @@ log = logging.getLogger(__name__)
 def model_params(params: TrainParams) -> TrainParams:
     """The params the model is built with. The JAX backend compiles the training step by itself (XLA);
     `jit_compile: false` there would mean running it op by op, far slower, so engine jax always compiles."""
-    return dataclasses.replace(params, jit_compile=True) if params.distributed.engine == "jax" else params
+    return params.model_copy(update={"jit_compile": True}) if params.distributed.engine == "jax" else params
 
 
 def seed_everything(seed: int, *, deterministic_ops: bool = True) -> None:

@@ -58,9 +58,9 @@ def workspace_lock(dist: Any) -> contextlib.AbstractContextManager:
 
 def run_training(params: TrainParams, callbacks: Callable[[], Sequence[Any]] = tuple) -> None:
     bf16_flags = cpu.bf16_flags()  # the speed of train.precision=mixed_bfloat16 depends on them (docs/bf16.md)
-    for warning in params.cpu_speed_warnings(bf16_flags):
+    for warning in cpu.speed_warnings(params, bf16_flags):
         log.warning(warning)
-    if hint := params.cpu_speed_hint(bf16_flags):
+    if hint := cpu.speed_hint(params, bf16_flags):
         log.info(hint)
     if params.distributed.engine != "none":
         train_distributed(params, sys.argv[1:], callbacks)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import dataclasses
 import fnmatch
 import json
 import sys
@@ -30,14 +29,13 @@ def sections_read(source: Path) -> list[type]:
     ]
 
 
-def all_keys(cls: type, prefix: str) -> set[str]:
+def all_keys(cls: type[params.Section], prefix: str) -> set[str]:
     keys = set()
-    for field in dataclasses.fields(cls):
-        rule = cls.RULES[field.name]
-        if dataclasses.is_dataclass(rule):
-            keys |= all_keys(rule, f"{prefix}.{field.name}")
+    for name, field in cls.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, params.Section):
+            keys |= all_keys(field.annotation, f"{prefix}.{name}")
         else:
-            keys.add(f"{prefix}.{field.name}")
+            keys.add(f"{prefix}.{name}")
     return keys
 
 
@@ -63,6 +61,16 @@ def test_editing_a_helper_reruns_only_the_stages_that_import_it(digits_run: Path
     importers = {name for name in STAGES if "pipeline/images.py" in STAGES[name]["deps"]}
     assert "preprocess" in importers and not importers & {"train", "evaluate", "export"}
     assert set(json.loads(dvc(repo, "status", "--json").stdout)) == importers
+
+
+def test_params_module_imports_only_leaf_modules() -> None:
+    """Every stage imports params.py, so whatever it imports is a code dep of every stage: editing a helper
+    such as pipeline/images.py must not make train stale."""
+    leaves = {"pipeline/errors.py", "pipeline/paths.py", "pipeline/__init__.py"}
+    imports = {str(path) for path in import_closure(PROJECT_ROOT / "pipeline/params.py")}
+    assert imports == leaves | {"pipeline/params.py"}
+    for leaf in leaves:
+        assert {str(path) for path in import_closure(PROJECT_ROOT / leaf)} - {"pipeline/__init__.py"} <= {leaf}
 
 
 @pytest.mark.parametrize("name", list(STAGES))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import yaml
 from conftest import PROJECT_ROOT
@@ -16,7 +14,7 @@ BASE = parse_section(TrainParams, yaml.safe_load((PROJECT_ROOT / "params.yaml").
 
 
 def with_mlp(**mlp: object) -> TrainParams:
-    return dataclasses.replace(BASE, model="mlp", mlp=dataclasses.replace(BASE.mlp, **mlp))
+    return BASE.model_copy(update={"model": "mlp", "mlp": BASE.mlp.model_copy(update=mlp)})
 
 
 @pytest.mark.parametrize(
@@ -36,7 +34,7 @@ def test_mlp_matches_the_tutorials(input_shape, n_classes, hidden, dropout, expe
 
 
 def test_cnn_matches_the_keras_mnist_convnet() -> None:
-    params = dataclasses.replace(BASE, model="cnn")
+    params = BASE.model_copy(update={"model": "cnn"})
     model = models.build_model(params, (28, 28, 1), 10)
     assert model.count_params() == 1_199_882
     kinds = [type(layer).__name__ for layer in model.layers]
@@ -46,7 +44,7 @@ def test_cnn_matches_the_keras_mnist_convnet() -> None:
 
 
 def test_cnn_pooling_after_each_conv() -> None:
-    params = dataclasses.replace(BASE, model="cnn", cnn=dataclasses.replace(BASE.cnn, pool_after_each_conv=True))
+    params = BASE.model_copy(update={"model": "cnn", "cnn": BASE.cnn.model_copy(update={"pool_after_each_conv": True})})
     model = models.build_model(params, (28, 28, 1), 10)
     kinds = [type(layer).__name__ for layer in model.layers]
     assert kinds == [
@@ -58,8 +56,8 @@ def test_cnn_pooling_after_each_conv() -> None:
 
 
 def test_cnn_batch_norm_sits_between_each_conv_and_its_relu() -> None:
-    cnn = dataclasses.replace(BASE.cnn, pool_after_each_conv=True, batch_norm=True)
-    model = models.build_model(dataclasses.replace(BASE, model="cnn", cnn=cnn), (28, 28, 1), 10)
+    cnn = BASE.cnn.model_copy(update={"pool_after_each_conv": True, "batch_norm": True})
+    model = models.build_model(BASE.model_copy(update={"model": "cnn", "cnn": cnn}), (28, 28, 1), 10)
     kinds = [type(layer).__name__ for layer in model.layers]
     conv = ["Conv2D", "BatchNormalization", "Activation", "MaxPooling2D"]
     assert kinds == ["InputLayer", *conv, *conv, "Dropout", "Flatten", "Dense", "Dropout", "Dense"]
@@ -71,18 +69,18 @@ def test_cnn_batch_norm_sits_between_each_conv_and_its_relu() -> None:
 
 def test_cnn_on_tabular_data_is_a_clear_error() -> None:
     with pytest.raises(PipelineError, match="use train.model=mlp"):
-        models.build_model(dataclasses.replace(BASE, model="cnn"), (4,), 3)
+        models.build_model(BASE.model_copy(update={"model": "cnn"}), (4,), 3)
 
 
 def test_cnn_too_large_for_the_image_is_a_clear_error() -> None:
-    params = dataclasses.replace(BASE, model="cnn", cnn=dataclasses.replace(BASE.cnn, kernel_size=9))
+    params = BASE.model_copy(update={"model": "cnn", "cnn": BASE.cnn.model_copy(update={"kernel_size": 9})})
     with pytest.raises(PipelineError, match="does not fit input shape"):
         models.build_model(params, (8, 8, 1), 10)
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "sgd", "rmsprop", "adadelta", "adagrad", "adamax", "nadam", "ftrl"])
 def test_every_optimizer_by_name_with_learning_rate(optimizer: str) -> None:
-    params = dataclasses.replace(BASE, optimizer=optimizer, learning_rate=0.05)
+    params = BASE.model_copy(update={"optimizer": optimizer, "learning_rate": 0.05})
     model = models.build_model(params, (4,), 3)
     assert type(model.optimizer).__name__.lower() == optimizer
     assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(0.05)
@@ -104,7 +102,9 @@ def test_summary_counts_parameters() -> None:
 )
 def test_learning_rate_schedule_over_the_run(schedule: str, expected_by_step: dict[int, float]) -> None:
     """4 epochs of 10 steps: the cosine reaches half the rate at step 20 and 0 at the run's last step."""
-    params = dataclasses.replace(with_mlp(hidden_units=(8,)), learning_rate=0.01, lr_schedule=schedule, epochs=4)
+    params = with_mlp(hidden_units=(8,)).model_copy(
+        update={"learning_rate": 0.01, "lr_schedule": schedule, "epochs": 4}
+    )
     optimizer = models.build_model(params, (4,), 3, steps_per_epoch=10).optimizer
     for step, expected in expected_by_step.items():
         optimizer.iterations.assign(step)
@@ -114,5 +114,5 @@ def test_learning_rate_schedule_over_the_run(schedule: str, expected_by_step: di
 @pytest.mark.parametrize("name", MODELS)
 def test_every_model_params_allows_has_a_builder(name: str) -> None:
     """The model names are listed once (params.ARCHITECTURES); each one `train.model` accepts must build."""
-    model = models.build_model(dataclasses.replace(BASE, model=name), (8, 8, 1), 3)
+    model = models.build_model(BASE.model_copy(update={"model": name}), (8, 8, 1), 3)
     assert model.name == name

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import sys
@@ -54,8 +53,11 @@ def tiny_problem() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.
 
 
 def fit(state_dir: Path, epochs: int, fingerprint: str = "run-1", steps_per_execution: int = 1):
-    params = dataclasses.replace(
-        BASE, mlp=dataclasses.replace(BASE.mlp, hidden_units=(8,), dropout=0.1), steps_per_execution=steps_per_execution
+    params = BASE.model_copy(
+        update={
+            "mlp": BASE.mlp.model_copy(update={"hidden_units": (8,), "dropout": 0.1}),
+            "steps_per_execution": steps_per_execution,
+        }
     )
     training.seed_everything(params.seed)
     model = models.build_model(params, (4,), 2)
@@ -121,10 +123,10 @@ def test_jit_compile_param_really_compiles_with_xla() -> None:
     # Op determinism makes Keras drop XLA silently, so the train stage leaves it off when jit_compile is on.
     # A fresh process: op determinism, once enabled by another test, cannot be switched off.
     probe = (
-        "import dataclasses, yaml; from pipeline import models, training; "
+        "import yaml; from pipeline import models, training; "
         "from pipeline.params import TrainParams, parse_section; "
         "p = parse_section(TrainParams, yaml.safe_load(open('params.yaml'))['train']); "
-        "p = dataclasses.replace(p, jit_compile=True); "
+        "p = p.model_copy(update={'jit_compile': True}); "
         "training.seed_everything(1, deterministic_ops=not p.jit_compile); "
         "print(models.build_model(p, (4,), 2).jit_compile)"
     )
@@ -166,13 +168,16 @@ def test_resume_fingerprint_covers_exactly_the_code_deps_of_the_train_stage() ->
 
 def test_execution_only_params_leave_the_resume_fingerprint_alone() -> None:
     """A resumed run may come back with other execution settings (more steps per call, another coordinator)."""
-    other = dataclasses.replace(
-        BASE,
-        steps_per_execution=1,
-        distributed=dataclasses.replace(BASE.distributed, launcher="external", coordinator="h:1", join_timeout=9),
+    other = BASE.model_copy(
+        update={
+            "steps_per_execution": 1,
+            "distributed": BASE.distributed.model_copy(
+                update={"launcher": "external", "coordinator": "h:1", "join_timeout": 9}
+            ),
+        }
     )
     assert resume.fingerprint_params(other) == resume.fingerprint_params(BASE)
-    assert resume.fingerprint_params(dataclasses.replace(BASE, seed=7)) != resume.fingerprint_params(BASE)
+    assert resume.fingerprint_params(BASE.model_copy(update={"seed": 7})) != resume.fingerprint_params(BASE)
 
 
 def test_callbacks_of_the_caller_run_after_each_epoch_is_saved(tmp_path: Path) -> None:
@@ -186,7 +191,7 @@ def test_callbacks_of_the_caller_run_after_each_epoch_is_saved(tmp_path: Path) -
             meta = json.loads(str(load_npz(tmp_path / resume.STATE_FILE)["meta"]))
             seen.append((epoch + 1, meta["epochs_done"], "val_accuracy" in (logs or {})))
 
-    params = dataclasses.replace(BASE, mlp=dataclasses.replace(BASE.mlp, hidden_units=(8,)))
+    params = BASE.model_copy(update={"mlp": BASE.mlp.model_copy(update={"hidden_units": (8,)})})
     training.seed_everything(params.seed)
     train, val = tiny_problem()
     training.fit_resumable(
