@@ -82,15 +82,15 @@ def test_official_test_split_is_kept_and_validation_comes_from_training_data() -
     splits, meta = prepare_splits(raw, val_fraction=0.1, test_fraction=0.5, seed=0)
     assert len(splits["test"].x) == 40  # test_fraction is ignored when there is an official test split
     assert len(splits["train"].x) + len(splits["val"].x) == 200
-    assert meta["test_split"] == "official"
+    assert meta.test_split == "official"
     np.testing.assert_array_equal(splits["test"].x, raw.x_test)  # stored as published; scaled on load
     assert splits["val"].y.sum(axis=0).tolist() == [5, 5, 5, 5]
 
 
 def test_dataset_without_test_split_gets_stratified_test_and_val_splits() -> None:
     splits, meta = prepare_splits(image_dataset(with_test=False), val_fraction=0.1, test_fraction=0.2, seed=0)
-    assert meta["sizes"] == {"train": 144, "val": 16, "test": 40}
-    assert meta["input_shape"] == [8, 8, 1]
+    assert meta.sizes == {"train": 144, "val": 16, "test": 40}
+    assert meta.input_shape == (8, 8, 1)
     for split in splits.values():
         assert split.x.dtype == np.uint8 and split.x.shape[1:] == (8, 8)
         assert split.y.shape[1] == 4 and np.all(split.y.sum(axis=1) == 1)
@@ -107,17 +107,17 @@ def test_tabular_scaling_uses_training_statistics_only() -> None:
     )  # fmt: skip
     splits, meta = prepare_splits(raw, val_fraction=0.2, test_fraction=0.25, seed=1)
     assert splits["train"].x.min(axis=0) == pytest.approx(0.0) and splits["train"].x.max(axis=0) == pytest.approx(1.0)
-    assert meta["scaling"]["method"] == "minmax" and len(meta["scaling"]["min"]) == 3
-    assert meta["feature_names"] == ["f1", "f2", "f3"]
+    assert meta.scaling.method == "minmax" and len(meta.scaling.min) == 3
+    assert meta.feature_names == ("f1", "f2", "f3")
 
 
 def test_stored_images_load_as_exactly_the_scaled_pixels(tmp_path: Path) -> None:
     raw = image_dataset(with_test=True)
     splits, meta = prepare_splits(raw, val_fraction=0.1, test_fraction=0.5, seed=0)
     write_npz_atomic(tmp_path / "test.npz", x=splits["test"].x, y=splits["test"].y)
-    x, y = load_split(tmp_path / "test.npz", meta["scaling"])
+    x, y = load_split(tmp_path / "test.npz", meta.scaling)
     np.testing.assert_array_equal(x, scale_pixels(raw.x_test, 16.0))  # bit for bit what scaling up front gave
-    assert x.shape == (40, *meta["input_shape"]) and x.dtype == np.float32
+    assert x.shape == (40, *meta.input_shape) and x.dtype == np.float32
     np.testing.assert_array_equal(y, splits["test"].y)
 
 
