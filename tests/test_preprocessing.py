@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 from pipeline.datasets import RawDataset
 from pipeline.errors import PipelineError
 from pipeline.files import write_npz_atomic
+from pipeline.images import Conversion
 from pipeline.preprocessing import (
     apply_minmax,
     fit_minmax,
@@ -17,6 +19,8 @@ from pipeline.preprocessing import (
     one_hot,
     prepare_splits,
     scale_pixels,
+    scale_splits,
+    split_dataset,
     stored_pixels,
     stratified_split,
 )
@@ -109,6 +113,19 @@ def test_tabular_scaling_uses_training_statistics_only() -> None:
     assert splits["train"].x.min(axis=0) == pytest.approx(0.0) and splits["train"].x.max(axis=0) == pytest.approx(1.0)
     assert meta.scaling.method == "minmax" and len(meta.scaling.min) == 3
     assert meta.feature_names == ("f1", "f2", "f3")
+
+
+def test_image_files_are_split_by_label_then_decoded_then_scaled() -> None:
+    rows = np.array([[f"{i}.png", f"sha{i}"] for i in range(40)])
+    raw = RawDataset("image_folder", "image_files", rows, np.arange(40) % 2, None, None, ("a", "b"), 255.0)
+    labelled = split_dataset(raw, 0.25, 0.2, seed=0)  # by the labels alone: the rows are not opened
+    assert sorted(np.concatenate(list(labelled.x.values()))[:, 0].tolist()) == sorted(rows[:, 0].tolist())
+    with pytest.raises(PipelineError, match=r"^image_folder: the image files must be decoded before scaling; .*\.$"):
+        scale_splits(raw, labelled)
+    pixels = {name: np.full((len(x), 4, 4, 3), 7, np.uint8) for name, x in labelled.x.items()}  # as decode_splits
+    splits, meta = scale_splits(raw, replace(labelled, x=pixels), Conversion("rgb", (4, 4)).record())
+    assert meta.kind == "image" and meta.input_shape == (4, 4, 3) and meta.image.color_mode == "rgb"
+    assert meta.sizes == {name: len(split.x) for name, split in splits.items()} == {"train": 24, "val": 8, "test": 8}
 
 
 def test_stored_images_load_as_exactly_the_scaled_pixels(tmp_path: Path) -> None:
