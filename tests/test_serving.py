@@ -29,6 +29,7 @@ META = {
     "image": {"color_mode": "rgb", "resize": "pillow-box"}, "sizes": {"train": 26, "val": 3, "test": 7},
     "test_split": "stratified 0.2 of the data, seed 42", "val_split": "stratified 0.1 of the training data, seed 43",
 }  # fmt: skip
+GRAY_META = META | {"input_shape": [16, 16, 1], "image": {"color_mode": "grayscale", "resize": "pillow-box"}}
 TABLE_META = META | {
     "dataset": "csv", "kind": "tabular", "input_shape": [4], "feature_names": ["a", "b=x", "b=y", "c"],
     "scaling": {"method": "minmax", "min": [0, 0, 0, 1.5], "range": [1, 1, 1, 2]},
@@ -40,8 +41,7 @@ del TABLE_META["image"]
 # ----------------------------------------------------------------------------- the record
 
 
-@pytest.mark.parametrize("data", [META, META | {"input_shape": [16, 16, 1], "image": {"color_mode": "grayscale",
-                                  "resize": "pillow-box"}}, TABLE_META], ids=["rgb", "grayscale", "table"])  # fmt: skip
+@pytest.mark.parametrize("data", [META, GRAY_META, TABLE_META], ids=["rgb", "grayscale", "table"])
 def test_meta_and_serving_json_round_trip(data: dict) -> None:
     meta = load_meta(json.loads(json.dumps(data)), "meta.json")
     assert type(meta) is PreparedMeta and meta.dump() == data
@@ -55,9 +55,7 @@ def test_meta_and_serving_json_round_trip(data: dict) -> None:
 
 def test_scaling_text_names_the_colour_mode_and_channels() -> None:
     rgb = load_meta(META, "meta.json")
-    gray = load_meta(
-        META | {"input_shape": [16, 16, 1], "image": {"color_mode": "grayscale", "resize": "pillow-box"}}, "m"
-    )
+    gray = load_meta(GRAY_META, "meta.json")
     assert scaling_text(rgb).startswith("RGB images") and "(N, 16, 16, 3)" in scaling_text(rgb)
     assert "grayscale" not in scaling_text(rgb) and "add a channel axis" not in scaling_text(rgb)
     assert scaling_text(gray).startswith("grayscale images") and "(N, 16, 16, 1)" in scaling_text(gray)
