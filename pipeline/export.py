@@ -22,14 +22,13 @@ import numpy as np
 
 from pipeline.errors import PipelineError
 from pipeline.io.atomic import atomic_directory, write_json_atomic
+from pipeline.meta import INPUT_NAME, OUTPUT_NAME, PreparedMeta
 from pipeline.runtimes import INSTALL_HINT, keras_runner, open_model
 
 # What each format writes inside models/export/ (params.EXPORT_FORMATS lists the same names).
 FORMATS = {"saved_model": "saved_model", "tflite": "model.tflite", "onnx": "model.onnx"}
 KERAS_FILE = "model.keras"  # the reference every format is checked against, shipped beside them
 DESCRIPTION = "serving.json"  # what a consumer needs: input, scaling, class names (describe_export)
-INPUT_NAME = "inputs"
-OUTPUT_NAME = "probabilities"
 # ONNX opset 17 (2022): run by every ONNX Runtime since 1.13 and by tf2onnx's whole op table.
 ONNX_OPSET = 17
 
@@ -37,54 +36,13 @@ ONNX_OPSET = 17
 # ----------------------------------------------------------------------------- the description
 
 
-def scaling_text(meta: dict[str, Any]) -> str:
-    """The scaling, in words, for a consumer writing it in another language."""
-    scaling = meta["scaling"]
-    if scaling["method"] == "divide":
-        height, width = meta["input_shape"][:2]
-        return (
-            f"grayscale images, light strokes on a dark background, {height}x{width} pixels with raw values "
-            f"0..{scaling['pixel_max']:g}: divide each by {scaling['pixel_max']:g} and add a channel axis, "
-            f"giving float32 arrays of shape (N, {height}, {width}, 1)"
-        )
-    encoded = (
-        ", each text column of table.columns one-hot encoded first (1 for its value in table.categories, 0 for the "
-        "others)"
-        if meta.get("table", {}).get("categories")
-        else ""
-    )
-    return (
-        f"one row of raw features per example, in feature_names order{encoded}: x = (raw - scaling.min) / "
-        f"scaling.range, per feature, giving float32 arrays of shape (N, {meta['input_shape'][0]})"
-    )
-
-
-def describe_export(meta: dict[str, Any], formats: Sequence[str]) -> dict[str, Any]:
+def describe_export(meta: PreparedMeta, formats: Sequence[str]) -> dict[str, Any]:
     """serving.json: everything a consumer needs to use an export without this repository.
 
-    Derived from the preprocessing description (data/prepared/meta.json) only; its
-    `kind`, `input_shape`, `class_names`, `feature_names` and `scaling` keys are
-    meta.json's, so predict reads it as it reads meta.json (`InputSpec.from_meta`).
+    meta.json's record plus the tensors, the scaling in words and the files (`PreparedMeta.serving`),
+    so predict reads it as it reads meta.json (`meta.load_meta`).
     """
-    shape = [None, *meta["input_shape"]]
-    return {
-        "dataset": meta["dataset"],
-        "kind": meta["kind"],
-        "input_shape": list(meta["input_shape"]),
-        "input": {"name": INPUT_NAME, "dtype": "float32", "shape": shape},
-        "output": {
-            "name": OUTPUT_NAME,
-            "dtype": "float32",
-            "shape": [None, len(meta["class_names"])],
-            "meaning": "softmax probabilities, one per class, in class_names order",
-        },
-        "class_names": list(meta["class_names"]),
-        "feature_names": list(meta.get("feature_names", [])),
-        **({"table": meta["table"]} if "table" in meta else {}),
-        "scaling": meta["scaling"],
-        "scaling_text": scaling_text(meta),
-        "files": {"keras": KERAS_FILE} | {name: FORMATS[name] for name in formats},
-    }
+    return meta.serving({"keras": KERAS_FILE} | {name: FORMATS[name] for name in formats}).dump()
 
 
 def description_beside(model_path: Path) -> Path | None:
@@ -249,7 +207,7 @@ def size_bytes(path: Path) -> int:
 def export_model(
     model,
     model_file: Path,
-    meta: dict[str, Any],
+    meta: PreparedMeta,
     x_test: np.ndarray,
     *,
     formats: Sequence[str],
@@ -265,7 +223,7 @@ def export_model(
         figures["float32_twin"] = parity_figures(reference, twin_reference)
         reference = twin_reference
     model = twin
-    serve = serving_function(model, meta["input_shape"])
+    serve = serving_function(model, meta.input_shape)
     try:
         with atomic_directory(dest) as folder:
             shutil.copy2(model_file, folder / KERAS_FILE)

@@ -1,7 +1,7 @@
 """THE conversion of an image file into the pixels a model takes, shared by preprocess and predict.
 
 Preprocess converts every training image with `convert_image`, and predict converts every new
-image with it too, reading the settings back from meta.json (`Conversion.from_record`): the two
+image with it too, reading the settings back from meta.json (`Conversion.for_model`): the two
 cannot drift apart. One function, in this order:
 
 1. Decode with Pillow, its decompression-bomb limit on (`Image.MAX_IMAGE_PIXELS`, ~89 megapixels;
@@ -34,7 +34,7 @@ import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -46,11 +46,12 @@ except ImportError:  # no wheel for the platform (Intel Macs): Pillow decodes ev
 
 from pipeline.errors import PipelineError
 from pipeline.io.reading import read_limited
+from pipeline.meta import DEFAULT_IMAGE_RECORD, ImageRecord, PreparedMeta
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _UNREADABLE = "in another format than PNG, JPEG, BMP, GIF, WebP, TIFF, or damaged"  # the formats IMAGE_SUFFIXES name
 COLOR_MODES = {"grayscale": "L", "rgb": "RGB"}
-RESIZE_METHOD = "pillow-box"  # recorded in meta.json, so a model says how its inputs were made
+RESIZE_METHOD = "pillow-box"  # in meta.json (`meta.ImageRecord.resize`): a model says how its inputs were made
 # Above this many pixels (after a JPEG's reduced decoding) an image is refused before it decodes: converting
 # an RGBA PNG takes about a dozen bytes per pixel at its peak, so this bounds one image's memory to ~0.5 GB.
 MAX_PIXELS = 40_000_000
@@ -88,18 +89,15 @@ class Conversion:
     def channels(self) -> int:
         return 1 if self.color_mode == "grayscale" else 3
 
-    def record(self) -> dict[str, Any]:
-        """What meta.json stores, so predict converts new images exactly so."""
-        return {"color_mode": self.color_mode, "image_size": list(self.size or ()), "resize": RESIZE_METHOD}
+    def record(self) -> ImageRecord:
+        """What meta.json stores, so predict converts new images exactly so (the size is the input shape's)."""
+        return ImageRecord(color_mode=self.color_mode, resize=RESIZE_METHOD)
 
     @classmethod
-    def from_record(cls, record: dict[str, Any], input_shape: tuple[int, ...]) -> Conversion:
-        if record.get("resize", RESIZE_METHOD) != RESIZE_METHOD:
-            raise PipelineError(
-                f"the model's images were resized by '{record['resize']}', which this version cannot do; "
-                "rerun the pipeline (dvc repro)."
-            )
-        return cls(record.get("color_mode", "grayscale"), (int(input_shape[0]), int(input_shape[1])))
+    def for_model(cls, meta: PreparedMeta) -> Conversion:
+        """How new image files become what `meta`'s model takes: as preprocess converted its training images."""
+        record = meta.image or DEFAULT_IMAGE_RECORD
+        return cls(record.color_mode, (meta.input_shape[0], meta.input_shape[1]))
 
 
 def read_image_file(path: Path | str, unreadable: str) -> bytes:

@@ -11,15 +11,15 @@ import csv
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from pipeline.errors import PipelineError
 from pipeline.folders import Skipped, image_files
-from pipeline.images import IMAGE_SUFFIXES, convert_image, read_image_file
+from pipeline.images import IMAGE_SUFFIXES, Conversion, convert_image, read_image_file
 from pipeline.io.reading import check_npy_header, read_limited
-from pipeline.prediction import ARRAY_SUFFIX, Batch, InputSpec
+from pipeline.meta import MinmaxScaling, PreparedMeta
+from pipeline.prediction import ARRAY_SUFFIX, Batch, accepted, describe_inputs
 from pipeline.preprocessing import apply_minmax, scale_pixels
 from pipeline.progress import Progress
 from pipeline.tables import csv_reader, decode_text, encode_row
@@ -31,14 +31,14 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 CSV_MAX_BYTES = 64 * 2**20  # read whole into memory: larger inputs belong in .npy files, or in several CSVs
 
 
-def check_inputs(paths: Sequence[Path], spec: InputSpec) -> None:
+def check_inputs(paths: Sequence[Path], meta: PreparedMeta) -> None:
     """Every path exists and has a suffix this model takes; raise on the first that does not."""
     for path in paths:
-        suffix = path.suffix.lower()
-        if suffix not in spec.accepted:
+        suffix, suffixes = path.suffix.lower(), accepted(meta)
+        if suffix not in suffixes:
             raise PipelineError(
-                f"{path}: a '{suffix or 'suffixless'}' file is not an input this {spec.kind} model takes; "
-                f"give {', '.join(spec.accepted[:-1])} or {spec.accepted[-1]} files holding {spec.describe()}."
+                f"{path}: a '{suffix or 'suffixless'}' file is not an input this {meta.kind} model takes; "
+                f"give {', '.join(suffixes[:-1])} or {suffixes[-1]} files holding {describe_inputs(meta)}."
             )
         if not path.is_file():
             raise PipelineError(f"{path} not found (or not a file); check the path.")
@@ -47,17 +47,17 @@ def check_inputs(paths: Sequence[Path], spec: InputSpec) -> None:
 # ----------------------------------------------------------------------------- scaling
 
 
-def scale_features(features: np.ndarray, scaling: dict[str, Any]) -> np.ndarray:
+def scale_features(features: np.ndarray, scaling: MinmaxScaling) -> np.ndarray:
     """(N, F) raw features -> the min-max fitted on the training split, with preprocess's own function."""
-    return apply_minmax(features, np.asarray(scaling["min"]), np.asarray(scaling["range"]))
+    return apply_minmax(features, np.asarray(scaling.min), np.asarray(scaling.range))
 
 
 # ----------------------------------------------------------------------------- readers
 
 
-def read_image(path: Path, spec: InputSpec, *, invert: bool = False) -> Batch:
+def read_image(path: Path, meta: PreparedMeta, *, invert: bool = False) -> Batch:
     """An image file of any size and format, converted by the function preprocess used (pipeline/images.py)."""
-    pixels = convert_image(read_image_file(path, "check the path."), spec.conversion(), str(path))
+    pixels = convert_image(read_image_file(path, "check the path."), Conversion.for_model(meta), str(path))
     if invert:
         pixels = 255 - pixels
     return Batch((str(path),), scale_pixels(pixels[np.newaxis], IMAGE_FILE_MAX))
@@ -118,15 +118,15 @@ def _as_feature_rows(array: np.ndarray, n_features: int, path: Path) -> tuple[np
     )
 
 
-def read_npy(path: Path, spec: InputSpec) -> Batch:
+def read_npy(path: Path, meta: PreparedMeta) -> Batch:
     """Raw, unscaled values as in data/raw (digits 0..16, MNIST 0..255, iris in cm): one example or a stack."""
     array = _load_npy(path)
-    if spec.kind == "image":
-        stack, single = _as_image_stack(array, spec.input_shape, path)
-        x = scale_pixels(stack, spec.scaling["pixel_max"])
+    if isinstance(meta.scaling, MinmaxScaling):
+        stack, single = _as_feature_rows(array, meta.input_shape[0], path)
+        x = scale_features(stack, meta.scaling)
     else:
-        stack, single = _as_feature_rows(array, spec.input_shape[0], path)
-        x = scale_features(stack, spec.scaling)
+        stack, single = _as_image_stack(array, meta.input_shape, path)
+        x = scale_pixels(stack, meta.scaling.pixel_max)
     labels = (str(path),) if single else tuple(f"{path}[{i}]" for i in range(len(stack)))
     return Batch(labels, x)
 
@@ -143,11 +143,11 @@ def _parse_float(text: str, where: str) -> float:
     return value
 
 
-def _is_header(row: Sequence[str], spec: InputSpec) -> bool:
+def _is_header(row: Sequence[str], meta: PreparedMeta) -> bool:
     """A header names a column the model takes; without text columns, any non-number marks one too."""
-    if {cell.strip() for cell in row} & set(spec.columns):
+    if {cell.strip() for cell in row} & set(meta.columns):
         return True
-    if spec.categories:  # a data row holds text here: the values of the text columns
+    if meta.categories:  # a data row holds text here: the values of the text columns
         return False
     try:
         [float(cell) for cell in row]
@@ -156,35 +156,35 @@ def _is_header(row: Sequence[str], spec: InputSpec) -> bool:
     return False
 
 
-def _column_order(header: Sequence[str], spec: InputSpec, path: Path) -> list[int]:
+def _column_order(header: Sequence[str], meta: PreparedMeta, path: Path) -> list[int]:
     """Positions of the training features in `header`: columns may come in any order, and columns the model
     does not take (the label column of a table with answers, an id) are left out, as pandas users select them."""
     names = [cell.strip() for cell in header]
-    missing = [name for name in spec.columns if name not in names]
-    twice = sorted({name for name in spec.columns if names.count(name) > 1})
+    missing = [name for name in meta.columns if name not in names]
+    twice = sorted({name for name in meta.columns if names.count(name) > 1})
     if missing or twice:
         problem = f"lacks {missing}" if missing else f"names {twice} more than once"
         raise PipelineError(
-            f"{path}: the header {problem}; this model takes the columns {list(spec.columns)} "
+            f"{path}: the header {problem}; this model takes the columns {list(meta.columns)} "
             "(in any order, other columns ignored), or rows without a header with the values in that order."
         )
-    return [names.index(name) for name in spec.columns]
+    return [names.index(name) for name in meta.columns]
 
 
-def parse_csv(text: str, path: Path, spec: InputSpec) -> Batch:
+def parse_csv(text: str, path: Path, meta: PreparedMeta) -> Batch:
     """Rows of raw feature values, text columns one-hot encoded as preprocess did; an optional header names columns."""
     try:
         rows = [row for row in csv_reader(text) if any(cell.strip() for cell in row)]
     except csv.Error as err:  # e.g. a field over csv's 128 KB limit, or a NUL byte
         raise PipelineError(f"{path} is not a valid CSV file ({err}); give one row of numbers per example.") from None
     if not rows:
-        raise PipelineError(f"{path} has no rows; give one row of {spec.input_shape[0]} values per example.")
-    columns = spec.columns or ("",) * spec.input_shape[0]  # a model without feature names: by position only
+        raise PipelineError(f"{path} has no rows; give one row of {meta.input_shape[0]} values per example.")
+    columns = meta.columns or ("",) * meta.input_shape[0]  # a model without feature names: by position only
     first_line = 1
     order = list(range(len(columns)))
-    width, wanted = len(order), spec.describe()
-    if _is_header(rows[0], spec):
-        order = _column_order(rows[0], spec, path)
+    width, wanted = len(order), describe_inputs(meta)
+    if _is_header(rows[0], meta):
+        order = _column_order(rows[0], meta, path)
         width, wanted = len(rows[0]), f"its header's {len(rows[0])} columns"
         rows, first_line = rows[1:], 2
     values = []
@@ -194,19 +194,20 @@ def parse_csv(text: str, path: Path, spec: InputSpec) -> Batch:
             raise PipelineError(f"{where} has {len(row)} values, but this model takes {wanted}.")
         cells = [row[i].strip() for i in order]
         number = lambda text, _column, at=where: _parse_float(text, at)  # noqa: E731
-        values.append(encode_row(cells, columns, spec.categories, number, where))
+        values.append(encode_row(cells, columns, meta.categories, number, where))
     if not values:
         raise PipelineError(f"{path} has a header but no data rows.")
     labels = tuple(f"{path} line {first_line + i}" for i in range(len(values)))
-    return Batch(labels, scale_features(np.asarray(values, dtype=np.float64), spec.scaling))
+    assert isinstance(meta.scaling, MinmaxScaling)  # CSV files reach only tabular models (check_inputs)
+    return Batch(labels, scale_features(np.asarray(values, dtype=np.float64), meta.scaling))
 
 
-def read_csv(path: Path, spec: InputSpec) -> Batch:
+def read_csv(path: Path, meta: PreparedMeta) -> Batch:
     data = read_limited(path, CSV_MAX_BYTES, too_large="split it into smaller files.", unreadable="check the path.")
-    return parse_csv(decode_text(data, path), path, spec)
+    return parse_csv(decode_text(data, path), path, meta)
 
 
-def expand_folders(paths: Sequence[Path], spec: InputSpec) -> list[Path]:
+def expand_folders(paths: Sequence[Path], meta: PreparedMeta) -> list[Path]:
     """`paths` with each folder replaced by the image files below it, sorted, found as the download stage
     finds a class folder's (`folders.image_files`: hidden and other files skipped, counted in a log line)."""
     expanded = []
@@ -214,8 +215,8 @@ def expand_folders(paths: Sequence[Path], spec: InputSpec) -> list[Path]:
         if not path.is_dir():
             expanded.append(path)
             continue
-        if spec.kind != "image":
-            raise PipelineError(f"{path} is a folder; this {spec.kind} model takes .csv or .npy files.")
+        if meta.kind != "image":
+            raise PipelineError(f"{path} is a folder; this {meta.kind} model takes .csv or .npy files.")
         skipped = Skipped()
         found = image_files(path, skipped)
         if not found:
@@ -226,19 +227,19 @@ def expand_folders(paths: Sequence[Path], spec: InputSpec) -> list[Path]:
     return expanded
 
 
-def read_inputs(paths: Sequence[Path], spec: InputSpec, *, invert: bool = False) -> Batch:
+def read_inputs(paths: Sequence[Path], meta: PreparedMeta, *, invert: bool = False) -> Batch:
     """Every input read, checked and scaled, in one batch in the order given (a folder: its images, sorted)."""
-    paths = expand_folders(paths, spec)
-    check_inputs(paths, spec)
+    paths = expand_folders(paths, meta)
+    check_inputs(paths, meta)
     batches, progress = [], Progress("reading", len(paths), "inputs")
     for path in paths:
         suffix = path.suffix.lower()
         if suffix in IMAGE_SUFFIXES:
-            batches.append(read_image(path, spec, invert=invert))
+            batches.append(read_image(path, meta, invert=invert))
         elif suffix == ARRAY_SUFFIX:
-            batches.append(read_npy(path, spec))
+            batches.append(read_npy(path, meta))
         else:
-            batches.append(read_csv(path, spec))
+            batches.append(read_csv(path, meta))
         progress.advance()
     progress.finish()
     labels = tuple(label for batch in batches for label in batch.labels)

@@ -42,7 +42,14 @@ def split_file(split: str) -> Path:
 
 
 # Which stage writes each output: an unreadable or hand-edited file there is fixed by rerunning that stage.
-WRITERS = {RAW_DIR: "download", PREPARED_DIR: "preprocess", MODELS_DIR: "train", REPORTS_DIR: "evaluate"}
+# The first folder holding the path wins: models/export/ before the rest of models/.
+WRITERS = {
+    RAW_DIR: "download",
+    PREPARED_DIR: "preprocess",
+    EXPORT_DIR: "export",
+    MODELS_DIR: "train",
+    REPORTS_DIR: "evaluate",
+}
 
 
 def rerun_hint(path: Path | str) -> str:

@@ -1,4 +1,4 @@
-"""Pure functions of the predict stage: what the model takes (`InputSpec`, from meta.json), checks, ranked classes.
+"""Pure functions of the predict stage: what the model takes (from meta.json's `PreparedMeta`), checks, ranked classes.
 
 Nothing here imports TensorFlow: every input is read (`pipeline.inputs`) and checked against the
 preprocessing description (`data/prepared/meta.json`) before the model loads.
@@ -14,67 +14,30 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.images import IMAGE_SUFFIXES, Conversion
+from pipeline.images import IMAGE_SUFFIXES
+from pipeline.meta import PreparedMeta
 
 ARRAY_SUFFIX = ".npy"
 CSV_SUFFIX = ".csv"
 
 
-@dataclass(frozen=True)
-class InputSpec:
-    """What the model was trained on, from the preprocessing description (meta.json)."""
+def accepted(meta: PreparedMeta) -> tuple[str, ...]:
+    """The file suffixes the model described by `meta` takes."""
+    return (*IMAGE_SUFFIXES, ARRAY_SUFFIX) if meta.kind == "image" else (CSV_SUFFIX, ARRAY_SUFFIX)
 
-    kind: str  # "image" or "tabular"
-    input_shape: tuple[int, ...]  # one example: (H, W, 1) or (F,)
-    class_names: tuple[str, ...]
-    scaling: dict[str, Any]
-    feature_names: tuple[str, ...] = ()
-    image: dict[str, Any] | None = None  # how preprocess converted image files (your own folder); None: built-in
-    table: dict[str, Any] | None = None  # your CSV table's columns and text columns' values (tables.Table.record)
 
-    @classmethod
-    def from_meta(cls, meta: dict[str, Any]) -> InputSpec:
-        try:
-            return cls(
-                kind=meta["kind"],
-                input_shape=tuple(meta["input_shape"]),
-                class_names=tuple(meta["class_names"]),
-                scaling=meta["scaling"],
-                feature_names=tuple(meta.get("feature_names", ())),
-                image=meta.get("image"),
-                table=meta.get("table"),
-            )
-        except (KeyError, TypeError) as err:
-            raise PipelineError(f"the preprocessing description lacks {err}; rerun preprocess (dvc repro).") from None
-
-    @property
-    def accepted(self) -> tuple[str, ...]:
-        return (*IMAGE_SUFFIXES, ARRAY_SUFFIX) if self.kind == "image" else (CSV_SUFFIX, ARRAY_SUFFIX)
-
-    def describe(self) -> str:
-        if self.kind == "image":
-            height, width = self.input_shape[:2]
-            if self.conversion().color_mode == "rgb":
-                return f"{height}x{width} RGB images (image files of any size, or .npy arrays ({height}, {width}, 3))"
-            return f"{height}x{width} grayscale images (image files of any size, or .npy arrays ({height}, {width}))"
-        if self.categories:
-            values = self.categories
-            named = [f"{c} (one of {', '.join(values[c])})" if c in values else c for c in self.columns]
-            return f"rows of the columns {', '.join(named)}"
-        return f"rows of {self.input_shape[0]} features ({', '.join(self.feature_names) or 'unnamed'})"
-
-    @property
-    def columns(self) -> tuple[str, ...]:
-        """The columns a CSV row gives: your table's feature columns, or the built-in dataset's features."""
-        return tuple(self.table["columns"]) if self.table else self.feature_names
-
-    @property
-    def categories(self) -> dict[str, list[str]]:
-        return self.table["categories"] if self.table else {}  # read per CSV row: no copy
-
-    def conversion(self) -> Conversion:
-        """How image files become this model's pixels: as preprocess converted the training images."""
-        return Conversion.from_record(self.image or {}, self.input_shape)
+def describe_inputs(meta: PreparedMeta) -> str:
+    """What the model takes, in words, for an error about an input it does not take."""
+    if meta.kind == "image":
+        height, width, channels = meta.input_shape
+        if channels == 3:
+            return f"{height}x{width} RGB images (image files of any size, or .npy arrays ({height}, {width}, 3))"
+        return f"{height}x{width} grayscale images (image files of any size, or .npy arrays ({height}, {width}))"
+    if meta.categories:
+        values = meta.categories
+        named = [f"{c} (one of {', '.join(values[c])})" if c in values else c for c in meta.columns]
+        return f"rows of the columns {', '.join(named)}"
+    return f"rows of {meta.input_shape[0]} features ({', '.join(meta.feature_names) or 'unnamed'})"
 
 
 @dataclass(frozen=True)
@@ -88,26 +51,26 @@ class Batch:
 # ----------------------------------------------------------------------------- checks
 
 
-def check_top_k(top_k: int, spec: InputSpec) -> None:
+def check_top_k(top_k: int, meta: PreparedMeta) -> None:
     """Refuse a K outside 1..classes, above the class count too, rather than cap it.
 
     Capping would print fewer classes than asked without an error, and a script reading exactly K
     entries per input would then misread them; the class count is known before any input is read,
     so the refusal costs nothing and says what to give instead.
     """
-    n_classes = len(spec.class_names)
+    n_classes = len(meta.class_names)
     if not 1 <= top_k <= n_classes:
         raise PipelineError(
             f"--top-k {top_k} is out of range: the model knows {n_classes} classes; give 1 to {n_classes}."
         )
 
 
-def check_model_matches(model_input_shape: Sequence[int | None], n_outputs: int, spec: InputSpec) -> None:
+def check_model_matches(model_input_shape: Sequence[int | None], n_outputs: int, meta: PreparedMeta) -> None:
     """The model and meta.json must come from the same run, or the scaling and class names are wrong."""
-    if tuple(model_input_shape[1:]) != spec.input_shape or n_outputs != len(spec.class_names):
+    if tuple(model_input_shape[1:]) != meta.input_shape or n_outputs != len(meta.class_names):
         raise PipelineError(
             f"the model takes {tuple(model_input_shape[1:])} and gives {n_outputs} classes, but meta.json describes "
-            f"{spec.input_shape} and {len(spec.class_names)} classes; rerun the pipeline (dvc repro) so they match."
+            f"{meta.input_shape} and {len(meta.class_names)} classes; rerun the pipeline (dvc repro) so they match."
         )
 
 

@@ -8,8 +8,6 @@ Tabular features are few; they are stored already scaled.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +17,7 @@ import numpy as np
 from pipeline import paths
 from pipeline.errors import PipelineError
 from pipeline.io.reading import load_xy, read_json
+from pipeline.meta import DEFAULT_IMAGE_RECORD, DivideScaling, ImageRecord, PreparedMeta, Scaling, load_meta
 
 if TYPE_CHECKING:  # train and evaluate import this module; they need not depend on the dataset registry
     from pipeline.datasets import RawDataset
@@ -48,14 +47,14 @@ def stored_pixels(images: np.ndarray, what: str) -> np.ndarray:
     return as_uint8
 
 
-def load_split(path: Path | str, scaling: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+def load_split(path: Path | str, scaling: Scaling) -> tuple[np.ndarray, np.ndarray]:
     """A prepared split as the model takes it: float32 features in [0, 1] (images (N, H, W, 1)), one-hot labels.
 
     `scaling` is meta.json's record of what preprocess did (see the module docstring).
     """
     x, y = load_xy(path)
-    if scaling["method"] == "divide":
-        x = scale_pixels(x, scaling["pixel_max"])
+    if isinstance(scaling, DivideScaling):
+        x = scale_pixels(x, scaling.pixel_max)
     return x, y
 
 
@@ -123,23 +122,25 @@ class Split:
     y: np.ndarray  # one-hot, float32
 
 
-def prepare_splits(
-    raw: RawDataset,
-    val_fraction: float,
-    test_fraction: float,
-    seed: int,
-    *,
-    decode: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None,
-    image_record: dict[str, Any] | None = None,
-) -> tuple[dict[str, Split], dict[str, Any]]:
-    """Train/val/test splits as stored (see the module docstring), one-hot, and the description later stages need.
+@dataclass(frozen=True)
+class LabelledSplits:
+    """The train, val and test examples as the dataset holds them, with their integer labels, and how each was chosen.
 
-    The official test split is kept where there is one; otherwise a stratified
-    test split is held out first. Validation is always carved from training data.
-    Scaling is fitted on the training split only. Image files (kind "image_files",
-    your own folder) are split by their labels first, then `decode` turns each
-    split's files into pixels: nothing is decoded twice or held twice.
-    `image_record` (how files became pixels) goes into the description for predict.
+    `x` holds pixels, features, or for image files (your own folder) their (N, 2) [path, sha256] rows, which
+    the preprocess stage decodes (`folders.decode_splits`) before `scale_splits`.
+    """
+
+    x: dict[str, np.ndarray]
+    labels: dict[str, np.ndarray]
+    test_split: str
+    val_split: str
+
+
+def split_dataset(raw: RawDataset, val_fraction: float, test_fraction: float, seed: int) -> LabelledSplits:
+    """Train/val/test by the labels alone: nothing is decoded or scaled here.
+
+    The official test split is kept where there is one; otherwise a stratified test split is held out
+    first. Validation is always carved from training data.
     """
     if raw.x_test is not None and raw.y_test is not None:
         x_pool, y_pool, x_test, y_test = raw.x_train, raw.y_train, raw.x_test, raw.y_test
@@ -151,108 +152,81 @@ def prepare_splits(
         test_origin = f"stratified {test_fraction} of the data, seed {seed}"
     # A different stream than the test split's, so changing one fraction does not reshuffle the other.
     train_idx, val_idx = stratified_split(y_pool, val_fraction, seed + 1)
-    parts = {
-        "train": (x_pool[train_idx], y_pool[train_idx]),
-        "val": (x_pool[val_idx], y_pool[val_idx]),
-        "test": (x_test, y_test),
-    }
-    check_every_class_in_every_split(
-        {n: y for n, (_, y) in parts.items()}, raw.class_names, val_fraction, test_fraction
+    labels = {"train": y_pool[train_idx], "val": y_pool[val_idx], "test": y_test}
+    check_every_class_in_every_split(labels, raw.class_names, val_fraction, test_fraction)
+    return LabelledSplits(
+        x={"train": x_pool[train_idx], "val": x_pool[val_idx], "test": x_test},
+        labels=labels,
+        test_split=test_origin,
+        val_split=f"stratified {val_fraction} of the training data, seed {seed + 1}",
     )
-    kind = raw.kind
-    if kind == "image_files":
-        if decode is None:
-            raise PipelineError(f"{raw.name}: image files need a decoder; this is a bug in the preprocess stage.")
-        pixels = decode({name: x for name, (x, _) in parts.items()})
-        parts = {name: (pixels[name], y) for name, (_, y) in parts.items()}
-        kind = "image"
-    if kind == "image":
+
+
+def scale_splits(
+    raw: RawDataset, labelled: LabelledSplits, image: ImageRecord | None = None
+) -> tuple[dict[str, Split], PreparedMeta]:
+    """The splits as stored (see the module docstring), one-hot, and the description later stages need.
+
+    Scaling is fitted on the training split only. `image` is how image files became pixels
+    (`images.Conversion.record`); a built-in dataset's images get predict's default, grayscale.
+    """
+    if any(x.dtype.kind not in "biuf" for x in labelled.x.values()):
+        raise PipelineError(f"{raw.name}: the image files must be decoded before scaling; this is a bug in preprocess.")
+    if raw.kind == "tabular":
+        low, span = fit_minmax(labelled.x["train"])
+        scaling: dict[str, Any] = {"method": "minmax", "min": low.tolist(), "range": span.tolist()}
+        stored = {name: apply_minmax(x, low, span) for name, x in labelled.x.items()}
+        input_shape = list(stored["train"].shape[1:])
+    else:
         if raw.pixel_max is None:
             raise PipelineError(f"{raw.name}: image dataset without a pixel maximum; the registry entry is incomplete.")
-        scaling: dict[str, Any] = {"method": "divide", "pixel_max": raw.pixel_max}
-        stored = {name: stored_pixels(x, f"{raw.name} {name} split") for name, (x, _) in parts.items()}
-        shape = list(parts["train"][0].shape[1:])
+        scaling = {"method": "divide", "pixel_max": raw.pixel_max}
+        stored = {name: stored_pixels(x, f"{raw.name} {name} split") for name, x in labelled.x.items()}
+        shape = list(stored["train"].shape[1:])
         input_shape = shape + [1] if len(shape) == 2 else shape  # scale_pixels adds a grayscale channel axis on load
-    else:
-        low, span = fit_minmax(parts["train"][0])
-        scaling = {"method": "minmax", "min": low.tolist(), "range": span.tolist()}
-        stored = {name: apply_minmax(x, low, span) for name, (x, _) in parts.items()}
-        input_shape = list(parts["train"][0].shape[1:])
+        image = image or DEFAULT_IMAGE_RECORD
     n_classes = len(raw.class_names)
-    splits = {name: Split(stored[name], one_hot(y, n_classes)) for name, (_, y) in parts.items()}
-    meta = {
-        "dataset": raw.name,
-        "kind": kind,
-        "input_shape": input_shape,
-        "class_names": list(raw.class_names),
-        "feature_names": list(raw.feature_names),
-        "scaling": scaling,
-        "sizes": {name: len(split.x) for name, split in splits.items()},
-        "test_split": test_origin,
-        "val_split": f"stratified {val_fraction} of the training data, seed {seed + 1}",
-    }
-    if image_record is not None:
-        meta["image"] = image_record
-    if raw.table is not None:
-        meta["table"] = raw.table
+    splits = {name: Split(x, one_hot(labelled.labels[name], n_classes)) for name, x in stored.items()}
+    meta = PreparedMeta.model_validate(
+        {
+            "dataset": raw.name,
+            "kind": "tabular" if raw.kind == "tabular" else "image",
+            "input_shape": input_shape,
+            "class_names": list(raw.class_names),
+            "feature_names": list(raw.feature_names),
+            "scaling": scaling,
+            "image": image,
+            "table": raw.table,
+            "sizes": {name: len(split.x) for name, split in splits.items()},
+            "test_split": labelled.test_split,
+            "val_split": labelled.val_split,
+        }
+    )
     return splits, meta
+
+
+def prepare_splits(
+    raw: RawDataset, val_fraction: float, test_fraction: float, seed: int
+) -> tuple[dict[str, Split], PreparedMeta]:
+    """`split_dataset` then `scale_splits`, for a dataset held in memory (not image files, which decode between)."""
+    return scale_splits(raw, split_dataset(raw, val_fraction, test_fraction, seed))
 
 
 # ----------------------------------------------------------------------------- reading meta.json back
 
 
-def _meta_problem(meta: Any) -> str | None:  # noqa: PLR0911 - a checklist: one early return per check
-    """What makes `meta` (meta.json as read) unusable, or None: checked before any stage relies on it."""
-    if not isinstance(meta, dict):
-        return "is not a JSON object"
-    kind, shape, names, scaling = (meta.get(key) for key in ("kind", "input_shape", "class_names", "scaling"))
-    if kind not in ("image", "tabular"):
-        return f"gives kind {kind!r}, not 'image' or 'tabular'"
-    if not isinstance(shape, list) or not all(type(d) is int and d > 0 for d in shape):
-        return f"gives input_shape {shape!r}, not a list of positive integers"
-    if (kind == "image" and (len(shape) != 3 or shape[2] not in (1, 3))) or (kind == "tabular" and len(shape) != 1):
-        return f"gives input_shape {shape} for {kind} data (images: [H, W, 1] or [H, W, 3]; tabular: [F])"
-    if not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) and n for n in names):
-        return "does not list two or more class names"
-    if len(set(names)) != len(names):
-        return "lists a class name twice"
-    if not isinstance(scaling, dict):
-        return "lacks its scaling"
-    numbers = (int, float)
-    if kind == "image":
-        pixel_max = scaling.get("pixel_max")
-        if scaling.get("method") != "divide" or not isinstance(pixel_max, numbers) or not 0 < pixel_max < math.inf:
-            return f"gives image scaling {scaling!r}; it needs method 'divide' and a positive pixel_max"
-    else:
-        low, span = scaling.get("min"), scaling.get("range")
-        valid = scaling.get("method") == "minmax" and all(
-            isinstance(v, list) and len(v) == shape[0] and all(isinstance(x, numbers) and math.isfinite(x) for x in v)
-            for v in (low, span)
-        )
-        if not valid or min(span) <= 0:
-            return f"gives tabular scaling {scaling!r}; it needs method 'minmax' and {shape[0]} finite min and range"
-    feature_names = meta.get("feature_names", [])
-    if not isinstance(feature_names, list) or (kind == "tabular" and len(feature_names) not in (0, shape[0])):
-        return f"lists feature names {feature_names!r} that do not match the input shape {shape}"
-    return None
+def read_meta(path: Path | str) -> PreparedMeta:
+    """data/prepared/meta.json (or an export's serving.json), checked: a deleted, garbled or hand-edited one is
+    one sentence naming it."""
+    return load_meta(read_json(path), path)
 
 
-def read_meta(path: Path | str) -> dict[str, Any]:
-    """data/prepared/meta.json, checked: a deleted, garbled or hand-edited one is one sentence naming it."""
-    path = Path(path)
-    meta = read_json(path)
-    problem = _meta_problem(meta)
-    if problem is not None:
-        raise PipelineError(f"{path} {problem}; {paths.rerun_hint(path)}")
-    return meta
-
-
-def load_checked_split(path: Path | str, meta: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+def load_checked_split(path: Path | str, meta: PreparedMeta) -> tuple[np.ndarray, np.ndarray]:
     """`load_split`, then checked against meta.json: the shapes the model is built for, one-hot labels."""
-    x, y = load_split(path, meta["scaling"])
-    n_classes = len(meta["class_names"])
-    if tuple(x.shape[1:]) != tuple(meta["input_shape"]) or len(x) == 0:
-        problem = f"holds examples of shape {x.shape[1:]}, but meta.json describes {tuple(meta['input_shape'])}"
+    x, y = load_split(path, meta.scaling)
+    n_classes = len(meta.class_names)
+    if tuple(x.shape[1:]) != meta.input_shape or len(x) == 0:
+        problem = f"holds examples of shape {x.shape[1:]}, but meta.json describes {meta.input_shape}"
     elif y.shape != (len(x), n_classes) or not np.array_equal(y.sum(axis=1), np.ones(len(y))):
         problem = f"holds labels of shape {y.shape}, not one-hot rows over the {n_classes} classes of meta.json"
     elif not np.all(np.isfinite(x)):

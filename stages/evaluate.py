@@ -41,10 +41,10 @@ def main(args: argparse.Namespace) -> None:
     from pipeline.models import check_model_fits, load_model
 
     meta, summary = read_meta(paths.PREPARED_META), read_json(paths.MODEL_SUMMARY)
-    class_names = meta["class_names"]
+    class_names = meta.class_names
     x_test, y_test = load_checked_split(paths.split_file("test"), meta)
     model = load_model(paths.MODEL)
-    check_model_fits(model, paths.MODEL, meta["input_shape"], len(class_names))
+    check_model_fits(model, paths.MODEL, meta.input_shape, len(class_names))
     scores = model.evaluate(x_test, y_test, batch_size=params.batch_size, verbose=0, return_dict=True)
     probabilities = model.predict(x_test, batch_size=params.batch_size, verbose=0)
     true_labels, predicted_labels = y_test.argmax(axis=1), probabilities.argmax(axis=1)
@@ -67,8 +67,8 @@ def main(args: argparse.Namespace) -> None:
             class_names=class_names,
             max_images=params.misclassified_max,
         )
-        if meta["kind"] == "image"
-        else placeholder_image(f"{meta['dataset']} is tabular: no images to show")
+        if meta.kind == "image"
+        else placeholder_image(f"{meta.dataset} is tabular: no images to show")
     )
     write_bytes_atomic(paths.MISCLASSIFIED, png_bytes(grid))
     log.info(

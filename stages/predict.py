@@ -1,7 +1,7 @@
 """predict: models/model.keras + data/prepared/meta.json + new inputs -> class names and probabilities on stdout.
 
 Inputs are converted as the training data was: images (PNG/JPEG, any size) to
-grayscale, resized to the model's input, scaled by 255; `.npy` arrays hold raw
+the model's colour mode (grayscale or RGB), resized to its input, scaled by 255; `.npy` arrays hold raw
 values as in data/raw (digits 0..16, MNIST 0..255, iris in cm), one example or a
 stack with a leading axis; CSV files hold one row of raw features per example
 (tabular models; an optional header names the columns). Not a pipeline stage:
@@ -24,8 +24,8 @@ from pipeline.cli import run_stage
 from pipeline.errors import PipelineError
 from pipeline.export import description_beside
 from pipeline.inputs import read_inputs
+from pipeline.meta import PreparedMeta
 from pipeline.prediction import (
-    InputSpec,
     as_records,
     check_model_matches,
     check_probabilities,
@@ -60,25 +60,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def load_spec(meta_path: Path) -> InputSpec:
+def load_description(meta_path: Path) -> PreparedMeta:
+    """meta.json, or the serving.json of an export: the same record, read by the same loader."""
     if not meta_path.is_file():
         raise PipelineError(f"{meta_path} not found; run the pipeline first (dvc repro) or pass --meta.")
-    return InputSpec.from_meta(read_meta(meta_path))
+    return read_meta(meta_path)
 
 
 def main(args: argparse.Namespace) -> None:
-    spec = load_spec(args.meta or description_beside(args.model) or paths.PREPARED_META)
-    check_top_k(args.top_k, spec)
-    batch = read_inputs(args.inputs, spec, invert=args.invert)
+    meta = load_description(args.meta or description_beside(args.model) or paths.PREPARED_META)
+    check_top_k(args.top_k, meta)
+    batch = read_inputs(args.inputs, meta, invert=args.invert)
     if not args.model.exists():
         raise PipelineError(f"{args.model} not found; run the train stage first (dvc repro train) or pass --model.")
     from pipeline.runtimes import open_model  # imports the model's runtime: only once every input has passed
 
     model = open_model(args.model)
-    check_model_matches(model.input_shape, model.n_outputs, spec)
+    check_model_matches(model.input_shape, model.n_outputs, meta)
     probabilities = model.predict(batch.x)
     check_probabilities(probabilities, args.model)
-    ranked = top_classes(probabilities, spec.class_names, args.top_k)
+    ranked = top_classes(probabilities, meta.class_names, args.top_k)
     if args.json:
         sys.stdout.write(json.dumps(as_records(batch.labels, ranked), indent=2, allow_nan=False) + "\n")
     else:

@@ -12,8 +12,8 @@ image folder is decoded here, from the files the download stage indexed, to
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
+from dataclasses import replace
 
 from pipeline import paths
 from pipeline.cli import run_stage
@@ -23,7 +23,7 @@ from pipeline.folders import decode_splits
 from pipeline.images import Conversion
 from pipeline.io.atomic import atomic_directory, write_json_atomic, write_npz_atomic
 from pipeline.params import PreprocessParams, load_params
-from pipeline.preprocessing import prepare_splits
+from pipeline.preprocessing import scale_splits, split_dataset
 
 log = logging.getLogger("preprocess")
 
@@ -42,16 +42,16 @@ def main(args: argparse.Namespace) -> None:
     raw = read_raw(paths.RAW_DIR)
     check_image_options(raw, params)
     conversion = Conversion(params.color_mode, tuple(params.image_size) or None)  # type: ignore[arg-type]
-    decode = functools.partial(decode_splits, conversion=conversion, memory_limit_mb=params.memory_limit_mb)
-    splits, meta = prepare_splits(
-        raw, params.val_fraction, params.test_fraction, params.seed,
-        decode=decode, image_record=conversion.record() if raw.kind == "image_files" else None,
-    )  # fmt: skip
+    # In this order: split by the labels alone, decode each split's image files once, then scale.
+    labelled = split_dataset(raw, params.val_fraction, params.test_fraction, params.seed)
+    if raw.kind == "image_files":
+        labelled = replace(labelled, x=decode_splits(labelled.x, conversion, params.memory_limit_mb))
+    splits, meta = scale_splits(raw, labelled, conversion.record() if raw.kind != "tabular" else None)
     with atomic_directory(paths.PREPARED_DIR) as folder:
         for name, split in splits.items():
             write_npz_atomic(folder / paths.split_file(name).name, x=split.x, y=split.y)
-        write_json_atomic(folder / paths.PREPARED_META.name, meta)
-    log.info("%s: %s examples, input shape %s", raw.name, meta["sizes"], meta["input_shape"])
+        write_json_atomic(folder / paths.PREPARED_META.name, meta.dump())
+    log.info("%s: %s examples, input shape %s", raw.name, meta.sizes, list(meta.input_shape))
 
 
 if __name__ == "__main__":

@@ -106,9 +106,7 @@ def train_model(
     model_params = training.model_params(params)
     training.seed_everything(params.seed, deterministic_ops=not model_params.jit_compile)
     steps_per_epoch = max(1, training.batches_per_epoch(len(train[0]), params.batch_size, role))  # a cosine's length
-    model = models.build_model(
-        model_params, meta["input_shape"], len(meta["class_names"]), steps_per_epoch=steps_per_epoch
-    )
+    model = models.build_model(model_params, meta.input_shape, len(meta.class_names), steps_per_epoch=steps_per_epoch)
     # A change to any input, to the code, or to a param makes a saved resume state stale.
     inputs = [paths.split_file("train"), paths.split_file("val"), paths.PREPARED_META]
     code = resume.code_files(Path(__file__))

@@ -18,6 +18,8 @@ import pytest
 from conftest import ENV, PROJECT_ROOT, copy_repo, dvc, edit_params, git_commit, run, stage
 
 from pipeline.errors import PipelineError
+from pipeline.meta import SERVING_KEYS, PreparedMeta
+from pipeline.preprocessing import read_meta
 
 FORMATS = ("saved_model", "tflite", "onnx")
 TOLERANCE = 1e-5
@@ -52,12 +54,15 @@ def test_digits_exports_match_model_keras_and_describe_themselves(digits_run: Pa
     export = digits_run / "models/export"
     assert (export / "model.keras").read_bytes() == (digits_run / "models/model.keras").read_bytes()
     assert (export / "saved_model/saved_model.pb").is_file()
-    meta = json.loads((digits_run / "data/prepared/meta.json").read_text())
+    meta = read_meta(digits_run / "data/prepared/meta.json")
     description = json.loads((export / "serving.json").read_text())
     assert description == describe_export(meta, FORMATS)  # written by the one function, from meta.json
+    assert description == meta.dump() | {key: description[key] for key in SERVING_KEYS}  # meta.json, and more
     assert description["input"] == {"name": "inputs", "dtype": "float32", "shape": [None, 8, 8, 1]}
     assert description["class_names"] == [str(digit) for digit in range(10)]
     assert description["scaling"] == {"method": "divide", "pixel_max": 16.0}
+    assert description["image"] == {"color_mode": "grayscale", "resize": "pillow-box"}  # how predict converts files
+    assert "grayscale images" in description["scaling_text"] and "(N, 8, 8, 1)" in description["scaling_text"]
 
 
 def test_predict_prints_the_same_lines_with_every_format(digits_run: Path, tmp_path: Path) -> None:
@@ -111,14 +116,17 @@ def small_cnn(tmp_path_factory: pytest.TempPathFactory):
     model.fit(x, y, epochs=2, batch_size=32, verbose=0)
     model_file = tmp_path_factory.mktemp("cnn") / "model.keras"
     model.save(model_file)
-    meta = {
-        "dataset": "random",
-        "kind": "image",
-        "input_shape": [8, 8, 1],
-        "class_names": ["a", "b", "c"],
-        "feature_names": [],
-        "scaling": {"method": "divide", "pixel_max": 16.0},
-    }
+    meta = PreparedMeta(
+        dataset="random",
+        kind="image",
+        input_shape=(8, 8, 1),
+        class_names=("a", "b", "c"),
+        scaling={"method": "divide", "pixel_max": 16.0},
+        image={"color_mode": "grayscale", "resize": "pillow-box"},
+        sizes={"train": 200, "val": 0, "test": 100},
+        test_split="random",
+        val_split="none",
+    )
     return model, model_file, meta, x[:100]
 
 
@@ -152,7 +160,7 @@ def test_parity_check_catches_an_export_of_a_perturbed_model(small_cnn, tmp_path
     weights[-2] = weights[-2].copy()
     weights[-2][0, 0] += 0.05  # one weight of the output layer
     perturbed.set_weights(weights)
-    serve = export.serving_function(perturbed, meta["input_shape"])
+    serve = export.serving_function(perturbed, meta.input_shape)
     saved_model = tmp_path / export.FORMATS["saved_model"]
     export.write_saved_model(perturbed, serve, saved_model)
     for name in FORMATS:

@@ -109,9 +109,12 @@ def test_a_damaged_resume_state_is_set_aside_and_training_starts_fresh(
 META = {
     "dataset": "tiny", "kind": "tabular", "input_shape": [3], "class_names": ["a", "b"],
     "feature_names": ["x", "y", "z"], "scaling": {"method": "minmax", "min": [0, 0, 0], "range": [1, 1, 1]},
-    "sizes": {"train": 4},
+    "sizes": {"train": 4}, "test_split": "official", "val_split": "stratified 0.2 of the training data, seed 1",
 }  # fmt: skip
-IMAGE_META = META | {"kind": "image", "input_shape": [8, 8, 1], "scaling": {"method": "divide", "pixel_max": 16.0}}
+IMAGE_META = META | {
+    "kind": "image", "input_shape": [8, 8, 1], "scaling": {"method": "divide", "pixel_max": 16.0},
+    "image": {"color_mode": "grayscale", "resize": "pillow-box"},
+}  # fmt: skip
 
 
 @pytest.fixture
@@ -176,6 +179,8 @@ META_DAMAGE: dict[str, Callable[[dict], str | None]] = {
     "shape-a-string": lambda meta: json.dumps(meta | {"input_shape": "3"}),
     "kind-unknown": lambda meta: json.dumps(meta | {"kind": "audio"}),
     "feature-names-cut": lambda meta: json.dumps(meta | {"feature_names": ["x"]}),
+    "unknown-key": lambda meta: json.dumps(meta | {"surprise": 1}),
+    "rgb-for-gray": lambda meta: json.dumps(IMAGE_META | {"image": {"color_mode": "rgb", "resize": "pillow-box"}}),
 }
 
 
@@ -198,7 +203,7 @@ def test_a_damaged_meta_json_names_itself_and_the_stage_to_rerun(
 
 def test_an_image_meta_json_passes_its_own_checks(in_workspace: Path) -> None:
     paths.PREPARED_META.write_text(json.dumps(IMAGE_META))
-    assert read_meta(paths.PREPARED_META)["scaling"]["pixel_max"] == 16.0
+    assert read_meta(paths.PREPARED_META).scaling.pixel_max == 16.0
 
 
 # ----------------------------------------------------------------------------- models/model.keras

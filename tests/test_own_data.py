@@ -18,7 +18,8 @@ from pipeline.errors import PipelineError
 from pipeline.folders import check_memory, decode_splits, index_folder, own_source
 from pipeline.images import Conversion, convert_image
 from pipeline.inputs import parse_csv
-from pipeline.prediction import InputSpec
+from pipeline.meta import load_meta
+from pipeline.prediction import describe_inputs
 from pipeline.preprocessing import check_every_class_in_every_split
 from pipeline.tables import delimiter_of, parse_table
 
@@ -390,10 +391,11 @@ def test_text_columns_are_one_hot_encoded_and_predict_encodes_new_rows_alike() -
     assert table.features.tolist() == [[0, 1, 0, 3.5], [1, 0, 0, 4.0], [0, 0, 1, 3.0], [1, 0, 0, 4.5]]
     # predict reads the record back from meta.json: the same columns, by name, in any order
     record = json.loads(json.dumps(table.record()))
-    meta = {"kind": "tabular", "input_shape": [4], "class_names": ["a", "b"], "table": record,
+    meta = {"dataset": "csv", "kind": "tabular", "input_shape": [4], "class_names": ["a", "b"], "table": record,
             "feature_names": list(table.feature_names),
-            "scaling": {"method": "minmax", "min": [0, 0, 0, 0], "range": [1, 1, 1, 1]}}  # fmt: skip
-    spec = InputSpec.from_meta(meta)
+            "scaling": {"method": "minmax", "min": [0, 0, 0, 0], "range": [1, 1, 1, 1]},
+            "sizes": {"train": 4}, "test_split": "official", "val_split": "none"}  # fmt: skip
+    spec = load_meta(meta, "meta.json")
     batch = parse_csv("mass,id,island\n4.5,7,Torgersen\n3.0,8,Dream\n", Path("new.csv"), spec)
     assert batch.x.tolist() == [[0, 0, 1, 4.5], [0, 1, 0, 3.0]]
     assert parse_csv("Biscoe,4\n", Path("bare.csv"), spec).x.tolist() == [[1, 0, 0, 4]]  # no header: file order
@@ -406,7 +408,7 @@ def test_text_columns_are_one_hot_encoded_and_predict_encodes_new_rows_alike() -
         parse_csv("island,mass\n,4\n", Path("new.csv"), spec)
     with pytest.raises(PipelineError, match=r"bare.csv line 1: 'heavy' is not a number"):
         parse_csv("Dream,heavy\n", Path("bare.csv"), spec)
-    assert "island (one of Biscoe, Dream, Torgersen), mass" in spec.describe()
+    assert "island (one of Biscoe, Dream, Torgersen), mass" in describe_inputs(spec)
 
 
 @pytest.mark.parametrize(

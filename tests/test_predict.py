@@ -15,8 +15,8 @@ from PIL import Image
 from pipeline.datasets import RawDataset
 from pipeline.errors import PipelineError
 from pipeline.inputs import parse_csv, read_inputs
+from pipeline.meta import PreparedMeta, load_meta
 from pipeline.prediction import (
-    InputSpec,
     as_records,
     check_model_matches,
     check_top_k,
@@ -38,7 +38,7 @@ def tiny_features(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return rng.normal(5.0, 2.0, size=(count, len(FEATURES))), np.arange(count) % 2
 
 
-def prepared(kind: str) -> tuple[RawDataset, np.ndarray, InputSpec]:
+def prepared(kind: str) -> tuple[RawDataset, np.ndarray, PreparedMeta]:
     """A tiny dataset with an official test split through the real preprocess: (raw, scaled test x, spec)."""
     make = tiny_images if kind == "image" else tiny_features
     (x_train, y_train), (x_test, y_test) = make(40, 0), make(6, 1)
@@ -49,7 +49,16 @@ def prepared(kind: str) -> tuple[RawDataset, np.ndarray, InputSpec]:
     )  # fmt: skip
     splits, meta = prepare_splits(raw, val_fraction=0.25, test_fraction=0.2, seed=0)
     test_x = scale_pixels(splits["test"].x, 16.0) if kind == "image" else splits["test"].x  # as train/evaluate load it
-    return raw, test_x, InputSpec.from_meta(json.loads(json.dumps(meta)))  # as read from meta.json
+    return raw, test_x, load_meta(json.loads(json.dumps(meta.dump())), "meta.json")  # as read from meta.json
+
+
+def image_meta(input_shape: tuple[int, ...], color_mode: str) -> PreparedMeta:
+    """The description of a two-class model of your own images of `input_shape`, as preprocess writes it."""
+    return PreparedMeta(
+        dataset="image_folder", kind="image", input_shape=input_shape, class_names=("a", "b"),
+        scaling={"method": "divide", "pixel_max": 255.0}, image={"color_mode": color_mode, "resize": "pillow-box"},
+        sizes={"train": 8, "val": 2, "test": 2}, test_split="official", val_split="stratified 0.2",
+    )  # fmt: skip
 
 
 def save_png(pixels: np.ndarray, path: Path, pixel_max: float, size: int = 64) -> Path:
@@ -266,10 +275,7 @@ def test_iris_model_classifies_csv_rows(iris_model: Path, tmp_path: Path) -> Non
 
 
 def test_rgb_model_takes_image_files_and_rgb_arrays_alike(tmp_path: Path) -> None:
-    spec = InputSpec(
-        kind="image", input_shape=(8, 8, 3), class_names=("a", "b"), scaling={"method": "divide", "pixel_max": 255.0},
-        image={"color_mode": "rgb", "image_size": [8, 8], "resize": "pillow-box"},
-    )  # fmt: skip
+    spec = image_meta((8, 8, 3), "rgb")
     pixels = np.random.default_rng(5).integers(0, 256, size=(3, 8, 8, 3)).astype(np.uint8)
     for i, image in enumerate(pixels):
         Image.fromarray(image, mode="RGB").save(tmp_path / f"{i}.png")

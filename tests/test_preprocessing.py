@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 
 from pipeline.datasets import RawDataset
 from pipeline.errors import PipelineError
+from pipeline.images import Conversion
 from pipeline.io.atomic import write_npz_atomic
 from pipeline.preprocessing import (
     apply_minmax,
@@ -17,6 +19,8 @@ from pipeline.preprocessing import (
     one_hot,
     prepare_splits,
     scale_pixels,
+    scale_splits,
+    split_dataset,
     stored_pixels,
     stratified_split,
 )
@@ -82,15 +86,15 @@ def test_official_test_split_is_kept_and_validation_comes_from_training_data() -
     splits, meta = prepare_splits(raw, val_fraction=0.1, test_fraction=0.5, seed=0)
     assert len(splits["test"].x) == 40  # test_fraction is ignored when there is an official test split
     assert len(splits["train"].x) + len(splits["val"].x) == 200
-    assert meta["test_split"] == "official"
+    assert meta.test_split == "official"
     np.testing.assert_array_equal(splits["test"].x, raw.x_test)  # stored as published; scaled on load
     assert splits["val"].y.sum(axis=0).tolist() == [5, 5, 5, 5]
 
 
 def test_dataset_without_test_split_gets_stratified_test_and_val_splits() -> None:
     splits, meta = prepare_splits(image_dataset(with_test=False), val_fraction=0.1, test_fraction=0.2, seed=0)
-    assert meta["sizes"] == {"train": 144, "val": 16, "test": 40}
-    assert meta["input_shape"] == [8, 8, 1]
+    assert meta.sizes == {"train": 144, "val": 16, "test": 40}
+    assert meta.input_shape == (8, 8, 1)
     for split in splits.values():
         assert split.x.dtype == np.uint8 and split.x.shape[1:] == (8, 8)
         assert split.y.shape[1] == 4 and np.all(split.y.sum(axis=1) == 1)
@@ -107,17 +111,30 @@ def test_tabular_scaling_uses_training_statistics_only() -> None:
     )  # fmt: skip
     splits, meta = prepare_splits(raw, val_fraction=0.2, test_fraction=0.25, seed=1)
     assert splits["train"].x.min(axis=0) == pytest.approx(0.0) and splits["train"].x.max(axis=0) == pytest.approx(1.0)
-    assert meta["scaling"]["method"] == "minmax" and len(meta["scaling"]["min"]) == 3
-    assert meta["feature_names"] == ["f1", "f2", "f3"]
+    assert meta.scaling.method == "minmax" and len(meta.scaling.min) == 3
+    assert meta.feature_names == ("f1", "f2", "f3")
+
+
+def test_image_files_are_split_by_label_then_decoded_then_scaled() -> None:
+    rows = np.array([[f"{i}.png", f"sha{i}"] for i in range(40)])
+    raw = RawDataset("image_folder", "image_files", rows, np.arange(40) % 2, None, None, ("a", "b"), 255.0)
+    labelled = split_dataset(raw, 0.25, 0.2, seed=0)  # by the labels alone: the rows are not opened
+    assert sorted(np.concatenate(list(labelled.x.values()))[:, 0].tolist()) == sorted(rows[:, 0].tolist())
+    with pytest.raises(PipelineError, match=r"^image_folder: the image files must be decoded before scaling; .*\.$"):
+        scale_splits(raw, labelled)
+    pixels = {name: np.full((len(x), 4, 4, 3), 7, np.uint8) for name, x in labelled.x.items()}  # as decode_splits
+    splits, meta = scale_splits(raw, replace(labelled, x=pixels), Conversion("rgb", (4, 4)).record())
+    assert meta.kind == "image" and meta.input_shape == (4, 4, 3) and meta.image.color_mode == "rgb"
+    assert meta.sizes == {name: len(split.x) for name, split in splits.items()} == {"train": 24, "val": 8, "test": 8}
 
 
 def test_stored_images_load_as_exactly_the_scaled_pixels(tmp_path: Path) -> None:
     raw = image_dataset(with_test=True)
     splits, meta = prepare_splits(raw, val_fraction=0.1, test_fraction=0.5, seed=0)
     write_npz_atomic(tmp_path / "test.npz", x=splits["test"].x, y=splits["test"].y)
-    x, y = load_split(tmp_path / "test.npz", meta["scaling"])
+    x, y = load_split(tmp_path / "test.npz", meta.scaling)
     np.testing.assert_array_equal(x, scale_pixels(raw.x_test, 16.0))  # bit for bit what scaling up front gave
-    assert x.shape == (40, *meta["input_shape"]) and x.dtype == np.float32
+    assert x.shape == (40, *meta.input_shape) and x.dtype == np.float32
     np.testing.assert_array_equal(y, splits["test"].y)
 
 

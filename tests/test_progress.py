@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from test_predict import image_meta
 
 from pipeline import cli, folders, tables
 from pipeline.images import Conversion
 from pipeline.inputs import read_inputs
-from pipeline.prediction import InputSpec
 from pipeline.progress import Progress
 
 
@@ -96,10 +96,7 @@ def test_stages_report_progress_of_long_work(
 def test_predict_reports_progress_reading_many_inputs(
     tmp_path: Path, every_check_logs: pytest.LogCaptureFixture
 ) -> None:
-    spec = InputSpec(
-        kind="image", input_shape=(4, 4, 1), class_names=("a", "b"), scaling={"method": "divide", "pixel_max": 255.0},
-        image={"color_mode": "grayscale", "image_size": [4, 4], "resize": "pillow-box"},
-    )  # fmt: skip
+    spec = image_meta((4, 4, 1), "grayscale")
     for i in range(5):
         Image.new("L", (8, 8), 50 * i).save(tmp_path / f"{i}.png")
     assert read_inputs([tmp_path], spec).x.shape == (5, 4, 4, 1)
