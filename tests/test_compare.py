@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import (
+
+from tests.harness import (
     console_messages,
     copy_repo,
     drawn_charts,

@@ -31,10 +31,10 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import ENV, PROJECT_ROOT, git_commit, run
 
 from pipeline import rules
 from pipeline.params import DataParams, EvaluateParams, ExportParams, PreprocessParams, TrainParams, parse_section
+from tests.harness import ENV, PROJECT_ROOT, git_commit, run
 
 SHIPPED = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
 SECTIONS = (DataParams, PreprocessParams, TrainParams, EvaluateParams, ExportParams)

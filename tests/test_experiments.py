@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import ENV, VENV_BIN, copy_repo, dvc, edit_params, ran_stages, stage
+
+from tests.harness import ENV, VENV_BIN, copy_repo, dvc, edit_params, ran_stages, stage
 
 GRID = ["-S", "train.learning_rate=0.001,0.01", "-S", "train.mlp.hidden_units=[8],[16]", "-S", "train.epochs=2"]
 # The watched run: long enough (small batches, one step per call) for a poll to see several epochs go by.

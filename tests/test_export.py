@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ENV, PROJECT_ROOT, copy_repo, dvc, edit_params, git_commit, run, stage
 
 from pipeline.errors import PipelineError
+from tests.harness import ENV, PROJECT_ROOT, copy_repo, dvc, edit_params, git_commit, run, stage
 
 FORMATS = ("saved_model", "tflite", "onnx")
 TOLERANCE = 1e-5

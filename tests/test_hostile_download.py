@@ -22,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ENV, PROJECT_ROOT, edit_params, stage
 from test_download import make_idx, make_mnist_npz
 
 from pipeline.datasets import REGISTRY, RemoteFile, parse_idx
 from pipeline.download import TimeLimits, fetch_dataset
 from pipeline.errors import PipelineError
+from tests.harness import ENV, PROJECT_ROOT, edit_params, stage
 
 Reply = Callable[[socket.socket, threading.Event], None]
 

@@ -16,7 +16,6 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import copy_repo, stage
 from test_predict import prepared
 
 from pipeline import paths
@@ -27,6 +26,7 @@ from pipeline.models import check_model_fits, load_model
 from pipeline.prediction import check_probabilities, check_top_k
 from pipeline.preprocessing import load_checked_split, read_meta
 from pipeline.resume import Progress, load_state, save_state
+from tests.harness import copy_repo, stage
 
 # ----------------------------------------------------------------------------- the resume state
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import PROJECT_ROOT, stage
 
 from pipeline.datasets import REGISTRY
 from pipeline.errors import PipelineError
@@ -19,6 +18,7 @@ from pipeline.params import (
     load_params,
     parse_section,
 )
+from tests.harness import PROJECT_ROOT, stage
 
 SECTIONS = [DataParams, PreprocessParams, TrainParams, EvaluateParams]
 SHIPPED = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())

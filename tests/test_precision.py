@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import PROJECT_ROOT, make_prepared_repo, read_metrics, stage
 
 from pipeline import cpu
 from pipeline.errors import PipelineError
 from pipeline.params import TrainParams, parse_section
+from tests.harness import PROJECT_ROOT, make_prepared_repo, read_metrics, stage
 
 SHIPPED = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
 BASE = parse_section(TrainParams, SHIPPED["train"])

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import PROJECT_ROOT, dvc, edit_params, make_project_repo, run, stage
 from PIL import Image
 
 from pipeline.datasets import RawDataset
@@ -24,6 +23,7 @@ from pipeline.prediction import (
     top_classes,
 )
 from pipeline.preprocessing import prepare_splits, scale_pixels
+from tests.harness import PROJECT_ROOT, dvc, edit_params, make_project_repo, run, stage
 
 FEATURES = ("length", "width", "height")
 

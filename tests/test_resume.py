@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ENV, VENV_BIN, copy_repo, dvc, edit_params, make_prepared_repo, stage
 
 from pipeline import paths
+from tests.harness import ENV, VENV_BIN, copy_repo, dvc, edit_params, make_prepared_repo, stage
 
 EPOCHS = 15
 # Dropout makes the run depend on the random-generator state, which a resume must restore too.

@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import PROJECT_ROOT, copy_repo, edit_params, run
 
 from pipeline import models, paths, resume, training
 from pipeline.distributed import Role
 from pipeline.files import load_npz
 from pipeline.params import TrainParams, parse_section
+from tests.harness import PROJECT_ROOT, copy_repo, edit_params, run
 
 BASE = parse_section(TrainParams, yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())["train"])
 
