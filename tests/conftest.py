@@ -1,4 +1,11 @@
-"""Shared fixtures: a real git + DVC repository made from this project. The helpers are in tests/harness.py."""
+"""Shared fixtures, and the slow tier (`make test-fast` leaves it out).
+
+A test is slow when it starts DVC, a stage in a subprocess (each imports TensorFlow) or a copy of the
+project, or trains in-process: seconds each, where the rest take milliseconds. Using a fixture in
+SLOW_FIXTURES marks a test slow here; modules and tests that do the rest themselves carry
+`pytest.mark.slow`; and tests/harness.py fails an unmarked test that calls its stage/dvc/repository helpers.
+The helpers themselves live in tests/harness.py, shared with bench/.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +13,28 @@ from pathlib import Path
 
 import pytest
 
+from tests import harness
 from tests.harness import dvc, git_commit, make_project_repo
+
+# Fixtures that build or run a project repository; any test depending on one (directly or through
+# another fixture) is slow.
+SLOW_FIXTURES = {"project_repo", "digits_run"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # Before any fixture is set up, so a fixture that starts a stage for an unmarked test is refused too.
+    harness.fast_test = None if item.get_closest_marker("slow") else item.nodeid
+
+
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    harness.fast_test = None
 
 
 @pytest.fixture

@@ -1,8 +1,9 @@
 """The one harness of the tests and the bench scripts: copies of this project as git + DVC repositories,
 and the commands that drive them (stages, dvc, git) with one environment.
 
-A plain module, so bench/ can import it too (`from tests.harness import ...`); pytest's fixtures stay in
-tests/conftest.py.
+A plain module, so bench/ imports it too (`from tests.harness import ...`); pytest's fixtures stay in
+tests/conftest.py. A test outside the slow tier may not start stages or DVC or copy the project
+(`refuse_in_fast_tier`): such a test fails at once, naming the fix, instead of slowing `make test-fast`.
 """
 
 from __future__ import annotations
@@ -36,6 +37,17 @@ ENV = os.environ | {
     "PYTHONDONTWRITEBYTECODE": "1",
 }
 
+# Set by tests/conftest.py to the id of the running test while that test is not marked slow.
+fast_test: str | None = None
+
+
+def refuse_in_fast_tier(what: str) -> None:
+    """Fail a fast-tier test that starts what makes a test slow, so the tier stays fast as tests are added."""
+    if fast_test is not None:
+        raise AssertionError(
+            f"{fast_test} {what}, which takes seconds: mark it @pytest.mark.slow (tests/conftest.py says why)"
+        )
+
 
 def run(
     args: list[str], cwd: Path, *, check: bool = True, timeout: float = 600, env: dict[str, str] = ENV, **kwargs: Any
@@ -52,6 +64,7 @@ def run(
 
 
 def dvc(repo: Path, *args: str, check: bool = True, timeout: float = 600):
+    refuse_in_fast_tier("runs dvc")
     return run([DVC, *args], repo, check=check, timeout=timeout)
 
 
@@ -61,6 +74,8 @@ def stage_command(name: str, *args: str) -> list[str]:
 
 
 def stage(repo: Path, name: str, *args: str, check: bool = False, timeout: float = 600, env: dict[str, str] = ENV):
+    if "--help" not in args:  # --help answers before a stage imports anything heavy
+        refuse_in_fast_tier(f"runs the {name} stage in a subprocess")
     return run(stage_command(name, *args), repo, check=check, timeout=timeout, env=env)
 
 
@@ -92,6 +107,7 @@ def make_project_repo(dest: Path, *, untracked: bool = False) -> Path:
     With `untracked`, also the untracked files git does not ignore: a bench script measures the
     checkout as it is, uncommitted edits and new files included.
     """
+    refuse_in_fast_tier("copies the project into a git repository")
     listing = ["git", "ls-files", "-z", *(["--cached", "--others", "--exclude-standard"] if untracked else [])]
     for name in filter(None, run(listing, PROJECT_ROOT).stdout.split("\0")):
         source = PROJECT_ROOT / name

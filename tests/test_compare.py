@@ -24,6 +24,8 @@ from tests.harness import (
     run,
 )
 
+pytestmark = pytest.mark.slow  # real dvc diffs in copies of the digits_run repository
+
 FEW_EPOCHS = 3  # fewer than params.yaml's default, so both the params and the metrics change
 
 

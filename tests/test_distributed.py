@@ -27,6 +27,8 @@ from pipeline.files import load_npz
 from pipeline.params import TrainParams, parse_section
 from tests.harness import ENV, PROJECT_ROOT, copy_repo, edit_params, make_prepared_repo, stage
 
+pytestmark = pytest.mark.slow  # training in several processes
+
 EPOCHS = 6
 RUN_PARAMS = {
     "train.epochs": EPOCHS,

@@ -517,6 +517,7 @@ stages:
 """  # noqa: E501
 
 
+@pytest.mark.slow
 def test_workspace_model_is_what_dvc_does(tmp_path: Path) -> None:
     """Real `dvc exp run` in a git + DVC repository with this project's params.yaml and a stage that records
     the params.yaml it ran with: the same params, run for run, as simulate_workspace says."""

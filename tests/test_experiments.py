@@ -23,6 +23,8 @@ import pytest
 
 from tests.harness import ENV, VENV_BIN, copy_repo, dvc, edit_params, ran_stages, stage
 
+pytestmark = pytest.mark.slow  # a real DVC queue, Celery worker and training runs
+
 GRID = ["-S", "train.learning_rate=0.001,0.01", "-S", "train.mlp.hidden_units=[8],[16]", "-S", "train.epochs=2"]
 # The watched run: long enough (small batches, one step per call) for a poll to see several epochs go by.
 LIVE_EPOCHS = 20

@@ -122,6 +122,7 @@ def small_cnn(tmp_path_factory: pytest.TempPathFactory):
     return model, model_file, meta, x[:100]
 
 
+@pytest.mark.slow
 def test_small_cnn_exports_match_through_their_runtimes(small_cnn, tmp_path: Path) -> None:
     from pipeline.export import export_model
     from pipeline.runtimes import open_model
@@ -139,6 +140,7 @@ def test_small_cnn_exports_match_through_their_runtimes(small_cnn, tmp_path: Pat
     assert sorted(p.name for p in (tmp_path / "lite").iterdir()) == ["model.keras", "model.tflite", "serving.json"]
 
 
+@pytest.mark.slow
 def test_parity_check_catches_an_export_of_a_perturbed_model(small_cnn, tmp_path: Path) -> None:
     import keras
 
@@ -166,6 +168,7 @@ def test_parity_check_catches_an_export_of_a_perturbed_model(small_cnn, tmp_path
         assert f"{figures['max_abs_diff']:.3g}" in str(caught.value) and "\n" not in str(caught.value)
 
 
+@pytest.mark.slow
 def test_a_model_the_converters_refuse_leaves_the_earlier_export(small_cnn, tmp_path: Path) -> None:
     import keras
 

@@ -76,6 +76,7 @@ STATE_DAMAGE: dict[str, Callable[[Path], None]] = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", STATE_DAMAGE.values(), ids=STATE_DAMAGE.keys())
 def test_a_damaged_resume_state_is_set_aside_and_training_starts_fresh(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: Callable[[Path], None]

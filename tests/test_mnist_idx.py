@@ -21,6 +21,8 @@ import pytest
 from pipeline.datasets import get_spec
 from tests.harness import edit_params, stage
 
+pytestmark = pytest.mark.slow  # the download and preprocess stages, as subprocesses
+
 IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 CANONICAL_SHA256 = {
     "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",

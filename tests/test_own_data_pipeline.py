@@ -14,6 +14,8 @@ from test_own_data import COUNTS, SHAPES, draw_folder, draw_shape, one_error, sh
 from pipeline.training import class_weights
 from tests.harness import dvc, edit_params, git_commit, make_project_repo, ran_stages, read_metrics, run, stage
 
+pytestmark = pytest.mark.slow  # dvc exp run and the stages on your own data, as subprocesses
+
 # A small CNN that learns the shapes in seconds: 0.97-1.0 test accuracy measured, grayscale and RGB.
 SHAPES_TRAINING = {
     "train.cnn.filters": [16, 32],

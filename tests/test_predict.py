@@ -244,6 +244,7 @@ def iris_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return repo
 
 
+@pytest.mark.slow
 def test_iris_model_classifies_csv_rows(iris_model: Path, tmp_path: Path) -> None:
     meta = json.loads((iris_model / "data/prepared/meta.json").read_text())
     rows = np.load(iris_model / "data/raw/iris.npz")["x"][::30]  # five raw rows, in cm

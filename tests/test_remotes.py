@@ -22,6 +22,8 @@ import yaml
 from tests import harness
 from tests.harness import PROJECT_ROOT, VENV_BIN, copy_repo, dvc, ran_stages, read_metrics, run, stage
 
+pytestmark = pytest.mark.slow  # real DVC push and pull through a local S3 server
+
 # Made afresh each run, so that finding them in a repository's history can only mean that a command put them there.
 ACCESS_KEY_ID = f"key-{uuid.uuid4().hex[:12]}"
 SECRET_ACCESS_KEY = f"secret-{uuid.uuid4().hex}"

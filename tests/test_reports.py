@@ -21,6 +21,8 @@ from tests.harness import (
     report_specs,
 )
 
+pytestmark = pytest.mark.slow  # dvc plots show, rendered in headless Chromium
+
 # The charts the report must hold (issue #4): training curves, confusion matrix, per-class scores.
 CHARTS = [
     "Accuracy per epoch",

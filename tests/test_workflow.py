@@ -20,6 +20,8 @@ import yaml
 
 from tests.harness import ENV, PROJECT_ROOT, VENV_BIN, copy_repo, dvc, edit_params, ran_stages, read_metrics, run
 
+pytestmark = pytest.mark.slow  # the CI workflow's steps, run in copies of the project
+
 WORKFLOW = PROJECT_ROOT / ".github" / "workflows" / "dvc-pipeline.yml"
 STOOD_IN_FOR = ("actions/checkout@", "actions/setup-python@", "iterative/setup-cml@")
 ZERO_SHA = "0" * 40
