@@ -7,10 +7,10 @@ export DVC_NO_ANALYTICS := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test lint
+.PHONY: help setup run test test-fast lint
 
 help:  ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
 
 setup: $(VENV)/.installed  ## create .venv with the pinned versions of requirements.lock
 
@@ -25,6 +25,11 @@ run: setup  ## run the pipeline (dvc repro): only the stages whose inputs change
 
 test: setup  ## run the test suite (what CI runs)
 	python -m pytest -n 2 --dist loadfile  # two workers: most tests wait on TensorFlow start-up in subprocesses
+
+# The slow tier (DVC, stages in subprocesses, training) left out: tests/conftest.py says how tests are marked.
+# One process: the fast tests are milliseconds each, and each xdist worker would import TensorFlow again.
+test-fast: setup  ## the fast tests, in seconds: unit tests and one in-process run of the stages
+	python -m pytest -m "not slow"
 
 lint: setup  ## ruff lint + format check
 	ruff check . && ruff format --check .

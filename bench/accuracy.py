@@ -21,10 +21,11 @@ from pathlib import Path
 import yaml
 
 from bench import common
+from tests.harness import PROJECT_ROOT, edit_params, make_project_repo, read_json, read_metrics
 
 # The recipes live in docs/recipes.yaml, which the docs' tests read too: this script measures exactly
 # the commands the docs show.
-RECIPES: dict[str, dict] = yaml.safe_load((common.REPO_ROOT / "docs" / "recipes.yaml").read_text())
+RECIPES: dict[str, dict] = yaml.safe_load((PROJECT_ROOT / "docs" / "recipes.yaml").read_text())
 
 
 # Variants measured beside the recipes (BENCHMARKS.md, 2c), not shipped as recipes: the MNIST CNN in
@@ -79,15 +80,15 @@ def main() -> None:
         recipe = (RECIPES | TRIES)[name]
         overrides = recipe_overrides(name, args.source, args.mnist_source)
         with tempfile.TemporaryDirectory(prefix="bench-accuracy-") as scratch:
-            repo = common.make_workdir(Path(scratch) / "repo")
-            common.set_params(repo, data_overrides(overrides))
+            repo = make_project_repo(Path(scratch) / "repo", untracked=True)
+            edit_params(repo, **data_overrides(overrides))
             common.dvc(repo, "repro", "preprocess")
             run = common.dvc(repo, "exp", "run", *overrides)
             ran = [line for line in run.stdout.splitlines() if line.startswith("Running stage")]
-            accuracy = common.read_json(repo / "metrics.json")["test"]["accuracy"]
+            accuracy = read_metrics(repo)["test"]["accuracy"]
             with open(repo / "reports/train_history.csv", encoding="utf-8") as handle:
                 val_accuracy = [round(float(epoch["val_accuracy"]), 4) for epoch in csv.DictReader(handle)]
-            best_epoch = common.read_json(repo / "models/summary.json")["best_epoch"]
+            best_epoch = read_json(repo / "models/summary.json")["best_epoch"]
         row = {
             "recipe": name,
             "command": "dvc exp run " + " ".join(f"'{o}'" if "[" in o else o for o in overrides),

@@ -23,6 +23,7 @@ import time
 
 from bench import common
 from pipeline import cpu
+from tests.harness import PROJECT_ROOT
 
 TUTORIAL_CNN = {
     "filters": [32, 64], "kernel_size": 3, "pool_size": 2, "pool_after_each_conv": False, "batch_norm": False,
@@ -91,7 +92,7 @@ def main() -> None:
         for model_name in args.models.split(","):
             env = common.ENV | {"TF_ENABLE_ONEDNN_OPTS": onednn}
             command = [common.PYTHON, "-m", "bench.bf16", "--one", model_name, str(args.repeats)]
-            times = json.loads(common.run_timed(command, common.REPO_ROOT, env=env).stdout.strip().splitlines()[-1])
+            times = json.loads(common.run_timed(command, PROJECT_ROOT, env=env).stdout.strip().splitlines()[-1])
             batch_size = MODELS[model_name][2]
             f32, bf16 = (common.median(times[p]) for p in PRECISIONS)
             rows.append({"model": model_name, "batch_size": batch_size, "onednn": onednn == "1",

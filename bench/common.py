@@ -1,8 +1,9 @@
-"""Helpers shared by the bench scripts: scratch copies of the project, timed child processes, machine facts.
+"""What the bench scripts add to the tests' harness (tests/harness.py): timed child processes, machine facts,
+Fashion-MNIST subsets, results files.
 
 Every measurement runs the pipeline in a scratch copy of this checkout (tracked files plus
-untracked, non-ignored ones such as bench/ itself), never in the checkout: stages write
-data/, models/ and metrics.json relative to their working directory.
+untracked, non-ignored ones such as bench/ itself: `make_project_repo(dest, untracked=True)`), never in
+the checkout: stages write data/, models/ and metrics.json relative to their working directory.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import hashlib
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -24,26 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
-from pipeline.params import apply_params
+from pipeline.datasets import parse_idx
+from tests.harness import DVC, ENV, PROJECT_ROOT, edit_params, stage_command
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
-VENV_BIN = Path(sys.executable).parent
 DEFAULT_FASHION = Path("/usr/share/datasets/fashion-mnist")
-RESULTS_DIR = REPO_ROOT / "bench" / "results"
-
-ENV = os.environ | {
-    "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-    "DVC_NO_ANALYTICS": "1",
-    "GIT_AUTHOR_NAME": "bench",
-    "GIT_AUTHOR_EMAIL": "bench@example.com",
-    "GIT_COMMITTER_NAME": "bench",
-    "GIT_COMMITTER_EMAIL": "bench@example.com",
-    "PYTHONDONTWRITEBYTECODE": "1",
-    "TF_CPP_MIN_LOG_LEVEL": "2",
-}
+RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
 
 
 # ----------------------------------------------------------------------------- machine
@@ -116,57 +103,15 @@ def run_timed(args: list[str], cwd: Path, *, check: bool = True, env: dict[str, 
 
 
 def stage(repo: Path, name: str) -> Timed:
-    """One stage as a user runs it: `python -m stages.<name>` in the repository's root."""
-    return run_timed([PYTHON, "-m", f"stages.{name}", "-q"], repo)
+    """One stage as a user runs it (quiet), timed."""
+    return run_timed(stage_command(name, "-q"), repo)
 
 
 def dvc(repo: Path, *args: str) -> Timed:
-    return run_timed([str(VENV_BIN / "dvc"), *args], repo)
-
-
-# ----------------------------------------------------------------------------- scratch repositories
-
-
-def make_workdir(dest: Path, *, git: bool = True) -> Path:
-    """A copy of this checkout's tracked and untracked-but-not-ignored files, as a fresh git repository."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO_ROOT, capture_output=True, check=True, text=True,
-    ).stdout.split("\0")  # fmt: skip
-    for name in filter(None, listed):
-        source = REPO_ROOT / name
-        if source.is_file() and not name.startswith(("bench/results/", "metrics.json", "dvc.lock", "reports/")):
-            target = dest / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
-    if git:
-        for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "bench"]):
-            subprocess.run(["git", *args], cwd=dest, env=ENV, check=True, capture_output=True)
-    return dest
-
-
-def set_params(repo: Path, changes: dict[str, Any]) -> None:
-    """Set dotted keys in the copy's params.yaml, e.g. {"train.epochs": 3}."""
-    path = repo / "params.yaml"
-    document = yaml.safe_load(path.read_text())
-    apply_params(document, changes)
-    path.write_text(yaml.safe_dump(document, sort_keys=False))
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
+    return run_timed([DVC, *args], repo)
 
 
 # ----------------------------------------------------------------------------- data
-
-
-def read_idx_gz(path: Path) -> np.ndarray:
-    """An IDX file of unsigned bytes (the MNIST format), as the tutorials' loaders read it."""
-    with gzip.open(path, "rb") as handle:
-        data = handle.read()
-    ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
 def write_idx_gz(path: Path, array: np.ndarray) -> str:
@@ -191,13 +136,14 @@ def fashion_subset(source: Path, dest: Path, n_total: int) -> dict[str, str]:
     for prefix, count in (("train", n_train), ("t10k", n_test)):
         for kind in ("images-idx3-ubyte.gz", "labels-idx1-ubyte.gz"):
             name = f"{prefix}-{kind}"
-            checksums[name] = write_idx_gz(dest / name, read_idx_gz(source / name)[:count])
+            images = parse_idx(gzip.decompress((source / name).read_bytes()), name)
+            checksums[name] = write_idx_gz(dest / name, images[:count])
     return checksums
 
 
 def prepare_fashion(repo: Path, source: Path) -> dict[str, Timed]:
     """Download (from a local folder) and preprocess full Fashion-MNIST in `repo`."""
-    set_params(repo, {"data.dataset": "fashion_mnist", "data.source": str(source)})
+    edit_params(repo, **{"data.dataset": "fashion_mnist", "data.source": str(source)})
     return {"download": stage(repo, "download"), "preprocess": stage(repo, "preprocess")}
 
 

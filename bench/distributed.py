@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import common
+from tests.harness import edit_params, make_project_repo, read_json, read_metrics
 
 RUNS = {
     "none": {"train.distributed.engine": "none", "train.distributed.processes": 1},
@@ -50,22 +51,22 @@ def main() -> None:
     info = common.machine_info()
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="bench-distributed-") as scratch:
-        base = common.make_workdir(Path(scratch) / "base")
-        common.set_params(base, {"train.epochs": args.epochs, "train.early_stopping_patience": 0})
+        base = make_project_repo(Path(scratch) / "base", untracked=True)
+        edit_params(base, **{"train.epochs": args.epochs, "train.early_stopping_patience": 0})
         common.prepare_fashion(base, args.source)
         repos = {}
         for name, params in RUNS.items():
             repo = repos[name] = Path(scratch) / name.replace(" ", "")
             shutil.copytree(base, repo, symlinks=True)
-            common.set_params(repo, params)
+            edit_params(repo, **params)
             train = common.stage(repo, "train")
             common.stage(repo, "evaluate")
             steps, ms_per_step = map(int, EPOCH_LINE.findall(train.stdout)[-1])
             results[name] = {
                 "train_seconds": train.seconds,
                 "epoch_seconds": steps * ms_per_step / 1000,
-                "test_accuracy": common.read_json(repo / "metrics.json")["test"]["accuracy"],
-                "best_epoch": common.read_json(repo / "models" / "summary.json")["best_epoch"],
+                "test_accuracy": read_metrics(repo)["test"]["accuracy"],
+                "best_epoch": read_json(repo / "models" / "summary.json")["best_epoch"],
                 "history": (repo / "reports" / "train_history.csv").read_text(),
             }
             print(name, {k: v for k, v in results[name].items() if k != "history"}, flush=True)

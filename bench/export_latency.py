@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from bench import common
+from tests.harness import PROJECT_ROOT, edit_params, make_project_repo
 
 FILES = {
     "keras (predict_on_batch)": "model.keras",
@@ -49,9 +50,9 @@ def uptime() -> str:
 
 
 def build_export(workdir: Path, changes: dict[str, Any]) -> Path:
-    repo = common.make_workdir(workdir)
+    repo = make_project_repo(workdir, untracked=True)
     if changes:
-        common.set_params(repo, changes)
+        edit_params(repo, **changes)
     common.dvc(repo, "repro", "-q")
     return repo / "models" / "export"
 
@@ -140,7 +141,7 @@ def main() -> None:
     print(f"{common.describe_machine(info)}; flags {' '.join(info['cpu_flags']) or 'none of AVX2/AVX-512/AMX'}")
     print(f"before: {info['uptime_before']}\nafter:  {info['uptime_after']}")
     print(table(results))
-    print(f"(speed-up against keras predict_on_batch in brackets; {path.relative_to(common.REPO_ROOT)})")
+    print(f"(speed-up against keras predict_on_batch in brackets; {path.relative_to(PROJECT_ROOT)})")
 
 
 if __name__ == "__main__":

@@ -36,14 +36,12 @@ import numpy as np
 from bench.common import (
     ENV,
     PYTHON,
-    REPO_ROOT,
     command_line,
     machine_info,
-    make_workdir,
     median,
     save_results,
-    set_params,
 )
+from tests.harness import PROJECT_ROOT, edit_params, make_project_repo
 
 CLASSES = 10
 SIZE = (64, 64)
@@ -171,7 +169,7 @@ def baseline_copy(rev: str, repo: Path, dest: Path) -> Path:
     (dest / "data/own").mkdir(parents=True)
     (dest / "data/own/bench").symlink_to((repo / "data/own/bench").readlink())
     archive = subprocess.run(
-        ["git", "archive", rev, "pipeline", "stages"], cwd=REPO_ROOT, capture_output=True, check=True
+        ["git", "archive", rev, "pipeline", "stages"], cwd=PROJECT_ROOT, capture_output=True, check=True
     )
     for folder in ("pipeline", "stages"):
         shutil.rmtree(dest / folder)
@@ -246,10 +244,10 @@ def main() -> None:
     generate_s = time.perf_counter() - start
     folder_mb = sum(p.stat().st_size for p in args.folder.rglob("*") if p.is_file()) / 1e6
     work = Path(tempfile.mkdtemp(prefix="bench_image_loading_"))
-    repo = make_workdir(work / "repo")
+    repo = make_project_repo(work / "repo", untracked=True)
     (repo / "data/own").mkdir(parents=True, exist_ok=True)
     (repo / "data/own/bench").symlink_to(args.folder)
-    set_params(repo, {"data.dataset": "image_folder", "data.source": "data/own/bench",
+    edit_params(repo, **{"data.dataset": "image_folder", "data.source": "data/own/bench",
                       "preprocess.image_size": list(SIZE), "preprocess.color_mode": "rgb"})  # fmt: skip
     runs: dict[str, list[dict[str, float]]] = {"ours": [], "keras": [], "keras_area": []}
     if args.baseline:

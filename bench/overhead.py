@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 from bench import common
+from tests.harness import DVC, edit_params, make_project_repo
 
 TOY_DVC_YAML = """\
 stages:
@@ -46,7 +47,7 @@ def make_toy(dest: Path) -> Path:
     dest.mkdir(parents=True)
     (dest / "dvc.yaml").write_text(TOY_DVC_YAML)
     (dest / "params.yaml").write_text("toy:\n  n: 1\n")
-    for args in (["git", "init", "-q", "-b", "main"], [str(common.VENV_BIN / "dvc"), "init", "-q"]):
+    for args in (["git", "init", "-q", "-b", "main"], [str(DVC), "init", "-q"]):
         common.run_timed(args, dest)
     common.dvc(dest, "config", "core.analytics", "false")
     common.dvc(dest, "repro")
@@ -62,11 +63,11 @@ def main() -> None:
     times: dict[str, list[float]] = {}
     imports: dict[str, bool] = {}
     with tempfile.TemporaryDirectory(prefix="bench-overhead-") as scratch:
-        repo = common.make_workdir(Path(scratch) / "repo")
+        repo = make_project_repo(Path(scratch) / "repo", untracked=True)
         toy = make_toy(Path(scratch) / "toy")
-        common.set_params(
+        edit_params(
             repo,
-            {
+            **{
                 "data.dataset": "fashion_mnist",
                 "data.source": str(args.source),
                 "train.mlp.hidden_units": [32],

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import common
+from tests.harness import edit_params, make_project_repo
 
 STAGES = ("download", "preprocess", "train", "evaluate")
 FASHION_SIZES = (10_000, 30_000, 70_000)
@@ -35,8 +36,8 @@ def main() -> None:
     args = parser.parse_args()
     info = common.machine_info()
     with tempfile.TemporaryDirectory(prefix="bench-scaling-") as scratch:
-        repo = common.make_workdir(Path(scratch) / "repo")
-        common.set_params(repo, {"train.epochs": args.epochs, "train.early_stopping_patience": 0})
+        repo = make_project_repo(Path(scratch) / "repo", untracked=True)
+        edit_params(repo, **{"train.epochs": args.epochs, "train.early_stopping_patience": 0})
         datasets: dict[str, tuple[int, dict]] = {
             "iris": (150, {"data.dataset": "iris", "data.source": "", "data.checksums": {}}),
             "digits": (1797, {"data.dataset": "digits", "data.source": "", "data.checksums": {}}),
@@ -51,7 +52,7 @@ def main() -> None:
         times: dict[str, dict[str, list[float]]] = {name: {s: [] for s in STAGES} for name in datasets}
         for _ in range(args.rounds):
             for name, (_, params) in datasets.items():
-                common.set_params(repo, params)
+                edit_params(repo, **params)
                 for stage_name in STAGES:
                     times[name][stage_name].append(common.stage(repo, stage_name).seconds)
                 print(name, {s: round(v[-1], 2) for s, v in times[name].items()}, flush=True)

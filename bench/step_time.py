@@ -24,6 +24,7 @@ import sys
 import time
 
 from bench import common
+from tests.harness import PROJECT_ROOT
 
 FASHION_TRAIN = 54_000
 TUTORIAL_CNN = {
@@ -105,7 +106,7 @@ def main() -> None:
                 # Read once, when TensorFlow loads; its default is off on CPUs without AVX-512 (this one).
                 env = common.ENV | {"KERAS_BACKEND": backend, "TF_ENABLE_ONEDNN_OPTS": "1" if onednn else "0"}
                 command = [common.PYTHON, "-m", "bench.step_time", "--one", model_name, setting]
-                timed = common.run_timed(command, common.REPO_ROOT, env=env)
+                timed = common.run_timed(command, PROJECT_ROOT, env=env)
                 seconds = json.loads(timed.stdout.strip().splitlines()[-1])["seconds_per_step"]
                 times[model_name, setting].append(seconds)
                 print(f"round {round_number + 1}: {model_name} / {setting}: {seconds * 1000:.1f} ms/step", flush=True)

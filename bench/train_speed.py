@@ -30,6 +30,7 @@ import tempfile
 from pathlib import Path
 
 from bench import common
+from tests.harness import edit_params, make_project_repo, read_json, read_metrics
 
 TUTORIAL = {"mlp": {"batch_size": 32}, "cnn": {"batch_size": 128}}
 
@@ -72,12 +73,12 @@ def run_variant(name: str, repo: Path, args: argparse.Namespace) -> dict:
         timed = common.run_timed([*command, "--epochs", str(args.epochs), "--seed", "42"], repo)
         result = json.loads(timed.stdout.strip().splitlines()[-1])
     else:
-        common.set_params(repo, variant_params(name, args.steps_per_execution))
+        edit_params(repo, **variant_params(name, args.steps_per_execution))
         timed = common.run_timed([common.PYTHON, "-m", "bench.timed_train"], repo)
         result = json.loads(timed.stdout.strip().splitlines()[-1])
-        result["train_examples"] = common.read_json(repo / "data/prepared/meta.json")["sizes"]["train"]
+        result["train_examples"] = read_json(repo / "data/prepared/meta.json")["sizes"]["train"]
         common.stage(repo, "evaluate")
-        result["test_accuracy"] = common.read_json(repo / "metrics.json")["test"]["accuracy"]
+        result["test_accuracy"] = read_metrics(repo)["test"]["accuracy"]
     result["max_rss_mb"] = timed.max_rss_mb
     result["epoch_s"] = common.median(result["epoch_seconds"][1:])
     print(name, json.dumps({k: v for k, v in result.items() if k != "epoch_seconds"}), flush=True)
@@ -104,9 +105,9 @@ def main() -> None:
         variant_params(name, args.steps_per_execution)
     runs: dict[str, list[dict]] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory(prefix="bench-speed-") as scratch:
-        repo = common.make_workdir(Path(scratch) / "repo")
+        repo = make_project_repo(Path(scratch) / "repo", untracked=True)
         common.prepare_fashion(repo, args.source)
-        common.set_params(repo, pipeline_params(args.model, args.epochs, args.steps_per_execution))
+        edit_params(repo, **pipeline_params(args.model, args.epochs, args.steps_per_execution))
         for _ in range(args.rounds):
             for name in variants:
                 runs[name].append(run_variant(name, repo, args))

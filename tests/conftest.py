@@ -1,99 +1,40 @@
-"""Shared fixtures: a real git + DVC repository made from this project, and helpers to drive it."""
+"""Shared fixtures, and the slow tier (`make test-fast` leaves it out).
+
+A test is slow when it starts DVC, a stage in a subprocess (each imports TensorFlow) or a copy of the
+project, or trains in-process: seconds each, where the rest take milliseconds. Using a fixture in
+SLOW_FIXTURES marks a test slow here; modules and tests that do the rest themselves carry
+`pytest.mark.slow`; and tests/harness.py fails an unmarked test that calls its stage/dvc/repository helpers.
+The helpers themselves live in tests/harness.py, shared with bench/.
+"""
 
 from __future__ import annotations
 
-import os
-import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
-from pipeline.params import apply_params
+from tests import harness
+from tests.harness import dvc, git_commit, make_project_repo
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-VENV_BIN = Path(sys.executable).parent
-
-# Every subprocess gets the same environment: this interpreter's tools first,
-# no DVC analytics (offline machines would wait on it), and a git identity.
-ENV = os.environ | {
-    "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-    "DVC_NO_ANALYTICS": "1",
-    "GIT_AUTHOR_NAME": "test",
-    "GIT_AUTHOR_EMAIL": "test@example.com",
-    "GIT_COMMITTER_NAME": "test",
-    "GIT_COMMITTER_EMAIL": "test@example.com",
-    "PYTHONDONTWRITEBYTECODE": "1",
-}
+# Fixtures that build or run a project repository; any test depending on one (directly or through
+# another fixture) is slow.
+SLOW_FIXTURES = {"project_repo", "digits_run"}
 
 
-def run(
-    args: list[str], cwd: Path, *, check: bool = True, timeout: float = 600, env: dict[str, str] = ENV, **kwargs: Any
-):
-    """Run a command, capturing text output; on an unexpected exit code show what it printed."""
-    result = subprocess.run(
-        args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False, **kwargs
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(args)} exited {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
-        )
-    return result
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
-def dvc(repo: Path, *args: str, check: bool = True, timeout: float = 600):
-    return run([str(VENV_BIN / "dvc"), *args], repo, check=check, timeout=timeout)
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # Before any fixture is set up, so a fixture that starts a stage for an unmarked test is refused too.
+    harness.fast_test = None if item.get_closest_marker("slow") else item.nodeid
 
 
-def stage(repo: Path, name: str, *args: str, check: bool = False, timeout: float = 600, env: dict[str, str] = ENV):
-    """Run one stage as a user would: `python -m stages.<name>` in the repo's root."""
-    return run([sys.executable, "-m", f"stages.{name}", *args], repo, check=check, timeout=timeout, env=env)
-
-
-def ran_stages(output: str) -> list[str]:
-    """The stages `dvc repro` / `dvc exp run` actually ran, from its `Running stage 'NAME':` lines."""
-    return re.findall(r"Running stage '([^']+)'", output)
-
-
-def edit_params(repo: Path, **changes: Any) -> None:
-    """Set dotted keys in the repo's params.yaml, e.g. edit_params(repo, **{"train.epochs": 3})."""
-    path = repo / "params.yaml"
-    document = yaml.safe_load(path.read_text())
-    apply_params(document, changes)
-    path.write_text(yaml.safe_dump(document, sort_keys=False))
-
-
-def git_commit(repo: Path, message: str) -> None:
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-q", "-m", message], repo)
-
-
-def make_project_repo(dest: Path) -> Path:
-    """A fresh git + DVC repository holding this project's tracked files, committed."""
-    tracked = run(["git", "ls-files", "-z"], PROJECT_ROOT).stdout.split("\0")
-    for name in filter(None, tracked):
-        source = PROJECT_ROOT / name
-        if source.is_file():
-            target = dest / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
-    run(["git", "init", "-q", "-b", "main"], dest)
-    git_commit(dest, "project")
-    return dest
-
-
-def make_prepared_repo(dest: Path, params: dict[str, Any]) -> Path:
-    """A project repository with `params` set and the download and preprocess stages run (digits by default)."""
-    repo = make_project_repo(dest)
-    edit_params(repo, **params)
-    for name in ("download", "preprocess"):
-        result = stage(repo, name)
-        assert result.returncode == 0, result.stderr
-    return repo
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    harness.fast_test = None
 
 
 @pytest.fixture
@@ -111,87 +52,3 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     dvc(repo, "repro")
     git_commit(repo, "run the pipeline")
     return repo
-
-
-def copy_repo(source: Path, dest: Path) -> Path:
-    shutil.copytree(source, dest, symlinks=True)
-    return dest
-
-
-def read_metrics(repo: Path) -> dict[str, Any]:
-    import json
-
-    return json.loads((repo / "metrics.json").read_text())
-
-
-# ----------------------------------------------------------------------------- reports in a browser
-
-CHROMIUM = Path("/usr/bin/chromium")  # Debian's package; .ci/run installs it
-# Headless, and offline whatever the machine's network: every host name fails to resolve,
-# so a report that needs a CDN shows up as blank charts here too.
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--host-resolver-rules=MAP * ~NOTFOUND",
-    "--virtual-time-budget=15000",  # let the asynchronous chart rendering finish before the dump
-]
-
-
-def open_in_chromium(page: Path, profile: Path, *extra: str) -> subprocess.CompletedProcess:
-    """Load a local HTML file in headless Chromium with console messages logged to stderr."""
-    if not CHROMIUM.is_file():
-        pytest.fail(
-            f"{CHROMIUM} is not installed: the report tests open pages in headless Chromium; install Debian's "
-            "package (sudo apt-get install chromium), as .ci/run does.",
-            pytrace=False,
-        )
-    flags = [*CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0", *extra]
-    return run([str(CHROMIUM), *flags, page.resolve().as_uri()], page.parent, timeout=120)
-
-
-def console_messages(stderr: str) -> list[str]:
-    """The page's console messages (script errors included) from Chromium's stderr log."""
-    return re.findall(r':CONSOLE[^\]]*\] "(.*)", source:', stderr)
-
-
-def drawn_charts(dom: str) -> set[str]:
-    """Ids of the elements in which vega drew a non-empty `<canvas class="marks">`."""
-    from html.parser import HTMLParser
-
-    class _Finder(HTMLParser):
-        def __init__(self) -> None:
-            super().__init__()
-            self.ids: list[str | None] = []
-            self.drawn: set[str] = set()
-
-        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-            values = dict(attrs)
-            if tag == "canvas" and "marks" in (values.get("class") or "").split():
-                if int(values.get("width") or 0) > 0 and int(values.get("height") or 0) > 0:
-                    self.drawn.update(i for i in self.ids if i)
-            if tag not in ("canvas", "img", "br", "meta", "input", "link", "hr"):
-                self.ids.append(values.get("id"))
-
-        def handle_endtag(self, tag: str) -> None:
-            if tag not in ("canvas", "img", "br", "meta", "input", "link", "hr") and self.ids:
-                self.ids.pop()
-
-    finder = _Finder()
-    finder.feed(dom)
-    return finder.drawn
-
-
-def report_specs(page: Path) -> dict[str, dict[str, Any]]:
-    """The vega-lite spec of every chart in a `dvc plots` HTML page, by chart title."""
-    import json
-
-    specs = {}
-    for match in re.finditer(r"var spec = (\{.*?\});\n", page.read_text(encoding="utf-8"), re.S):
-        spec = json.loads(match.group(1))
-        specs[spec["title"]["text"]] = spec
-    return specs

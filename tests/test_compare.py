@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import (
+
+from tests.harness import (
     console_messages,
     copy_repo,
     drawn_charts,
@@ -22,6 +23,8 @@ from conftest import (
     report_specs,
     run,
 )
+
+pytestmark = pytest.mark.slow  # real dvc diffs in copies of the digits_run repository
 
 FEW_EPOCHS = 3  # fewer than params.yaml's default, so both the params and the metrics change
 

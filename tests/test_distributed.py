@@ -20,12 +20,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import ENV, PROJECT_ROOT, copy_repo, edit_params, make_prepared_repo, stage
 
 from pipeline import paths
 from pipeline.errors import PipelineError
 from pipeline.io.reading import load_npz
 from pipeline.params import TrainParams, parse_section
+from tests.harness import ENV, PROJECT_ROOT, copy_repo, edit_params, make_prepared_repo, stage
+
+pytestmark = pytest.mark.slow  # training in several processes
 
 EPOCHS = 6
 RUN_PARAMS = {

@@ -31,10 +31,10 @@ from typing import Any, Literal
 
 import pytest
 import yaml
-from conftest import ENV, PROJECT_ROOT, git_commit, run
 
 from pipeline import cpu
 from pipeline.params import SECTIONS, Section, TrainParams, choices, parse_section
+from tests.harness import ENV, PROJECT_ROOT, git_commit, run
 
 SHIPPED = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
 RECIPES: dict[str, dict] = yaml.safe_load((PROJECT_ROOT / "docs" / "recipes.yaml").read_text())
@@ -520,6 +520,7 @@ stages:
 """  # noqa: E501
 
 
+@pytest.mark.slow
 def test_workspace_model_is_what_dvc_does(tmp_path: Path) -> None:
     """Real `dvc exp run` in a git + DVC repository with this project's params.yaml and a stage that records
     the params.yaml it ran with: the same params, run for run, as simulate_workspace says."""

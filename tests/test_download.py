@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import edit_params, stage
 
 from pipeline.datasets import parse_idx
+from tests.harness import edit_params, stage
 
 
 @dataclass

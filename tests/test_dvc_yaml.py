@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import PROJECT_ROOT, copy_repo, dvc, edit_params, ran_stages, run
 
 from pipeline import params, paths
 from pipeline.code_deps import import_closure
+from tests.harness import PROJECT_ROOT, copy_repo, dvc, edit_params, ran_stages, run
 
 PIPELINE = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())
 STAGES = PIPELINE["stages"]

@@ -20,7 +20,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import ENV, VENV_BIN, copy_repo, dvc, edit_params, ran_stages, stage
+
+from tests.harness import ENV, VENV_BIN, copy_repo, dvc, edit_params, ran_stages, stage
+
+pytestmark = pytest.mark.slow  # a real DVC queue, Celery worker and training runs
 
 GRID = ["-S", "train.learning_rate=0.001,0.01", "-S", "train.mlp.hidden_units=[8],[16]", "-S", "train.epochs=2"]
 # The watched run: long enough (small batches, one step per call) for a poll to see several epochs go by.

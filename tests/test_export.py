@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ENV, PROJECT_ROOT, copy_repo, dvc, edit_params, git_commit, run, stage
 
 from pipeline.errors import PipelineError
 from pipeline.meta import SERVING_KEYS, PreparedMeta
 from pipeline.preprocessing import read_meta
+from tests.harness import ENV, PROJECT_ROOT, copy_repo, dvc, edit_params, git_commit, run, stage
 
 FORMATS = ("saved_model", "tflite", "onnx")
 TOLERANCE = 1e-5
@@ -130,6 +130,7 @@ def small_cnn(tmp_path_factory: pytest.TempPathFactory):
     return model, model_file, meta, x[:100]
 
 
+@pytest.mark.slow
 def test_small_cnn_exports_match_through_their_runtimes(small_cnn, tmp_path: Path) -> None:
     from pipeline.export import export_model
     from pipeline.runtimes import open_model
@@ -147,6 +148,7 @@ def test_small_cnn_exports_match_through_their_runtimes(small_cnn, tmp_path: Pat
     assert sorted(p.name for p in (tmp_path / "lite").iterdir()) == ["model.keras", "model.tflite", "serving.json"]
 
 
+@pytest.mark.slow
 def test_parity_check_catches_an_export_of_a_perturbed_model(small_cnn, tmp_path: Path) -> None:
     import keras
 
@@ -174,6 +176,7 @@ def test_parity_check_catches_an_export_of_a_perturbed_model(small_cnn, tmp_path
         assert f"{figures['max_abs_diff']:.3g}" in str(caught.value) and "\n" not in str(caught.value)
 
 
+@pytest.mark.slow
 def test_a_model_the_converters_refuse_leaves_the_earlier_export(small_cnn, tmp_path: Path) -> None:
     import keras
 

@@ -19,10 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ENV, PROJECT_ROOT, edit_params, make_prepared_repo, make_project_repo, stage
 from PIL import Image
 
 from pipeline.io.atomic import atomic_directory, recover_directory
+from tests.harness import ENV, PROJECT_ROOT, edit_params, make_prepared_repo, make_project_repo, stage
+
+pytestmark = pytest.mark.slow  # stages killed, starved of disk and run twice at once, as subprocesses
 
 # Run in a subprocess: an audit hook SIGKILLs the process just before its Nth file-system call
 # (mkdir, scandir, open, rename, remove, rmdir, ...), so every step of the swap gets its own kill.

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ENV, PROJECT_ROOT, edit_params, stage
 from test_download import make_idx, make_mnist_npz
 
 from pipeline.datasets import REGISTRY, RemoteFile, parse_idx
 from pipeline.errors import PipelineError
 from pipeline.io.download import TimeLimits, fetch_dataset
+from tests.harness import ENV, PROJECT_ROOT, edit_params, stage
 
 Reply = Callable[[socket.socket, threading.Event], None]
 
@@ -129,6 +129,7 @@ def test_a_reply_that_is_not_http_is_one_sentence(raw_server: RawServer, tmp_pat
     assert elapsed < 5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("reply", "phrase", "attempts"),
     [
@@ -334,6 +335,7 @@ def _zero_bomb(header: bytes, n_zeros: int) -> tuple[bytes, int, int]:
     return head + zeros * (n_zeros // block) + tail, crc, len(header) + n_zeros
 
 
+@pytest.mark.slow
 def test_an_npz_zip_bomb_is_refused_in_bounded_memory(tmp_path: Path) -> None:
     # 1.5 GB of pixels in a ~1.5 MB archive, every header true to its member's size.
     members = {f"{name}.npy": _deflate(_npy_bytes((10,)) + bytes(10)) for name in ("y_train", "y_test")}

@@ -19,7 +19,6 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import PROJECT_ROOT, copy_repo, stage
 from test_predict import prepared
 
 from pipeline import paths
@@ -32,6 +31,7 @@ from pipeline.prediction import check_probabilities, check_top_k
 from pipeline.preprocessing import load_checked_split, read_meta
 from pipeline.resume import RunRecord, load_state, save_state
 from pipeline.runtimes import open_model
+from tests.harness import PROJECT_ROOT, copy_repo, stage
 
 # ----------------------------------------------------------------------------- the resume state
 
@@ -81,6 +81,7 @@ STATE_DAMAGE: dict[str, Callable[[Path], None]] = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", STATE_DAMAGE.values(), ids=STATE_DAMAGE.keys())
 def test_a_damaged_resume_state_is_set_aside_and_training_starts_fresh(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: Callable[[Path], None]

@@ -17,9 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import edit_params, stage
 
 from pipeline.datasets import get_spec
+from tests.harness import edit_params, stage
+
+pytestmark = pytest.mark.slow  # the download and preprocess stages, as subprocesses
 
 IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 CANONICAL_SHA256 = {

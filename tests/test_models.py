@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from conftest import PROJECT_ROOT
 
 from pipeline import models
 from pipeline.errors import PipelineError
 from pipeline.params import MODELS, TrainParams, parse_section
+from tests.harness import PROJECT_ROOT
 
 BASE = parse_section(TrainParams, yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())["train"])
 

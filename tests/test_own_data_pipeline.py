@@ -8,11 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import dvc, edit_params, git_commit, make_project_repo, ran_stages, read_metrics, run, stage
 from PIL import Image
 from test_own_data import COUNTS, SHAPES, draw_folder, draw_shape, one_error, sha256_of
 
 from pipeline.training import class_weights
+from tests.harness import dvc, edit_params, git_commit, make_project_repo, ran_stages, read_metrics, run, stage
+
+pytestmark = pytest.mark.slow  # dvc exp run and the stages on your own data, as subprocesses
 
 # A small CNN that learns the shapes in seconds: 0.97-1.0 test accuracy measured, grayscale and RGB.
 SHAPES_TRAINING = {

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import PROJECT_ROOT, stage
 from pydantic import ValidationError
 
 from pipeline import cpu
@@ -27,6 +26,7 @@ from pipeline.params import (
     load_params,
     parse_section,
 )
+from tests.harness import PROJECT_ROOT, stage
 
 SECTIONS = [DataParams, PreprocessParams, TrainParams, EvaluateParams, ExportParams]
 SHIPPED = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())

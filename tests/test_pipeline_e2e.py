@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import copy_repo, dvc, edit_params, ran_stages, read_metrics
+import pytest
+
+from tests.harness import copy_repo, dvc, edit_params, ran_stages, read_metrics
+
+pytestmark = pytest.mark.slow  # real dvc repro in copies of the project
 
 
 def test_default_pipeline_reaches_accuracy_and_writes_every_output(digits_run: Path) -> None:

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import PROJECT_ROOT, make_prepared_repo, read_metrics, stage
 
 from pipeline import cpu
 from pipeline.errors import PipelineError
 from pipeline.params import TrainParams, parse_section
+from tests.harness import PROJECT_ROOT, make_prepared_repo, read_metrics, stage
 
 SHIPPED = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
 BASE = parse_section(TrainParams, SHIPPED["train"])
@@ -134,6 +134,7 @@ def bf16_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return repo
 
 
+@pytest.mark.slow
 def test_evaluate_reads_a_bf16_model(bf16_run: Path) -> None:
     from pipeline.models import load_model
 
@@ -144,6 +145,7 @@ def test_evaluate_reads_a_bf16_model(bf16_run: Path) -> None:
     assert 0.85 <= test["macro_f1"] <= 1.0
 
 
+@pytest.mark.slow
 def test_predict_reads_a_bf16_model(bf16_run: Path, tmp_path: Path) -> None:
     test = np.load(bf16_run / "data/prepared/test.npz")
     np.save(tmp_path / "digits.npy", test["x"][:10].astype(np.float64))  # prepared digits keep their 0..16 values
@@ -156,6 +158,7 @@ def test_predict_reads_a_bf16_model(bf16_run: Path, tmp_path: Path) -> None:
     assert all(0 < record["predictions"][0]["probability"] <= 1 for record in records)
 
 
+@pytest.mark.slow
 def test_export_of_a_bf16_model_is_its_float32_twin_in_every_format(bf16_run: Path, tmp_path: Path) -> None:
     repo = bf16_run
     result = stage(repo, "export")

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import PROJECT_ROOT, dvc, edit_params, make_project_repo, run, stage
 from PIL import Image
 
 from pipeline.datasets import RawDataset
@@ -24,6 +23,7 @@ from pipeline.prediction import (
     top_classes,
 )
 from pipeline.preprocessing import prepare_splits, scale_pixels
+from tests.harness import PROJECT_ROOT, dvc, edit_params, make_project_repo, run, stage
 
 FEATURES = ("length", "width", "height")
 
@@ -253,6 +253,7 @@ def iris_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return repo
 
 
+@pytest.mark.slow
 def test_iris_model_classifies_csv_rows(iris_model: Path, tmp_path: Path) -> None:
     meta = json.loads((iris_model / "data/prepared/meta.json").read_text())
     rows = np.load(iris_model / "data/raw/iris.npz")["x"][::30]  # five raw rows, in cm

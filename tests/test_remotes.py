@@ -16,10 +16,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import conftest
 import pytest
 import yaml
-from conftest import PROJECT_ROOT, VENV_BIN, copy_repo, dvc, ran_stages, read_metrics, run, stage
+
+from tests import harness
+from tests.harness import PROJECT_ROOT, VENV_BIN, copy_repo, dvc, ran_stages, read_metrics, run, stage
+
+pytestmark = pytest.mark.slow  # real DVC push and pull through a local S3 server
 
 # Made afresh each run, so that finding them in a repository's history can only mean that a command put them there.
 ACCESS_KEY_ID = f"key-{uuid.uuid4().hex[:12]}"
@@ -58,13 +61,13 @@ def free_port() -> int:
 def isolated_aws(monkeypatch: pytest.MonkeyPatch) -> None:
     """boto looks only where each test says: no ~/.aws files, no instance metadata, one attempt per call."""
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
-        monkeypatch.delitem(conftest.ENV, name, raising=False)
-    monkeypatch.setitem(conftest.ENV, "AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials")
-    monkeypatch.setitem(conftest.ENV, "AWS_CONFIG_FILE", "/nonexistent/config")
-    monkeypatch.setitem(conftest.ENV, "AWS_EC2_METADATA_DISABLED", "true")
+        monkeypatch.delitem(harness.ENV, name, raising=False)
+    monkeypatch.setitem(harness.ENV, "AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials")
+    monkeypatch.setitem(harness.ENV, "AWS_CONFIG_FILE", "/nonexistent/config")
+    monkeypatch.setitem(harness.ENV, "AWS_EC2_METADATA_DISABLED", "true")
     # Without these, a pull from an unreachable endpoint retries for ~35 s before failing.
-    monkeypatch.setitem(conftest.ENV, "AWS_MAX_ATTEMPTS", "1")
-    monkeypatch.setitem(conftest.ENV, "AWS_RETRY_MODE", "standard")
+    monkeypatch.setitem(harness.ENV, "AWS_MAX_ATTEMPTS", "1")
+    monkeypatch.setitem(harness.ENV, "AWS_RETRY_MODE", "standard")
 
 
 @pytest.fixture(scope="module")
@@ -215,8 +218,8 @@ def test_s3_remote_round_trip_keeps_keys_out_of_git(
     assert workspace_state(teammate) == before
 
     # The teammate's own keys, from the environment (as CI passes secrets) rather than a file.
-    monkeypatch.setitem(conftest.ENV, "AWS_ACCESS_KEY_ID", ACCESS_KEY_ID)
-    monkeypatch.setitem(conftest.ENV, "AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY)
+    monkeypatch.setitem(harness.ENV, "AWS_ACCESS_KEY_ID", ACCESS_KEY_ID)
+    monkeypatch.setitem(harness.ENV, "AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY)
     dvc(teammate, "pull")
     assert_pulled_clone_matches(s3_origin, teammate)
 
@@ -225,8 +228,8 @@ def test_s3_wrong_keys_are_refused_and_change_nothing(
     s3_origin: Path, s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     teammate = clone(s3_origin, tmp_path / "teammate")
-    monkeypatch.setitem(conftest.ENV, "AWS_ACCESS_KEY_ID", ACCESS_KEY_ID)
-    monkeypatch.setitem(conftest.ENV, "AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    monkeypatch.setitem(harness.ENV, "AWS_ACCESS_KEY_ID", ACCESS_KEY_ID)
+    monkeypatch.setitem(harness.ENV, "AWS_SECRET_ACCESS_KEY", "not-the-secret")
     before = workspace_state(teammate)
     pulled = dvc(teammate, "pull", check=False, timeout=60)
     assert pulled.returncode != 0
@@ -258,8 +261,8 @@ def test_unreachable_remote_fails_clearly_and_changes_nothing(
             f"['remote \"team\"']\n    url = s3://{BUCKET}/project\n    endpointurl = http://127.0.0.1:{free_port()}\n"
         )
         expected_error = "Could not connect to the endpoint URL"
-        monkeypatch.setitem(conftest.ENV, "AWS_ACCESS_KEY_ID", ACCESS_KEY_ID)
-        monkeypatch.setitem(conftest.ENV, "AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY)
+        monkeypatch.setitem(harness.ENV, "AWS_ACCESS_KEY_ID", ACCESS_KEY_ID)
+        monkeypatch.setitem(harness.ENV, "AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY)
     else:
         # A shared drive that is not mounted.
         config = f"['remote \"team\"']\n    url = {tmp_path / 'unmounted-share'}\n"

@@ -9,7 +9,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import (
+from PIL import Image
+
+from tests.harness import (
     console_messages,
     copy_repo,
     drawn_charts,
@@ -18,7 +20,8 @@ from conftest import (
     read_metrics,
     report_specs,
 )
-from PIL import Image
+
+pytestmark = pytest.mark.slow  # dvc plots show, rendered in headless Chromium
 
 # The charts the report must hold (issue #4): training curves, confusion matrix, per-class scores.
 CHARTS = [

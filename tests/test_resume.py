@@ -18,9 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ENV, VENV_BIN, copy_repo, dvc, edit_params, make_prepared_repo, stage
 
 from pipeline import paths
+from tests.harness import ENV, VENV_BIN, copy_repo, dvc, edit_params, make_prepared_repo, stage
+
+pytestmark = pytest.mark.slow  # training runs killed and resumed, as subprocesses
 
 EPOCHS = 15
 # Dropout makes the run depend on the random-generator state, which a resume must restore too.

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ENV, PROJECT_ROOT, edit_params, make_project_repo, run, stage
 from PIL import Image
 from test_own_data import SHAPES, draw_shape
 from test_own_data_pipeline import write_iris_csv
 
 from pipeline.errors import PipelineError
 from pipeline.meta import PreparedMeta, ServingDescription, load_meta, scaling_text
+from tests.harness import ENV, PROJECT_ROOT, edit_params, make_project_repo, run, stage
 
 MODELS = ("model.keras", "saved_model", "model.tflite", "model.onnx")
 META = {

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import PROJECT_ROOT, copy_repo, edit_params, run
 
 from pipeline import models, paths, resume, training
 from pipeline.distributed import Role
 from pipeline.io.reading import load_npz
 from pipeline.params import TrainParams, parse_section
+from tests.harness import PROJECT_ROOT, copy_repo, edit_params, run
 
 BASE = parse_section(TrainParams, yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())["train"])
 
@@ -69,6 +69,7 @@ def fit(state_dir: Path, epochs: int, fingerprint: str = "run-1", steps_per_exec
     return model, progress
 
 
+@pytest.mark.slow
 def test_finished_run_is_not_trained_again(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     model, progress = fit(tmp_path, epochs=3)
     assert progress.finished and len(progress.history) == 3
@@ -81,6 +82,7 @@ def test_finished_run_is_not_trained_again(tmp_path: Path, caplog: pytest.LogCap
         np.testing.assert_array_equal(before.numpy(), after.numpy())
 
 
+@pytest.mark.slow
 def test_best_epoch_weights_are_kept(tmp_path: Path) -> None:
     model, progress = fit(tmp_path, epochs=4)
     best = max(progress.history, key=lambda row: (row["val_accuracy"], -row["val_loss"]))
@@ -90,6 +92,7 @@ def test_best_epoch_weights_are_kept(tmp_path: Path) -> None:
     assert scores["accuracy"] == pytest.approx(best["val_accuracy"])
 
 
+@pytest.mark.slow
 def test_state_of_another_run_is_ignored(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     fit(tmp_path, epochs=2, fingerprint="run-1")
     with caplog.at_level(logging.INFO):
@@ -98,6 +101,7 @@ def test_state_of_another_run_is_ignored(tmp_path: Path, caplog: pytest.LogCaptu
     assert [row["epoch"] for row in progress.history] == [1, 2]
 
 
+@pytest.mark.slow
 def test_unreadable_state_is_ignored(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     (tmp_path / resume.STATE_FILE).write_bytes(b"not an npz")
     with caplog.at_level(logging.INFO):
@@ -106,6 +110,7 @@ def test_unreadable_state_is_ignored(tmp_path: Path, caplog: pytest.LogCaptureFi
     assert progress.epochs_done == 1
 
 
+@pytest.mark.slow
 def test_steps_per_execution_changes_speed_not_results(tmp_path: Path) -> None:
     # 48 examples / batch 16 = 3 steps per epoch: N=2 does not divide it, N=5 exceeds it. Every epoch must
     # still end at its own last batch (the next epoch's order starts fresh), so the weights equal N=1's.
@@ -119,6 +124,7 @@ def test_steps_per_execution_changes_speed_not_results(tmp_path: Path) -> None:
             np.testing.assert_array_equal(one, other)
 
 
+@pytest.mark.slow
 def test_jit_compile_param_really_compiles_with_xla() -> None:
     # Op determinism makes Keras drop XLA silently, so the train stage leaves it off when jit_compile is on.
     # A fresh process: op determinism, once enabled by another test, cannot be switched off.
@@ -180,6 +186,7 @@ def test_execution_only_params_leave_the_resume_fingerprint_alone() -> None:
     assert resume.fingerprint_params(BASE.model_copy(update={"seed": 7})) != resume.fingerprint_params(BASE)
 
 
+@pytest.mark.slow
 def test_callbacks_of_the_caller_run_after_each_epoch_is_saved(tmp_path: Path) -> None:
     """The extension point bench/timed_train.py uses: a caller's callback sees every epoch, its state already saved."""
     import keras

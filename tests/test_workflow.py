@@ -17,7 +17,10 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import ENV, PROJECT_ROOT, VENV_BIN, copy_repo, dvc, edit_params, ran_stages, read_metrics, run
+
+from tests.harness import ENV, PROJECT_ROOT, VENV_BIN, copy_repo, dvc, edit_params, ran_stages, read_metrics, run
+
+pytestmark = pytest.mark.slow  # the CI workflow's steps, run in copies of the project
 
 WORKFLOW = PROJECT_ROOT / ".github" / "workflows" / "dvc-pipeline.yml"
 STOOD_IN_FOR = ("actions/checkout@", "actions/setup-python@", "iterative/setup-cml@")
