@@ -257,6 +257,7 @@ def test_the_stage_own_section_is_reported_first(tmp_path: Path) -> None:
         load_params(DataParams, tmp_path / "params.yaml")
 
 
+@pytest.mark.slow  # the stage in a subprocess
 def test_download_refuses_a_bad_train_key_before_downloading(tmp_path: Path) -> None:
     """The subprocess a user runs: `python -m stages.download` fails in one sentence and writes no data."""
     for folder in ("pipeline", "stages"):

@@ -157,6 +157,7 @@ def predicted_classes(result: subprocess.CompletedProcess, count: int) -> list[s
     return [line.split(": ", 1)[1].split(" (")[0] for line in lines]
 
 
+@pytest.mark.slow  # a pipeline run, shared by the module
 def test_the_rgb_serving_json_describes_its_images(rgb_export: Path) -> None:
     description = json.loads((rgb_export / "serving.json").read_text())
     assert description["image"] == {"color_mode": "rgb", "resize": "pillow-box"}
@@ -164,6 +165,7 @@ def test_the_rgb_serving_json_describes_its_images(rgb_export: Path) -> None:
     assert description["scaling_text"].startswith("RGB images") and "(N, 16, 16, 3)" in description["scaling_text"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", MODELS)
 def test_an_exported_rgb_model_predicts_image_files_alone(rgb_export: Path, model: str, tmp_path: Path) -> None:
     rng = np.random.default_rng(5)
@@ -184,6 +186,7 @@ def test_an_exported_grayscale_model_predicts_image_files_alone(digits_run: Path
     assert set(predicted_classes(result, 2)) <= {str(digit) for digit in range(10)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", MODELS)
 def test_an_exported_table_model_predicts_csv_rows_alone(table_export: Path, model: str, tmp_path: Path) -> None:
     (tmp_path / "new.csv").write_text(
