@@ -1,8 +1,8 @@
 """Pure array transforms of the preprocess stage: scale, split, one-hot. Arrays in, new arrays out.
 
 Images are stored in data/prepared as their raw uint8 pixels and divided on load
-(`load_split`): 3.9x smaller files than float32, 4x faster to write and 2x faster to
-read, and the division gives exactly the same float32 values (BENCHMARKS.md, section 4).
+(`load_split`): smaller files, faster to write and to read than float32, and the division
+gives exactly the same float32 values (BENCHMARKS.md, section 4).
 Tabular features are few; they are stored already scaled.
 """
 
