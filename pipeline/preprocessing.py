@@ -127,7 +127,7 @@ class LabelledSplits:
     """The train, val and test examples as the dataset holds them, with their integer labels, and how each was chosen.
 
     `x` holds pixels, features, or for image files (your own folder) their (N, 2) [path, sha256] rows, which
-    the preprocess stage decodes (`folders.decode_splits`) before `scale_splits`.
+    the preprocess stage decodes (`decoding.decode_splits`) before `scale_splits`.
     """
 
     x: dict[str, np.ndarray]

@@ -18,8 +18,8 @@ from dataclasses import replace
 from pipeline import paths
 from pipeline.cli import run_stage
 from pipeline.datasets import RawDataset, read_raw
+from pipeline.decoding import decode_splits
 from pipeline.errors import PipelineError
-from pipeline.folders import decode_splits
 from pipeline.images import Conversion
 from pipeline.io.atomic import atomic_directory, write_json_atomic, write_npz_atomic
 from pipeline.params import PreprocessParams, load_params

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from pipeline import folders, images, tables
+from pipeline import decoding, images, tables
+from pipeline.decoding import check_memory, decode_splits
 from pipeline.errors import PipelineError
-from pipeline.folders import check_memory, decode_splits, index_folder, own_source
+from pipeline.folders import index_folder, own_source
 from pipeline.images import Conversion, convert_image
 from pipeline.inputs import parse_csv
 from pipeline.meta import load_meta
@@ -288,7 +289,7 @@ def test_pipes_devices_and_oversized_files_are_refused_without_reading_them(
         signal.alarm(0)
     assert "\n" not in str(caught.value)
     with pytest.raises(PipelineError, match=f"data/own/x/a/odd.png {message}"):
-        folders.read_checked("data/own/x/a/odd.png", "0" * 64)  # preprocess reads the listed files alike
+        decoding.read_checked("data/own/x/a/odd.png", "0" * 64)  # preprocess reads the listed files alike
 
 
 def test_sources_outside_data_own_or_missing_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -334,9 +335,9 @@ def test_decoding_in_several_processes_gives_the_same_arrays(tmp_path: Path, mon
         rows.append([str(path), hashlib.sha256(path.read_bytes()).hexdigest()])
     files = {"train": np.array(rows[:16]), "test": np.array(rows[16:])}
     alone = decode_splits(files, Conversion("rgb", (12, 12)), 0)
-    monkeypatch.setattr(folders, "IMAGES_PER_PROCESS", 4)  # two processes on two cores
-    monkeypatch.setattr(folders, "CHUNK", 5)
-    assert folders.decoding_processes(24) == min(2, len(os.sched_getaffinity(0)))
+    monkeypatch.setattr(decoding, "IMAGES_PER_PROCESS", 4)  # two processes on two cores
+    monkeypatch.setattr(decoding, "CHUNK", 5)
+    assert decoding.decoding_processes(24) == min(2, len(os.sched_getaffinity(0)))
     pooled = decode_splits(files, Conversion("rgb", (12, 12)), 0)
     for split in files:
         np.testing.assert_array_equal(pooled[split], alone[split])

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from test_predict import image_meta
 
-from pipeline import cli, folders, tables
+from pipeline import cli, decoding, folders, tables
 from pipeline.images import Conversion
 from pipeline.inputs import read_inputs
 from pipeline.progress import Progress
@@ -83,7 +83,7 @@ def test_stages_report_progress_of_long_work(
             Image.new("L", (8, 8), 40 * i).save(Path("own") / label / f"{i}.png")
     index = folders.index_folder(Path("own"))
     rows = np.array([(path, sha) for path, _, sha in index["train"]], dtype=object)
-    folders.decode_splits({"train": rows}, Conversion(), 0)
+    decoding.decode_splits({"train": rows}, Conversion(), 0)
     Path("t.csv").write_text("x,y\n" + "".join(f"{i},{'ab'[i % 2]}\n" for i in range(10)), encoding="utf-8")
     tables.read_table(Path("t.csv"), "y")
     lines = _lines(every_check_logs)
