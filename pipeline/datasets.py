@@ -4,6 +4,7 @@ Reading is pure (bytes or folders in, arrays out); fetching lives in
 `pipeline.io.download`. The bundled datasets' file format is this module's alone:
 `write_bundled` writes it, `_read_bundled` reads it. Nothing here imports
 TensorFlow; scikit-learn only inside `bundled_arrays`, when it is called.
+Longer than most modules on purpose: a dataset is added in one place, its files and its reader together.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 Each stage calls `load_params(SectionClass)`. A typo, a wrong type or a value out of range anywhere in the
 file raises `PipelineError` with one sentence naming the key, the value given and what is allowed, before
 the stage touches any file. The sections are pydantic models; `_sentence` words pydantic's error.
+Longer than most modules on purpose: every key of params.yaml is declared here, in one place.
 """
 
 import difflib
