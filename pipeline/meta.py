@@ -119,8 +119,13 @@ class PreparedMeta(Record):
         return self.table.categories if self.table else {}
 
     def dump(self) -> dict[str, Any]:
-        """As JSON data, absent records left out (a tabular meta.json has no `image`)."""
-        return self.model_dump(mode="json", exclude_none=True)
+        """As JSON data, absent records left out (a tabular meta.json has no `image`; a table without date
+        columns or imputed values no `dates` or `fill`)."""
+        data = self.model_dump(mode="json", exclude_none=True)
+        if "table" in data:
+            empty = {key for key in ("dates", "fill") if not data["table"][key]}
+            data["table"] = {key: value for key, value in data["table"].items() if key not in empty}
+        return data
 
     def serving(self, files: Mapping[str, str]) -> ServingDescription:
         """serving.json: this record plus the tensors, the scaling in words and the export's `files` by format."""
