@@ -13,13 +13,13 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from pipeline.errors import PipelineError
 from pipeline.io.atomic import recover_directory, write_npz_atomic
 from pipeline.io.reading import load_npz, read_gzip, read_json
+from pipeline.meta import TableRecord
 
 KERAS_DATASETS_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
 RAW_MANIFEST = "dataset.json"
@@ -52,7 +52,12 @@ class RawDataset:
     class_names: tuple[str, ...]
     pixel_max: float | None = None  # images: the value that scales to 1.0
     feature_names: tuple[str, ...] = ()
-    table: dict[str, Any] | None = None  # your CSV table: its columns and text columns' values (tables.Table.record)
+    # Your CSV table: x holds its coded cells (pipeline/columns.py), which preprocess encodes after splitting.
+    table: TableRecord | None = None
+    origin: str = ""  # your data's path (data.source), for messages and reports
+    label_column: str = ""
+    lines: np.ndarray | None = None  # your table: each row's line in the file
+    groups: np.ndarray | None = None  # per row of x_train: rows of one group stay in one split
 
 
 @dataclass(frozen=True)
@@ -211,7 +216,7 @@ def _read_image_index(folder: Path) -> RawDataset:
     """
     from pipeline import folders  # here, not at the top: the readers of the other datasets need no image decoder
 
-    index = read_json(folder / folders.INDEX_FILE)
+    index, manifest = read_json(folder / folders.INDEX_FILE), read_json(folder / RAW_MANIFEST)
 
     def rows(split: str) -> tuple[np.ndarray, np.ndarray]:
         entries = index[split]
@@ -220,20 +225,28 @@ def _read_image_index(folder: Path) -> RawDataset:
 
     (x_train, y_train), (x_test, y_test) = rows("train"), rows("test")
     official = len(x_test) > 0
+    groups = np.array([folders.name_group(path) for path in x_train[:, 0]], dtype=str)
     return RawDataset(
         "image_folder", "image_files", x_train, y_train, x_test if official else None, y_test if official else None,
-        tuple(index["class_names"]), 255.0,
+        tuple(index["class_names"]), 255.0, origin=index["source"],
+        groups=groups if manifest.get("group_by_name") else None,
     )  # fmt: skip
 
 
 def _read_table_copy(folder: Path) -> RawDataset:
     from pipeline import tables  # as above: only the stages that read a table depend on tables.py
 
-    label_column = read_json(folder / RAW_MANIFEST)["label_column"]
-    table = tables.read_table(folder / tables.TABLE_FILE, label_column)
+    manifest = read_json(folder / RAW_MANIFEST)
+    options = tables.TableOptions(
+        manifest["label_column"], tuple(manifest.get("drop_columns", ())), tuple(manifest.get("feature_columns", ())),
+        manifest.get("group_column", ""),
+    )  # fmt: skip
+    # Messages name your file, not its copy here: that is the file you fix.
+    table = tables.read_table(folder / tables.TABLE_FILE, options, Path(manifest["source"]))
     return RawDataset(
-        "csv", "tabular", table.features, table.labels, None, None, table.class_names, None, table.feature_names,
-        table=table.record(),
+        "csv", "tabular", table.coded, table.labels, None, None, table.class_names, None, table.feature_names,
+        table=table.record, origin=manifest["source"], label_column=options.label_column, lines=table.lines,
+        groups=table.groups,
     )  # fmt: skip
 
 

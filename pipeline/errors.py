@@ -35,3 +35,8 @@ def describe_environment_error(err: OSError) -> str | None:
 def error_detail(err: BaseException, limit: int = 160) -> str:
     """`err`'s type and message on one line, cut to `limit` characters: to quote inside a one-sentence error."""
     return f"{type(err).__name__}: {' '.join(str(err).split())[:limit]}"
+
+
+def counted(count: int, noun: str, plural: str = "") -> str:
+    """'1 example', '2 examples': a count and its noun, as a sentence says them."""
+    return f"{count} {noun}" if count == 1 else f"{count} {plural or noun + 's'}"

@@ -52,6 +52,28 @@ def rounded_loss(loss: float) -> float:
     return float(f"{loss:.6g}")
 
 
+MISCLASSIFIED_COLUMNS = ("source", "true", "predicted", "probability")
+
+
+def misclassified_rows(
+    sources: Sequence[str], probabilities: np.ndarray, true_labels: np.ndarray, class_names: Sequence[str]
+) -> list[dict[str, object]]:
+    """reports/misclassified.csv: each misclassified example's source, true and predicted class and the predicted
+    class's probability, the most confident mistakes first (ties in test order)."""
+    predicted = probabilities.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != true_labels)
+    confidence = probabilities[wrong, predicted[wrong]]
+    return [
+        {
+            "source": str(sources[i]),
+            "true": class_names[true_labels[i]],
+            "predicted": class_names[predicted[i]],
+            "probability": round(float(p), 6),
+        }  # fmt: skip
+        for i, p in sorted(zip(wrong, confidence, strict=True), key=lambda pair: -pair[1])
+    ]
+
+
 def misclassified_grid(
     images: np.ndarray,
     *,
@@ -59,15 +81,17 @@ def misclassified_grid(
     predicted_labels: np.ndarray,
     class_names: Sequence[str],
     max_images: int,
+    sources: Sequence[str] = (),
     cell: int = 96,
 ) -> Image.Image:
-    """A grid of the first `max_images` misclassified images (values in [0, 1]) captioned true/predicted.
+    """A grid of the first `max_images` misclassified images (values in [0, 1]) captioned true/predicted, and
+    with `sources`, each one's file name.
 
     Images of shape (N, H, W, 1) give a grayscale grid; (N, H, W, 3) a colour one.
     """
     wrong = np.flatnonzero(true_labels != predicted_labels)[:max_images]
     font = ImageFont.load_default()
-    caption = 28
+    caption = 41 if len(sources) else 28
     columns = max(1, min(5, len(wrong)))
     rows = max(1, -(-len(wrong) // columns))
     mode = "RGB" if images.shape[-1] == 3 else "L"
@@ -83,6 +107,10 @@ def misclassified_grid(
         grid.paste(tile, (left + 4, top + 4))
         draw.text((left + 4, top + cell - 2), f"true {class_names[true_labels[index]]}", fill="black", font=font)
         draw.text((left + 4, top + cell + 11), f"pred {class_names[predicted_labels[index]]}", fill="black", font=font)
+        if len(sources):
+            name = str(sources[index]).replace("\\", "/").rsplit("/", 1)[-1]
+            name = name if len(name) <= 15 else name[:6] + "~" + name[-8:]  # a cell holds ~15 characters
+            draw.text((left + 4, top + cell + 24), name, fill="black", font=font)
     return grid
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, counted
 from pipeline.io.atomic import atomic_directory, write_json_atomic
 from pipeline.meta import INPUT_NAME, OUTPUT_NAME, PreparedMeta
 from pipeline.runtimes import INSTALL_HINT, keras_runner, open_model
@@ -31,6 +31,8 @@ KERAS_FILE = "model.keras"  # the reference every format is checked against, shi
 DESCRIPTION = "serving.json"  # what a consumer needs: input, scaling, class names (describe_export)
 # ONNX opset 17 (2022): run by every ONNX Runtime since 1.13 and by tf2onnx's whole op table.
 ONNX_OPSET = 17
+
+log = logging.getLogger("export")
 
 
 # ----------------------------------------------------------------------------- the description
@@ -73,7 +75,7 @@ def check_parity(name: str, figures: dict[str, Any], tolerance: float, n_example
     raise PipelineError(
         f"the {name} export does not match model.keras: its probabilities differ by up to "
         f"{figures['max_abs_diff']:.3g} (tolerance {tolerance:g}) and its top-1 class differs on "
-        f"{figures['top1_mismatches']} of {n_examples} test examples, so no export was written "
+        f"{figures['top1_mismatches']} of {counted(n_examples, 'test example')}, so no export was written "
         "(models/export is unchanged); report it with the model, or drop the format from export.formats."
     )
 
@@ -228,7 +230,9 @@ def export_model(
         with atomic_directory(dest) as folder:
             shutil.copy2(model_file, folder / KERAS_FILE)
             write_json_atomic(folder / DESCRIPTION, describe_export(meta, formats))
-            figures["keras"] = {"size_bytes": size_bytes(folder / KERAS_FILE)}
+            # Sizes are logged, not kept in the metrics file: the SavedModel's bytes differ run to run for the same
+            # model, and `dvc metrics diff` would report a change where nothing changed.
+            log.info("%s: %d bytes", KERAS_FILE, size_bytes(folder / KERAS_FILE))
             # The SavedModel is the others' source (see write_tflite), so it is written every time
             # and removed at the end when it is not one of the formats asked for.
             saved_model = folder / FORMATS["saved_model"]
@@ -242,7 +246,7 @@ def export_model(
                 # The difference as a share of the tolerance: `dvc metrics show` rounds to 5 decimals,
                 # which turns a 2.7e-07 difference into 0.0; 0.027 of the tolerance still shows.
                 figures[name]["tolerance_used"] = figures[name]["max_abs_diff"] / tolerance
-                figures[name]["size_bytes"] = size_bytes(target)
+                log.info("%s: %d bytes", FORMATS[name], size_bytes(target))
             if "saved_model" not in formats:
                 shutil.rmtree(saved_model)
     except OSError as err:

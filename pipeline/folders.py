@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,20 @@ def own_source(source: str, what: str = "data.source") -> Path:
     if not normal.exists():
         raise PipelineError(f"{what}: {normal} does not exist; put your data there (or `dvc pull` it).")
     return normal
+
+
+# One size or index suffix at the end of a file's name (before its extension): "_16", "-32x32", "@2x", " (2)",
+# "_64px", ".1". Stripped again and again, so "icon_16@2x" and "icon" are one group.
+NAME_SUFFIX = re.compile(r"[\s_.\-]*(?:\(\d+\)|@\d+x|\d+x\d+|\d+px|\d+)$")
+
+
+def name_group(path: str) -> str:
+    """The group of an image file under data.group_by_name: its folder and its name, lower case, without its
+    extension and any size or index suffixes (`NAME_SUFFIX`); a name of nothing but digits stays whole."""
+    stem = Path(path).stem.lower()
+    while (shorter := NAME_SUFFIX.sub("", stem)) and shorter != stem:
+        stem = shorter
+    return f"{Path(path).parent}/{stem}"
 
 
 def file_sha256(data: bytes) -> str:

@@ -14,15 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.columns import code_row, date_seconds, encode, is_missing
 from pipeline.errors import PipelineError
 from pipeline.folders import Skipped, image_files
 from pipeline.images import IMAGE_SUFFIXES, Conversion, convert_image, read_image_file
 from pipeline.io.reading import check_npy_header, read_limited
-from pipeline.meta import MinmaxScaling, PreparedMeta
+from pipeline.meta import MinmaxScaling, PreparedMeta, TableRecord
 from pipeline.prediction import ARRAY_SUFFIX, Batch, accepted, describe_inputs
 from pipeline.preprocessing import apply_minmax, scale_pixels
 from pipeline.progress import Progress
-from pipeline.tables import csv_reader, decode_text, encode_row
+from pipeline.tables import csv_reader, decode_text
 
 log = logging.getLogger(__name__)
 
@@ -143,17 +144,29 @@ def _parse_float(text: str, where: str) -> float:
     return value
 
 
-def _is_header(row: Sequence[str], meta: PreparedMeta) -> bool:
-    """A header names a column the model takes; without text columns, any non-number marks one too."""
-    if {cell.strip() for cell in row} & set(meta.columns):
+def _is_header(row: Sequence[str], meta: PreparedMeta, path: Path) -> bool:
+    """A header names a column the model takes; a first row of nothing but text that no column of the model
+    holds is a header too, whose names do not match: that is said, not read as data."""
+    cells = [cell.strip() for cell in row]
+    if set(cells) & set(meta.columns):
         return True
-    if meta.categories:  # a data row holds text here: the values of the text columns
+    known = {value for values in meta.categories.values() for value in values}
+    if any(_is_number(cell) or cell in known or date_seconds(cell) is not None or is_missing(cell) for cell in cells):
         return False
+    if meta.columns:
+        raise PipelineError(
+            f"{path}: the first row names the columns {cells[:8]}{' ...' if len(cells) > 8 else ''}, none of which "
+            f"this model takes ({', '.join(meta.columns)}); name them so (in any order, other columns ignored)."
+        )
+    return True
+
+
+def _is_number(text: str) -> bool:
     try:
-        [float(cell) for cell in row]
+        float(text)
     except ValueError:
-        return True
-    return False
+        return False
+    return True
 
 
 def _column_order(header: Sequence[str], meta: PreparedMeta, path: Path) -> list[int]:
@@ -171,40 +184,52 @@ def _column_order(header: Sequence[str], meta: PreparedMeta, path: Path) -> list
     return [names.index(name) for name in meta.columns]
 
 
-def parse_csv(text: str, path: Path, meta: PreparedMeta) -> Batch:
-    """Rows of raw feature values, text columns one-hot encoded as preprocess did; an optional header names columns."""
+def parse_csv(text: str, path: Path, meta: PreparedMeta, id_column: str = "") -> Batch:
+    """Rows of raw feature values, coded and encoded as preprocess did (`pipeline.columns`); an optional header
+    names columns. `id_column`: the header's column whose value names each row (else its line)."""
     try:
         rows = [row for row in csv_reader(text) if any(cell.strip() for cell in row)]
     except csv.Error as err:  # e.g. a field over csv's 128 KB limit, or a NUL byte
         raise PipelineError(f"{path} is not a valid CSV file ({err}); give one row of numbers per example.") from None
     if not rows:
         raise PipelineError(f"{path} has no rows; give one row of {meta.input_shape[0]} values per example.")
-    columns = meta.columns or ("",) * meta.input_shape[0]  # a model without feature names: by position only
-    first_line = 1
-    order = list(range(len(columns)))
+    columns = meta.columns or tuple(f"feature {i + 1}" for i in range(meta.input_shape[0]))  # unnamed: by position
+    record = meta.table or TableRecord(columns=columns, categories={})
+    first_line, order, named = 1, list(range(len(columns))), None
     width, wanted = len(order), describe_inputs(meta)
-    if _is_header(rows[0], meta):
+    if _is_header(rows[0], meta, path):
         order = _column_order(rows[0], meta, path)
+        named = _id_position(rows[0], id_column, path)
         width, wanted = len(rows[0]), f"its header's {len(rows[0])} columns"
         rows, first_line = rows[1:], 2
-    values = []
+    elif id_column:
+        raise PipelineError(f"{path} has no header row, so no column '{id_column}' (--id-column); add the header.")
+    coded, labels = [], []
     for line, row in enumerate(rows, start=first_line):
         where = f"{path} line {line}"
         if len(row) != width:
             raise PipelineError(f"{where} has {len(row)} values, but this model takes {wanted}.")
-        cells = [row[i].strip() for i in order]
         number = lambda text, _column, at=where: _parse_float(text, at)  # noqa: E731
-        values.append(encode_row(cells, columns, meta.categories, number, where))
-    if not values:
+        coded.append(code_row([row[i].strip() for i in order], record, number, where))
+        labels.append(row[named].strip() if named is not None else where)
+    if not coded:
         raise PipelineError(f"{path} has a header but no data rows.")
-    labels = tuple(f"{path} line {first_line + i}" for i in range(len(values)))
+    where_rows = [f"{path} line {first_line + i}" for i in range(len(coded))]
+    features = encode(np.asarray(coded, dtype=np.float64).reshape(len(coded), len(columns)), record, where_rows)
     assert isinstance(meta.scaling, MinmaxScaling)  # CSV files reach only tabular models (check_inputs)
-    return Batch(labels, scale_features(np.asarray(values, dtype=np.float64), meta.scaling))
+    return Batch(tuple(labels), scale_features(features, meta.scaling))
 
 
-def read_csv(path: Path, meta: PreparedMeta) -> Batch:
+def _id_position(header: Sequence[str], id_column: str, path: Path) -> int | None:
+    names = [cell.strip() for cell in header]
+    if id_column and id_column not in names:
+        raise PipelineError(f"{path}: the header has no column '{id_column}' (--id-column); its columns are {names}.")
+    return names.index(id_column) if id_column else None
+
+
+def read_csv(path: Path, meta: PreparedMeta, id_column: str = "") -> Batch:
     data = read_limited(path, CSV_MAX_BYTES, too_large="split it into smaller files.", unreadable="check the path.")
-    return parse_csv(decode_text(data, path), path, meta)
+    return parse_csv(decode_text(data, path), path, meta, id_column)
 
 
 def expand_folders(paths: Sequence[Path], meta: PreparedMeta) -> list[Path]:
@@ -227,7 +252,7 @@ def expand_folders(paths: Sequence[Path], meta: PreparedMeta) -> list[Path]:
     return expanded
 
 
-def read_inputs(paths: Sequence[Path], meta: PreparedMeta, *, invert: bool = False) -> Batch:
+def read_inputs(paths: Sequence[Path], meta: PreparedMeta, *, invert: bool = False, id_column: str = "") -> Batch:
     """Every input read, checked and scaled, in one batch in the order given (a folder: its images, sorted)."""
     paths = expand_folders(paths, meta)
     check_inputs(paths, meta)
@@ -239,7 +264,7 @@ def read_inputs(paths: Sequence[Path], meta: PreparedMeta, *, invert: bool = Fal
         elif suffix == ARRAY_SUFFIX:
             batches.append(read_npy(path, meta))
         else:
-            batches.append(read_csv(path, meta))
+            batches.append(read_csv(path, meta, id_column))
         progress.advance()
     progress.finish()
     labels = tuple(label for batch in batches for label in batch.labels)

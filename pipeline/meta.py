@@ -70,15 +70,21 @@ DEFAULT_IMAGE_RECORD = ImageRecord(color_mode="grayscale", resize="pillow-box")
 
 
 class TableRecord(Record):
-    """Your CSV table's feature columns, in file order, and each text column's values (`pipeline.tables.Table`)."""
+    """Your CSV table's feature columns, in file order, each text column's values, each date column's features,
+    and the value each column's missing cells get (`pipeline.columns`: predict converts new rows with it)."""
 
     columns: tuple[Name, ...]
     categories: dict[str, tuple[Name, ...]]
+    dates: dict[str, tuple[Name, ...]] = {}  # date column -> its features (pipeline.columns.DATE_FEATURES)
+    fill: dict[str, Union[Finite, str]] = {}  # noqa: UP007 - preprocess.missing=impute: column -> median or most frequent
 
     @property
     def width(self) -> int:
-        """The model's input features: one per numeric column, one per value of a text column."""
-        return sum(len(self.categories[c]) if c in self.categories else 1 for c in self.columns)
+        """The model's input features: one per numeric column, one per value of a text column, per date feature."""
+        return sum(
+            len(self.categories[c]) if c in self.categories else len(self.dates[c]) if c in self.dates else 1
+            for c in self.columns
+        )
 
 
 class PreparedMeta(Record):
@@ -113,8 +119,13 @@ class PreparedMeta(Record):
         return self.table.categories if self.table else {}
 
     def dump(self) -> dict[str, Any]:
-        """As JSON data, absent records left out (a tabular meta.json has no `image`)."""
-        return self.model_dump(mode="json", exclude_none=True)
+        """As JSON data, absent records left out (a tabular meta.json has no `image`; a table without date
+        columns or imputed values no `dates` or `fill`)."""
+        data = self.model_dump(mode="json", exclude_none=True)
+        if "table" in data:
+            empty = {key for key in ("dates", "fill") if not data["table"][key]}
+            data["table"] = {key: value for key, value in data["table"].items() if key not in empty}
+        return data
 
     def serving(self, files: Mapping[str, str]) -> ServingDescription:
         """serving.json: this record plus the tensors, the scaling in words and the export's `files` by format."""
@@ -204,12 +215,15 @@ def scaling_text(meta: PreparedMeta) -> str:
             f"{converted} with transparency on white, resized to {width}x{height} by area averaging (Pillow's BOX "
             "filter, the aspect ratio not kept) and divided by 255"
         )
-    encoded = (
-        ", each text column of table.columns one-hot encoded first (1 for its value in table.categories, 0 for the "
-        "others)"
-        if meta.categories
-        else ""
-    )
+    table = meta.table
+    steps = [
+        "a missing cell given its column's value in table.fill" if table and table.fill else "",
+        "each text column of table.columns one-hot encoded (1 for its value in table.categories, 0 for the others)"
+        if meta.categories else "",
+        "each ISO date column of table.dates as the numbers it lists (weekday: Monday 0; hour: since midnight)"
+        if table and table.dates else "",
+    ]  # fmt: skip
+    encoded = "".join(f", {step}" for step in steps if step) + (" first" if any(steps) else "")
     return (
         f"one row of raw features per example, in feature_names order{encoded}: x = (raw - scaling.min) / "
         f"scaling.range, per feature, giving float32 arrays of shape (N, {shape[0]})"

@@ -81,6 +81,20 @@ class DataParams(Section):
         Field(description="a mapping of file name to a 64-character hex sha256 ({} for the published checksums)"),
     ]
     label_column: Text
+    drop_columns: Annotated[
+        tuple[Annotated[str, Field(min_length=1)], ...],
+        _LIST,
+        _check(lambda names: len(set(names)) == len(names)),
+        Field(description="a list of distinct column names ([] for none), e.g. [id, name]"),
+    ]
+    feature_columns: Annotated[
+        tuple[Annotated[str, Field(min_length=1)], ...],
+        _LIST,
+        _check(lambda names: len(set(names)) == len(names)),
+        Field(description="a list of distinct column names ([] for every column), e.g. [bill_length_mm, island]"),
+    ]
+    group_column: Text
+    group_by_name: bool
 
 
 class PreprocessParams(Section):
@@ -96,6 +110,7 @@ class PreprocessParams(Section):
     ]
     color_mode: Literal["grayscale", "rgb"]
     memory_limit_mb: Annotated[int, Field(ge=0)]
+    missing: Literal["refuse", "drop_rows", "impute"]
 
 
 class MlpParams(Section):

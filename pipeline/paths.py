@@ -27,6 +27,7 @@ LIVE_METRICS = REPORTS_DIR / "live.json"  # the train stage's progress, rewritte
 CONFUSION = REPORTS_DIR / "confusion.csv"
 PER_CLASS = REPORTS_DIR / "per_class.csv"
 MISCLASSIFIED = REPORTS_DIR / "misclassified.png"
+MISCLASSIFIED_LIST = REPORTS_DIR / "misclassified.csv"
 METRICS = Path("metrics.json")
 EXPORT_PARITY = REPORTS_DIR / "export_parity.json"  # the export stage's metrics: each format against model.keras
 

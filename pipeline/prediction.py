@@ -106,3 +106,16 @@ def as_records(labels: Sequence[str], ranked: Sequence[Sequence[tuple[str, float
         {"input": label, "predictions": [{"class": name, "probability": p} for name, p in classes]}
         for label, classes in zip(labels, ranked, strict=True)
     ]
+
+
+def csv_rows(labels: Sequence[str], ranked: Sequence[Sequence[tuple[str, float]]]) -> list[dict[str, Any]]:
+    """The `--output` form: per input, `input`, then `class_1`, `probability_1`, ... `class_K`, `probability_K`."""
+    return [
+        {"input": label}
+        | {
+            key: value
+            for rank, (name, p) in enumerate(classes, 1)
+            for key, value in ((f"class_{rank}", name), (f"probability_{rank}", p))
+        }  # fmt: skip
+        for label, classes in zip(labels, ranked, strict=True)
+    ]

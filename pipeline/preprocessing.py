@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline import paths
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, counted
 from pipeline.io.reading import load_xy, read_json
 from pipeline.meta import DEFAULT_IMAGE_RECORD, DivideScaling, ImageRecord, PreparedMeta, Scaling, load_meta
 
@@ -94,7 +94,7 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     kept = np.setdiff1d(np.arange(len(labels)), held_out)
     if len(held_out) == 0 or len(kept) == 0:
         raise PipelineError(
-            f"a fraction of {fraction} of {len(labels)} examples leaves one side of the split empty; "
+            f"a fraction of {fraction} of {counted(len(labels), 'example')} leaves one side of the split empty; "
             "choose a fraction nearer 0.5."
         )
     return kept, held_out
@@ -110,10 +110,40 @@ def check_every_class_in_every_split(
             scarce = class_names[int(counts.argmin())]
             total = sum(int(np.sum(y == class_names.index(scarce))) for y in labels.values())
             raise PipelineError(
-                f"class '{scarce}' has {total} examples: too few for preprocess.val_fraction={val_fraction} and "
-                f"preprocess.test_fraction={test_fraction} to leave it one in the {name} split; add examples "
-                "of it, or raise the fraction."
+                f"class '{scarce}' has {counted(total, 'example')}: too few for preprocess.val_fraction="
+                f"{val_fraction} and preprocess.test_fraction={test_fraction} to leave it one in the {name} split; "
+                "add examples of it, or raise the fraction."
             )
+
+
+def grouped_split(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (kept, held_out), every group wholly on one side: the first of round(1 / fraction) folds of
+    scikit-learn's StratifiedGroupKFold, which keeps the class proportions as near equal as whole groups allow."""
+    from sklearn.model_selection import StratifiedGroupKFold  # ~1 s to import: only grouped data pays it
+
+    folds, n_groups = max(2, round(1 / fraction)), len(np.unique(groups))
+    if n_groups < folds:
+        raise PipelineError(
+            f"{n_groups} groups cannot hold out a fraction of {fraction}, which takes at least {folds}; "
+            "add groups, or choose a fraction nearer 0.5."
+        )
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed % 2**32)
+    kept, held_out = next(splitter.split(np.zeros(len(labels)), labels, groups))
+    return np.sort(kept), np.sort(held_out)
+
+
+def example_sources(raw: RawDataset) -> tuple[np.ndarray, np.ndarray | None]:
+    """Where each example of the train and official test arrays comes from, for reports/misclassified.csv:
+    an image file's path, a table's line, else its position in the dataset as published."""
+    if raw.kind == "image_files":
+        return raw.x_train[:, 0], None if raw.x_test is None else raw.x_test[:, 0]
+    if raw.lines is not None:
+        return np.char.add(f"{raw.origin} line ", raw.lines.astype(str)), None
+    if raw.x_test is None:
+        return np.char.add(f"{raw.name}[", np.char.add(np.arange(len(raw.x_train)).astype(str), "]")), None
+    train, test = (np.char.add(f"{raw.name} {split}[", np.char.add(np.arange(len(x)).astype(str), "]"))
+                   for split, x in (("train", raw.x_train), ("test", raw.x_test)))  # fmt: skip
+    return train, test
 
 
 @dataclass(frozen=True)
@@ -134,6 +164,7 @@ class LabelledSplits:
     labels: dict[str, np.ndarray]
     test_split: str
     val_split: str
+    sources: dict[str, np.ndarray]  # where each example comes from (`example_sources`)
 
 
 def split_dataset(raw: RawDataset, val_fraction: float, test_fraction: float, seed: int) -> LabelledSplits:
@@ -142,23 +173,30 @@ def split_dataset(raw: RawDataset, val_fraction: float, test_fraction: float, se
     The official test split is kept where there is one; otherwise a stratified test split is held out
     first. Validation is always carved from training data.
     """
-    if raw.x_test is not None and raw.y_test is not None:
+    sources, official_sources = example_sources(raw)
+    groups = raw.groups if raw.groups is not None else np.zeros(len(raw.y_train), dtype=str)
+    grouped = raw.groups is not None
+    split = grouped_split if grouped else lambda y, _groups, fraction, seed: stratified_split(y, fraction, seed)
+    how = "stratified by groups" if grouped else "stratified"
+    if raw.x_test is not None and raw.y_test is not None and official_sources is not None:
         x_pool, y_pool, x_test, y_test = raw.x_train, raw.y_train, raw.x_test, raw.y_test
+        pool_sources, pool_groups, test_sources = sources, groups, official_sources
         test_origin = "official"
     else:
-        pool_idx, test_idx = stratified_split(raw.y_train, test_fraction, seed)
-        x_pool, y_pool = raw.x_train[pool_idx], raw.y_train[pool_idx]
-        x_test, y_test = raw.x_train[test_idx], raw.y_train[test_idx]
-        test_origin = f"stratified {test_fraction} of the data, seed {seed}"
+        pool_idx, test_idx = split(raw.y_train, groups, test_fraction, seed)
+        x_pool, y_pool, pool_sources, pool_groups = (a[pool_idx] for a in (raw.x_train, raw.y_train, sources, groups))
+        x_test, y_test, test_sources = raw.x_train[test_idx], raw.y_train[test_idx], sources[test_idx]
+        test_origin = f"{how} {test_fraction} of the data, seed {seed}"
     # A different stream than the test split's, so changing one fraction does not reshuffle the other.
-    train_idx, val_idx = stratified_split(y_pool, val_fraction, seed + 1)
+    train_idx, val_idx = split(y_pool, pool_groups, val_fraction, seed + 1)
     labels = {"train": y_pool[train_idx], "val": y_pool[val_idx], "test": y_test}
     check_every_class_in_every_split(labels, raw.class_names, val_fraction, test_fraction)
     return LabelledSplits(
         x={"train": x_pool[train_idx], "val": x_pool[val_idx], "test": x_test},
         labels=labels,
         test_split=test_origin,
-        val_split=f"stratified {val_fraction} of the training data, seed {seed + 1}",
+        val_split=f"{how} {val_fraction} of the training data, seed {seed + 1}",
+        sources={"train": pool_sources[train_idx], "val": pool_sources[val_idx], "test": test_sources},
     )
 
 

@@ -1,22 +1,23 @@
 """Your own CSV table: a header row, one label column named by `data.label_column`, the rest features.
 
-A feature column holds numbers, or only text: a text column (a penguin's island, a car's make) is
-one-hot encoded into one 0/1 column per value, its values sorted, named `column=value`, as pandas'
-`get_dummies` does. The values come from the whole table, so every split and predict encode
-alike; `Table.record()` goes into meta.json, and predict encodes new rows with `encode_row`, the
-same function. A column mixing numbers and text is refused, not encoded: `12.5` beside `twelve` is a
-typo, which one-hot encoding would hide. `NA`, `null` and pandas' other markers of
-"no value" (`MISSING_MARKERS`) are missing values in any column, as an empty cell is. A text column
-whose every value is a number in dress (`10%`, `1,500`, `$5`, a decimal comma) is refused too: encoded,
-its values would lose their order. Values may be separated by commas, semicolons or tabs
-(`delimiter_of`), lines may end as on any system.
+A feature column holds numbers, text, or ISO dates. A text column (a penguin's island) is one-hot encoded
+into one 0/1 column per value, its values sorted, named `column=value`, as pandas' `get_dummies` does; a
+date column (2021-03-04, or 2021-03-04T10:30) becomes numbers (pipeline/columns.py, DATE_FEATURES). The
+values come from the whole table, so every split and predict encode alike: `Table.record` goes into
+meta.json, and predict codes new rows with `columns.code_row`, the same function. `data.drop_columns`,
+`data.feature_columns` and `data.group_column` choose the columns (`TableOptions`).
+
+Refused, not encoded: a column mixing numbers and text (`12.5` beside `twelve` is a typo, which one-hot
+encoding would hide); numbers in dress (`10%`, `1,500`, `$5`, a decimal comma), whose order encoding would
+lose; and, all named in one sentence, every column that identifies rows rather than describes them: text
+nearly unique per row (names, IDs), a row counter, more than `MAX_CATEGORIES` values, dates not written as
+ISO dates. `NA`, `null` and pandas' other markers of "no value" (`columns.MISSING_MARKERS`) are missing
+values in any column, as an empty cell is: kept as NaN here, for preprocess.missing to decide on. Values
+may be separated by commas, semicolons or tabs (`delimiter_of`), lines may end as on any system.
 
 Read with the standard library's csv module (a table that fits a classifier here fits in memory;
 pandas would be a large dependency for no feature we use), in two passes that hold one row of
-text at a time. Every problem is one sentence naming the file and the column or line: an empty
-file, a missing label column, a ragged row, a missing value, a column mixing numbers and text, a
-non-finite feature value, a text column with more than `MAX_CATEGORIES` values (an identifier, not
-a feature), a label with only one value, a file over `MAX_TABLE_BYTES`.
+text at a time. Every problem is one sentence naming the file and the column or line.
 """
 
 from __future__ import annotations
@@ -24,15 +25,18 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pipeline.column_scan import ColumnScan, refusal
+from pipeline.columns import code_row, encode, encoded_names, is_missing
 from pipeline.errors import PipelineError
 from pipeline.io.reading import read_limited
+from pipeline.meta import TableRecord
 from pipeline.progress import Progress
 
 TABLE_FILE = "table.csv"  # the verified copy in data/raw/
@@ -40,70 +44,39 @@ TABLE_FILE = "table.csv"  # the verified copy in data/raw/
 MAX_TABLE_BYTES = 256 * 2**20
 DELIMITERS = (",", ";", "\t")
 HEAD_CHARS = 65536
-MAX_CATEGORIES = 50  # values of one text column; more make as many columns, and an id column would pass
-# What a spreadsheet, R or pandas writes for "no value" (pandas' read_csv defaults): a missing value,
-# never a number (`nan`) or a text column's category (`NA` beside `male`, `female`).
-MISSING_MARKERS = frozenset(
-    ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA",
-     "NULL", "NaN", "None", "n/a", "nan", "null")
-)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TableOptions:
+    """Which columns of the file are what (data.label_column, .drop_columns, .feature_columns, .group_column)."""
+
+    label_column: str
+    drop_columns: tuple[str, ...] = ()
+    feature_columns: tuple[str, ...] = ()  # () = every column but the label, the group and the dropped ones
+    group_column: str = ""
+
+    def manifest(self) -> dict[str, Any]:
+        return {"label_column": self.label_column, "drop_columns": list(self.drop_columns),
+                "feature_columns": list(self.feature_columns), "group_column": self.group_column}  # fmt: skip
 
 
 @dataclass(frozen=True)
 class Table:
-    features: np.ndarray  # (N, F) float64, unscaled; each text column as one 0/1 column per value
-    labels: np.ndarray  # (N,) int64 indices into class_names
+    coded: np.ndarray  # (N, C) float64, one per feature column, NaN where missing (pipeline/columns.py)
+    labels: np.ndarray  # (N,) int64 indices into class_names; -1 where the label is missing
     class_names: tuple[str, ...]
-    columns: tuple[str, ...]  # the feature columns as the file names them, in its order
-    categories: dict[str, tuple[str, ...]]  # each text column's values, sorted: its one-hot columns
+    record: TableRecord  # the feature columns as the file names them, in its order; text and date columns
+    lines: np.ndarray  # (N,) int64: each row's line in the file, for messages and reports/misclassified.csv
+    groups: np.ndarray | None = None  # (N,) str: data.group_column's value per row
 
     @property
     def feature_names(self) -> tuple[str, ...]:
-        return encoded_names(self.columns, self.categories)
+        return encoded_names(self.record)
 
-    def record(self) -> dict[str, Any]:
-        """What meta.json stores, so predict reads and encodes new rows exactly so."""
-        return {"columns": list(self.columns), "categories": {k: list(v) for k, v in self.categories.items()}}
-
-
-def encoded_names(columns: Sequence[str], categories: Mapping[str, Sequence[str]]) -> tuple[str, ...]:
-    """The model's input names: a numeric column's own name, a text column's `column=value` per value."""
-    return tuple(
-        name
-        for column in columns
-        for name in ([f"{column}={value}" for value in categories[column]] if column in categories else [column])
-    )
-
-
-def _shown(marker: str) -> str:
-    return f" ('{marker}')" if marker else ""  # an empty cell needs no quotes
-
-
-def encode_row(
-    cells: Sequence[str],
-    columns: Sequence[str],
-    categories: Mapping[str, Sequence[str]],
-    number: Callable[[str, str], float],
-    where: str,
-) -> list[float]:
-    """One row's feature cells, in `columns` order -> its features; `number(text, column)` reads a numeric cell."""
-    features: list[float] = []
-    for column, cell in zip(columns, cells, strict=True):
-        if cell in MISSING_MARKERS:
-            raise PipelineError(
-                f"{where}, column '{column}' has no value{_shown(cell)}; fill in every value or drop the row."
-            )
-        if column not in categories:
-            features.append(number(cell, column))
-            continue
-        values = categories[column]
-        if cell not in values:
-            raise PipelineError(
-                f"{where}, column '{column}': '{cell}' is not one of the values the model was trained on "
-                f"({', '.join(values)}); use one of them, or retrain with rows that hold it."
-            )
-        features.extend(1.0 if cell == value else 0.0 for value in values)
-    return features
+    @property
+    def features(self) -> np.ndarray:
+        """The unscaled features, for a table without missing values."""
+        return encode(self.coded, self.record, [f"line {line}" for line in self.lines])
 
 
 def read_bytes(path: Path) -> bytes:
@@ -123,38 +96,38 @@ def decode_text(data: bytes, path: Path) -> str:
         ) from None
 
 
-def _header(names: list[str], path: Path, label_column: str) -> tuple[int, list[int]]:
-    """Position of the label column and of the feature columns, from the header row."""
+def _header(names: list[str], path: Path, options: TableOptions) -> tuple[int, list[int], int | None]:
+    """Positions of the label column, of the feature columns and of the group column, from the header row."""
     for position, name in enumerate(names, start=1):
         if not name:
             raise PipelineError(f"{path}: column {position} of the header row has no name; name every column.")
     duplicate = next((name for name in names if names.count(name) > 1), None)
     if duplicate:
         raise PipelineError(f"{path}: the header names column '{duplicate}' twice; give every column its own name.")
-    if label_column not in names:
+    if options.label_column not in names:
         raise PipelineError(
-            f"{path} has no column '{label_column}' (data.label_column); its columns are {', '.join(names)}: "
+            f"{path} has no column '{options.label_column}' (data.label_column); its columns are {', '.join(names)}: "
             "set data.label_column to the one holding the classes."
         )
-    label = names.index(label_column)
-    features = [i for i in range(len(names)) if i != label]
+    named = {"drop_columns": options.drop_columns, "feature_columns": options.feature_columns,
+             "group_column": (options.group_column,) if options.group_column else ()}  # fmt: skip
+    unknown = [f"'{name}' (data.{key})" for key, listed in named.items() for name in listed if name not in names]
+    if unknown:
+        raise PipelineError(
+            f"{path} has no column {', '.join(unknown)}; its columns are {', '.join(names)}: name only those."
+        )
+    if options.label_column in options.drop_columns + options.feature_columns + named["group_column"]:
+        raise PipelineError(
+            f"data.drop_columns, data.feature_columns or data.group_column names the label column "
+            f"'{options.label_column}'; it holds the classes: leave it out of them."
+        )
+    chosen = options.feature_columns or tuple(names)
+    left_out = {options.label_column, options.group_column, *options.drop_columns}
+    features = [i for i, name in enumerate(names) if name in chosen and name not in left_out]
     if not features:
-        raise PipelineError(f"{path} has no feature columns besides '{label_column}'; add at least one.")
-    return label, features
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _written_number(text: str) -> bool:
-    """Whether a text value is a number in dress: '10%', '$5', '1,500', '2,5' (a decimal comma), "1'000"."""
-    core = text.lstrip("+-").strip("$€£¥% ").replace(" ", "").replace("'", "")
-    return any(c.isdigit() for c in core) and (_is_number(core.replace(",", "")) or _is_number(core.replace(",", ".")))
+        raise PipelineError(f"{path} has no feature columns besides '{options.label_column}'; add at least one.")
+    group = names.index(options.group_column) if options.group_column else None
+    return names.index(options.label_column), features, group
 
 
 def _number(text: str, path: Path, line: int, column: str) -> float:
@@ -189,40 +162,6 @@ def _data_rows(text: str, path: Path) -> Iterator[tuple[int, list[str]]]:
         raise PipelineError(f"{path} line {reader.line_num} is not valid CSV ({err}).") from None
 
 
-@dataclass
-class _Column:
-    """What the scan learns of one feature column: whether it holds numbers, text, or both."""
-
-    numbers: int = 0
-    texts: set[str] = field(default_factory=set)
-    first_text: tuple[int, str] | None = None  # (line, value): named when the column mixes both
-
-    def categories(self, name: str, path: Path) -> tuple[str, ...] | None:
-        """A text column's sorted values, None for a numeric one; a column mixing both, of numbers written as
-        text, or of too many values, is refused."""
-        if self.first_text is None:
-            return None
-        line, text = self.first_text
-        if _written_number(text) and (self.numbers or all(_written_number(value) for value in self.texts)):
-            raise PipelineError(
-                f"{path}: column '{name}' holds numbers written as text (line {line} holds '{text}'); write them as "
-                "plain numbers with a decimal point, without units or thousands separators (10% as 10 or 0.1, "
-                "1,500 as 1500, 2,5 as 2.5), or they would become categories."
-            )
-        if self.numbers:
-            raise PipelineError(
-                f"{path}: column '{name}' holds numbers and text (line {line} holds '{text}'); a feature column "
-                "holds numbers, or only text (one-hot encoded): fix the value, or drop the row."
-            )
-        if len(self.texts) > MAX_CATEGORIES:
-            raise PipelineError(
-                f"{path}: text column '{name}' holds {len(self.texts)} different values, more than the "
-                f"{MAX_CATEGORIES} one-hot encoding takes (one column each); drop it if it identifies rows, "
-                "or encode it as numbers."
-            )
-        return tuple(sorted(self.texts))
-
-
 def _class_order(values: list[str]) -> tuple[str, ...]:
     """Class names sorted: numerically when every label is an integer (2 before 10), else as text."""
     distinct = set(values)
@@ -232,70 +171,77 @@ def _class_order(values: list[str]) -> tuple[str, ...]:
         return tuple(sorted(distinct))
 
 
-def parse_table(text: str, path: Path, label_column: str) -> Table:
-    """The table's features and labels, or one sentence about the first problem found.
-
-    Two passes over the text, one row in memory at a time: the first checks every row and learns which
-    columns hold text, the second writes the features into one array: holding every cell as a Python
-    string would take many times the file's size in memory.
-    """
+def _scan(text: str, path: Path, options: TableOptions) -> tuple[list[str], list[int], int | None, dict, list[str]]:
+    """The first pass: every row checked, each feature column's kind learnt, the labels read."""
     rows = _data_rows(text, path)
     header = next(rows, None)
     if header is None:
         raise PipelineError(f"{path} is empty; it needs a header row naming the columns, then one row per example.")
     names = [cell.strip() for cell in header[1]]
-    label, features = _header(names, path, label_column)
-    scans = [_Column() for _ in features]
+    label, features, group = _header(names, path, options)
+    scans = {names[i]: ColumnScan() for i in features}
     labels, progress = [], Progress(f"checking {path}", unit="rows")
     for line, row in rows:
         progress.advance()
         if len(row) != len(names):
             raise PipelineError(f"{path} line {line} has {len(row)} values, but the header names {len(names)} columns.")
-        stripped = [cell.strip() for cell in row]
-        empty = next((i for i, cell in enumerate(stripped) if cell in MISSING_MARKERS), None)
-        if empty is not None:
-            raise PipelineError(
-                f"{path} line {line}, column '{names[empty]}' has no value{_shown(stripped[empty])}; fill in every "
-                "value or drop the row."
-            )
-        for scan, position in zip(scans, features, strict=True):
-            cell = stripped[position]
-            if _is_number(cell):
-                scan.numbers += 1
-            else:
-                scan.texts.add(cell)
-                scan.first_text = scan.first_text or (line, cell)
-        labels.append(stripped[label])
+        for position in features:
+            scans[names[position]].add(row[position].strip(), line)
+        labels.append(row[label].strip())
     progress.finish()
     if not labels:
         raise PipelineError(f"{path} has a header row but no data rows.")
-    class_names = _class_order(labels)
+    return names, features, group, scans, labels
+
+
+def parse_table(text: str, path: Path, options: TableOptions | str) -> Table:
+    """The table's coded features and labels, or one sentence about what stops it being read.
+
+    Two passes over the text, one row in memory at a time: the first checks every row and learns which
+    columns hold numbers, text or dates, the second writes the coded values into one array: holding every
+    cell as a Python string would take many times the file's size in memory. Missing values stay NaN
+    (label -1): preprocess.missing decides what becomes of them, in the preprocess stage.
+    """
+    options = TableOptions(options) if isinstance(options, str) else options
+    names, features, group, scans, labels = _scan(text, path, options)
+    class_names = _class_order([value for value in labels if not is_missing(value)])
     if len(class_names) < 2:
         raise PipelineError(
-            f"{path}: column '{label_column}' holds only one value ('{class_names[0]}'); a classifier needs "
-            "at least two classes."
+            f"{path}: column '{options.label_column}' holds only one value ('{''.join(class_names[:1])}'); a "
+            "classifier needs at least two classes."
         )
-    columns = tuple(names[i] for i in features)
-    found = {column: scan.categories(column, path) for column, scan in zip(columns, scans, strict=True)}
-    categories = {column: values for column, values in found.items() if values is not None}
-    values = np.empty((len(labels), len(encoded_names(columns, categories))), dtype=np.float64)
+    kinds = {name: scan.kind(name, path) for name, scan in scans.items()}
+    refused = {name: why[0] for name, (kind, why) in kinds.items() if kind == "refused"}
+    if refused:
+        raise refusal(path, refused)
+    record = TableRecord(
+        columns=tuple(scans),
+        categories={name: values for name, (kind, values) in kinds.items() if kind == "text"},
+        dates={name: values for name, (kind, values) in kinds.items() if kind == "date"},
+    )
+    coded = np.empty((len(labels), len(features)), dtype=np.float64)
+    lines, group_values = np.empty(len(labels), dtype=np.int64), []
     rows, progress = _data_rows(text, path), Progress(f"converting {path}", len(labels), "rows")
     next(rows)  # the header
     for row_index, (line, row) in enumerate(rows):
         progress.advance()
-        cells = [row[i].strip() for i in features]
         number = lambda cell, column, line=line: _number(cell, path, line, column)  # noqa: E731
-        values[row_index] = encode_row(cells, columns, categories, number, "")
+        coded[row_index] = code_row([row[i].strip() for i in features], record, number, f"{path} line {line}")
+        lines[row_index] = line
+        if group is not None:
+            group_values.append(row[group].strip())
     progress.finish()
     positions = {name: i for i, name in enumerate(class_names)}
     return Table(
-        features=values,
-        labels=np.asarray([positions[name] for name in labels], dtype=np.int64),
+        coded=coded,
+        labels=np.asarray([positions.get(name, -1) for name in labels], dtype=np.int64),
         class_names=class_names,
-        columns=columns,
-        categories=categories,
+        record=record,
+        lines=lines,
+        groups=np.asarray(group_values, dtype=str) if group is not None else None,
     )
 
 
-def read_table(path: Path, label_column: str) -> Table:
-    return parse_table(decode_text(read_bytes(path), path), path, label_column)
+def read_table(path: Path, options: TableOptions | str, shown: Path | None = None) -> Table:
+    """The table at `path`; messages name `shown` (the user's file, of which `path` is the copy)."""
+    return parse_table(decode_text(read_bytes(path), shown or path), shown or path, options)

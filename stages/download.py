@@ -14,11 +14,12 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import Any
 
 from pipeline import folders, paths, tables
 from pipeline.cli import run_stage
 from pipeline.datasets import KERAS_DATASETS_URL, RAW_MANIFEST, get_spec, write_bundled
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, counted
 from pipeline.io.atomic import atomic_directory, write_bytes_atomic, write_json_atomic
 from pipeline.io.download import fetch_any_form
 from pipeline.params import DataParams, load_params
@@ -26,25 +27,29 @@ from pipeline.params import DataParams, load_params
 log = logging.getLogger("download")
 
 
-def snapshot_own_data(params: DataParams, source: Path, folder: Path) -> dict[str, str]:
+def snapshot_own_data(params: DataParams, source: Path, folder: Path) -> dict[str, Any]:
     """Index the image folder, or check and copy the CSV table, at `source` into `folder`; returns manifest keys."""
     if params.dataset == "image_folder":
         index = folders.index_folder(source)
         write_json_atomic(folder / folders.INDEX_FILE, index)
         log.info("%s: %s, %s", source, index["layout"], index["skipped"])
-        return {}
+        return {"group_by_name": params.group_by_name}
     if not source.is_file():
         raise PipelineError(f"data.source: {source} is not a file; data.dataset=csv needs a CSV file.")
     data = tables.read_bytes(source)
-    tables.parse_table(tables.decode_text(data, source), source, params.label_column)  # errors name the user's file
+    # The columns are chosen here, where the table is read: a wrong name fails the first stage, and changing the
+    # choice reruns only this quick copy. What becomes of missing values is preprocess's (preprocess.missing).
+    options = tables.TableOptions(params.label_column, params.drop_columns, params.feature_columns, params.group_column)
+    table = tables.parse_table(tables.decode_text(data, source), source, options)  # errors name the user's file
     write_bytes_atomic(folder / tables.TABLE_FILE, data)
-    return {"label_column": params.label_column}
+    log.info("%s: %d rows, feature columns %s", source, len(table.labels), ", ".join(table.record.columns))
+    return options.manifest()
 
 
 def download(params: DataParams, folder: Path) -> None:
     """Put the dataset's files and its manifest into `folder` and check that they read back."""
     spec = get_spec(params.dataset)
-    extra: dict[str, str] = {}
+    extra: dict[str, Any] = {}
     if spec.files:
         source = params.source or KERAS_DATASETS_URL
         fetch_any_form((spec.files, *spec.other_forms), source, folder, params.checksums)
@@ -58,10 +63,10 @@ def download(params: DataParams, folder: Path) -> None:
     write_json_atomic(folder / RAW_MANIFEST, {"dataset": spec.name, "source": source} | extra)
     raw = spec.read(folder)  # a file that verifies but does not parse must fail here, not in preprocess
     log.info(
-        "%s: %d training and %s test examples from %s",
+        "%s: %s and %s from %s",
         spec.name,
-        len(raw.x_train),
-        len(raw.x_test) if raw.x_test is not None else "no official",
+        counted(len(raw.x_train), "training example"),
+        counted(len(raw.x_test), "test example") if raw.x_test is not None else "no official test examples",
         source,
     )
 

@@ -1,5 +1,6 @@
 """evaluate: models/model.keras + data/prepared/test.npz + params `evaluate.*` -> metrics.json,
-reports/confusion.csv, reports/per_class.csv, reports/misclassified.png.
+reports/confusion.csv, reports/per_class.csv, reports/misclassified.png and reports/misclassified.csv (each
+misclassified test example's file or table line, true and predicted class, most confident first).
 
 The only stage that touches the test split.
 """
@@ -12,17 +13,20 @@ import logging
 
 from pipeline import paths
 from pipeline.cli import run_stage
+from pipeline.errors import counted
 from pipeline.evaluation import (
+    MISCLASSIFIED_COLUMNS,
     accuracy,
     confusion_matrix,
     macro_f1,
     misclassified_grid,
+    misclassified_rows,
     per_class_scores,
     placeholder_image,
     rounded_loss,
 )
 from pipeline.io.atomic import write_bytes_atomic, write_csv_atomic, write_json_atomic
-from pipeline.io.reading import read_json
+from pipeline.io.reading import load_sources, read_json
 from pipeline.params import EvaluateParams, load_params
 from pipeline.preprocessing import load_checked_split, read_meta
 
@@ -59,6 +63,9 @@ def main(args: argparse.Namespace) -> None:
     pairs = zip(true_labels, predicted_labels, strict=True)
     write_csv_atomic(paths.CONFUSION, [{"actual": class_names[t], "predicted": class_names[p]} for t, p in pairs])
     write_csv_atomic(paths.PER_CLASS, [{"class": name} | row for name, row in per_class.items()])
+    sources = load_sources(paths.split_file("test"), len(x_test))
+    mistakes = misclassified_rows(sources, probabilities, true_labels, class_names)
+    write_csv_atomic(paths.MISCLASSIFIED_LIST, mistakes, MISCLASSIFIED_COLUMNS)
     grid = (
         misclassified_grid(
             x_test,
@@ -66,16 +73,18 @@ def main(args: argparse.Namespace) -> None:
             predicted_labels=predicted_labels,
             class_names=class_names,
             max_images=params.misclassified_max,
+            sources=sources,
         )
         if meta.kind == "image"
         else placeholder_image(f"{meta.dataset} is tabular: no images to show")
     )
     write_bytes_atomic(paths.MISCLASSIFIED, png_bytes(grid))
     log.info(
-        "test accuracy %.4f, macro F1 %.4f on %d examples",
+        "test accuracy %.4f, macro F1 %.4f on %s; %s",
         metrics["test"]["accuracy"],
         metrics["test"]["macro_f1"],
-        len(x_test),
+        counted(len(x_test), "example"),
+        f"{counted(int((true_labels != predicted_labels).sum()), 'mistake')} in {paths.MISCLASSIFIED_LIST}",
     )
 
 

@@ -13,7 +13,7 @@ import logging
 
 from pipeline import paths
 from pipeline.cli import run_stage
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, counted
 from pipeline.io.atomic import write_json_atomic
 from pipeline.params import ExportParams, load_params
 from pipeline.preprocessing import load_checked_split, read_meta
@@ -42,11 +42,10 @@ def main(args: argparse.Namespace) -> None:
         )
     for name in params.formats:
         log.info(
-            "%s: %d bytes, probabilities within %.2g of model.keras, top-1 identical on %d test examples",
+            "%s: probabilities within %.2g of model.keras, top-1 identical on %s",
             name,
-            figures[name]["size_bytes"],
             figures[name]["max_abs_diff"],
-            len(x_test),
+            counted(len(x_test), "test example"),
         )
 
 

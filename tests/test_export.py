@@ -50,7 +50,7 @@ def test_digits_exports_match_model_keras_and_describe_themselves(digits_run: Pa
         assert figures[name]["max_abs_diff"] <= TOLERANCE, name
         assert figures[name]["tolerance_used"] == figures[name]["max_abs_diff"] / TOLERANCE, name
         assert figures[name]["top1_mismatches"] == 0 and figures[name]["top1_agreement"] == 1.0, name
-        assert figures[name]["size_bytes"] > 1000, name
+        assert "size_bytes" not in figures[name], name  # logged: the SavedModel differs by bytes run to run
     export = digits_run / "models/export"
     assert (export / "model.keras").read_bytes() == (digits_run / "models/model.keras").read_bytes()
     assert (export / "saved_model/saved_model.pb").is_file()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -94,9 +95,10 @@ def test_balanced_class_weights_come_from_the_training_split() -> None:
     assert class_weights(one_hot, "balanced") == pytest.approx({0: 4 / 9, 1: 4 / 3, 2: 1.0})
 
 
-def write_iris_csv(path: Path) -> None:
+def write_iris_csv(path: Path, *, as_collected: bool = False) -> None:
     """Iris with its species as strings, the label column in the middle, the features shuffled, and a text
-    column (petal size: small, medium or large) that preprocess one-hot encodes."""
+    column (petal size: small, medium or large) that preprocess one-hot encodes. `as_collected`: also a plant
+    id per row, the plot it grew in (5 plants of mixed species each), the ISO date it was measured, and gaps."""
     from sklearn.datasets import load_iris
 
     iris = load_iris()
@@ -104,39 +106,73 @@ def write_iris_csv(path: Path) -> None:
     source = {name.replace(" (cm)", ""): iris.data[:, i] for i, name in enumerate(iris.feature_names)}
     source["species"] = [iris.target_names[t] for t in iris.target]
     source["petal size"] = ["small" if cm < 2.5 else "medium" if cm < 5 else "large" for cm in source["petal length"]]
+    if as_collected:
+        columns = ["plant", *columns, "plot", "measured"]
+        source["plant"] = [f"plant-{row:03d}" for row in range(150)]
+        source["plot"] = [f"plot {row % 30}" for row in range(150)]
+        days = np.datetime64("2024-05-01") + (np.arange(150) * 7) % 61
+        source["measured"] = [str(day) for day in days]
     lines = [",".join(columns)]
     for row in range(len(iris.target)):
-        lines.append(",".join(c if isinstance(c, str) else f"{c:.1f}" for c in (source[n][row] for n in columns)))
+        cells = [c if isinstance(c, str) else f"{c:.1f}" for c in (source[n][row] for n in columns)]
+        if as_collected and row % 17 == 5:  # gaps, as a spreadsheet export has them
+            cells[columns.index("sepal width")], cells[columns.index("petal size")] = "NA", ""
+        lines.append(",".join(cells))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
 
 
-def test_iris_as_a_csv_table_with_string_labels(tmp_path: Path) -> None:
+def test_iris_as_collected_with_ids_groups_dates_and_gaps(tmp_path: Path) -> None:
+    """The one CSV run: string labels, a plant id dropped, plots as groups, a date, gaps imputed; then the
+    misclassified list names real lines, and predict fills a gap and writes its CSV."""
     repo = make_project_repo(tmp_path / "repo")
-    write_iris_csv(repo / "data/own/iris.csv")
+    write_iris_csv(repo / "data/own/iris.csv", as_collected=True)
     dvc(repo, "add", "data/own/iris.csv")
     git_commit(repo, "my table")
+    edit_params(repo, **{"data.dataset": "csv", "data.source": "data/own/iris.csv", "data.label_column": "species"})
+    refused = one_error(stage(repo, "download"))
+    assert "data/own/iris.csv has a column that cannot be features: 'plant' holds a different text in 150" in refused
+    assert "drop it with data.drop_columns: [plant]" in refused
     result = dvc(
-        repo, "exp", "run", "-S", "data.dataset=csv", "-S", "data.source=data/own/iris.csv",
-        "-S", "data.label_column=species",
+        repo, "exp", "run", "-S", "data.drop_columns=[plant]", "-S", "data.group_column=plot",
+        "-S", "preprocess.missing=impute",
     )  # fmt: skip
     assert ran_stages(result.stdout) == ["download", "preprocess", "train", "evaluate", "export"]
+    assert "missing values (preprocess.missing=impute) in 9 rows, by column: 'petal size' 9, 'sepal width' 9" in (
+        result.stdout + result.stderr
+    )
     metrics = read_metrics(repo)
-    assert metrics["test"]["accuracy"] >= 0.9 and set(metrics["per_class"]) == {"setosa", "versicolor", "virginica"}
+    assert metrics["test"]["accuracy"] >= 0.85 and set(metrics["per_class"]) == {"setosa", "versicolor", "virginica"}
     meta = json.loads((repo / "data/prepared/meta.json").read_text())
+    assert meta["table"]["dates"] == {"measured": ["year", "month", "day", "weekday", "day_of_year"]}
+    assert set(meta["table"]["fill"]) == set(meta["table"]["columns"]) and "plot" not in meta["table"]["columns"]
     assert [name for name in meta["feature_names"] if name.startswith("petal size")] == [
         "petal size=large", "petal size=medium", "petal size=small"
     ]  # fmt: skip
     serving = json.loads((repo / "models/export/serving.json").read_text())
-    assert serving["table"]["categories"] == {"petal size": ["large", "medium", "small"]}
-    # New rows with the columns in yet another order, the label column left out; the text column encoded alike.
+    assert serving["table"] == meta["table"]
+    file_lines = (repo / "data/own/iris.csv").read_text().splitlines()
+    with open(repo / "reports/misclassified.csv", encoding="utf-8") as handle:
+        mistakes = list(csv.DictReader(handle))
+    for mistake in mistakes:  # each names the line of the file holding that example, and its true class
+        path, _, line = mistake["source"].rpartition(" line ")
+        assert path == "data/own/iris.csv" and mistake["true"] in file_lines[int(line) - 1].split(",")
+    assert [float(m["probability"]) for m in mistakes] == sorted(
+        (float(m["probability"]) for m in mistakes), reverse=True
+    )
+    # New rows with the columns in yet another order, the label column left out, a gap filled as in training.
     new = tmp_path / "new.csv"
     new.write_text(
-        "sepal width,petal size,petal length,sepal length,petal width\n3.5,small,1.4,5.1,0.2\n3.0,large,5.8,7.2,2.2\n"
+        "plant,sepal width,petal size,petal length,sepal length,petal width,measured\n"
+        "p1,3.5,small,1.4,5.1,0.2,2024-06-01\np2,NA,large,5.8,7.2,2.2,2024-06-02\n"
     )
-    predicted = stage(repo, "predict", str(new), check=True).stdout.splitlines()
-    assert [line.split(": ")[1].split(" (")[0] for line in predicted] == ["setosa", "virginica"]
-    new.write_text("sepal width,petal size,petal length,sepal length,petal width\n3.5,tiny,1.4,5.1,0.2\n")
+    output = tmp_path / "preds.csv"
+    stage(repo, "predict", str(new), "--output", str(output), "--id-column", "plant", "--top-k", "2", check=True)
+    with open(output, encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(row["input"], row["class_1"]) for row in rows] == [("p1", "setosa"), ("p2", "virginica")]
+    assert list(rows[0]) == ["input", "class_1", "probability_1", "class_2", "probability_2"]
+    new.write_text("sepal width,petal size,petal length,sepal length,petal width,measured\n3.5,tiny,1.4,5.1,0.2,\n")
     refused = stage(repo, "predict", str(new))
     assert refused.returncode != 0
     assert "column 'petal size': 'tiny' is not one of the values the model was trained on (large, medium, small)" in (

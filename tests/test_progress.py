@@ -84,7 +84,8 @@ def test_stages_report_progress_of_long_work(
     index = folders.index_folder(Path("own"))
     rows = np.array([(path, sha) for path, _, sha in index["train"]], dtype=object)
     decoding.decode_splits({"train": rows}, Conversion(), 0)
-    Path("t.csv").write_text("x,y\n" + "".join(f"{i},{'ab'[i % 2]}\n" for i in range(10)), encoding="utf-8")
+    rows = "".join(f"{i * 7 % 10},{'ab'[i % 2]}\n" for i in range(10))  # x not a row counter, which is refused
+    Path("t.csv").write_text("x,y\n" + rows, encoding="utf-8")
     tables.read_table(Path("t.csv"), "y")
     lines = _lines(every_check_logs)
     assert "indexing own: 6 files read and hashed" in lines

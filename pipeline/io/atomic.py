@@ -10,7 +10,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -108,10 +108,10 @@ def write_npz_atomic(dest: Path | str, **arrays: np.ndarray) -> None:
         np.savez(handle, **arrays)
 
 
-def write_csv_atomic(dest: Path | str, rows: list[dict[str, Any]]) -> None:
-    """Rows of equal keys as CSV with a header (the format DVC plots read)."""
+def write_csv_atomic(dest: Path | str, rows: list[dict[str, Any]], header: Sequence[str] = ()) -> None:
+    """Rows of equal keys as CSV with a header (the format DVC plots read); `header` names the columns of no rows."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else [], lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else list(header), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     write_text_atomic(dest, buffer.getvalue())
