@@ -32,7 +32,8 @@ ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6}
 # 03/04/2021, 3-4-21, 2021/03/04: a date, but which day is ambiguous, so it is refused rather than guessed. One
 # separator twice and a four-digit year (two digits only with / or -), so that a version such as 1.2.3 stays text.
 OTHER_DATE = re.compile(
-    r"(?:\d{4}([/.\-])\d{1,2}\1\d{1,2}|\d{1,2}([/.\-])\d{1,2}\2\d{4}|\d{1,2}([/\-])\d{1,2}\3\d{2})(?:[T ]\d{1,2}:\d{2}.*)?"
+    r"(?:\d{4}([/.\-])\d{1,2}\1\d{1,2}|\d{1,2}([/.\-])\d{1,2}\2\d{4}|\d{1,2}([/\-])\d{1,2}\3\d{2})"
+    r"(?:[T ]\d{1,2}:\d{2}.*)?"
 )
 
 
