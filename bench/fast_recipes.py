@@ -13,17 +13,21 @@ interpreter's start to the saved model, is the "train stage" time the goals limi
 gives the test accuracy; the epoch kept is the one with the best validation accuracy (the stage's rule), never
 chosen on test. `--tutorial-epochs N` runs bench/tutorial.py's CNN (the tutorial's own script) for N epochs on
 the same data, for its seconds per epoch. `--augment-cost K` alternates K runs with the recipe's augmentation
-and K without (`--augment` sets one when the recipe has none), comparing the epochs after the first (the first
-includes tracing).
+and K without (all five at once when the recipe has none), comparing the epochs after the first
+(the first includes tracing). `--default-run REV` runs the committed defaults (digits) with this checkout's code
+and with commit REV's, timing the train stage and comparing metrics.json byte for byte: the seed recipes' code
+path must give today's numbers.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import os
 import statistics
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -33,7 +37,15 @@ import yaml
 from bench import common
 from bench.accuracy import RECIPES, data_overrides, recipe_overrides
 
-DEFAULT_AUGMENT = {"train.augment.rotation_degrees": 10.0, "train.augment.translation": 0.1, "train.augment.zoom": 0.1}
+# Every augmentation at once, for the cost when a recipe has none: the transform op runs whenever any geometric
+# one is on, and contrast adds its own ops.
+DEFAULT_AUGMENT = {
+    "train.augment.flip": "horizontal",
+    "train.augment.rotation_degrees": 10.0,
+    "train.augment.translation": 0.1,
+    "train.augment.zoom": 0.1,
+    "train.augment.contrast": 0.2,
+}
 
 
 def overrides_as_params(overrides: list[str]) -> dict[str, Any]:
@@ -67,9 +79,60 @@ def tutorial_epochs(source: str, epochs: int, seed: int) -> dict[str, Any]:
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
+def augment_cost(repo: Path, params: dict[str, Any], rounds: int, epochs: int | None) -> dict[str, Any]:
+    """Seconds per epoch (after the first) with the recipe's augmentation and without, runs alternated."""
+    augment = {key: value for key, value in params.items() if key.startswith("train.augment.")}
+    changes = params | ({"train.fast_cnn.epochs": epochs} if epochs else {})
+    plain = changes | {key: 0.0 for key in augment} | {"train.augment.flip": "none"}
+    augmented = changes | (augment or DEFAULT_AUGMENT)
+    cost: dict[str, list[float]] = {"off": [], "on": []}
+    for _ in range(rounds):  # alternated, so that load from other processes hits both alike
+        for name, setting in (("off", plain), ("on", augmented)):
+            cost[name] += timed_train(repo, setting)["epoch_seconds"][1:]
+    return {
+        "augmented_params": {key: value for key, value in augmented.items() if key.startswith("train.augment.")},
+        "epoch_seconds": cost,
+        "median_off": statistics.median(cost["off"]),
+        "median_on": statistics.median(cost["on"]),
+        "ratio": statistics.median(cost["on"]) / statistics.median(cost["off"]),
+    }
+
+
+def default_run(repo: Path) -> dict[str, Any]:
+    """The committed params.yaml (digits) in `repo`: download + preprocess, then train (timed) and evaluate."""
+    for name in ("download", "preprocess"):
+        common.stage(repo, name)
+    train = common.stage(repo, "train")
+    common.stage(repo, "evaluate")
+    metrics = (repo / "metrics.json").read_bytes()
+    return {
+        "train_stage_seconds": train.seconds,
+        "train_stage_cpu_seconds": train.cpu_seconds,
+        "test_accuracy": json.loads(metrics)["test"]["accuracy"],
+        "metrics_sha256": hashlib.sha256(metrics).hexdigest(),
+    }
+
+
+def checkout_of(rev: str, dest: Path) -> Path:
+    """Commit `rev` of this repository, extracted into `dest` as a fresh git repository."""
+    dest.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", rev], cwd=common.REPO_ROOT, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", rev]):
+        subprocess.run(["git", *args], cwd=dest, env=common.ENV, check=True, capture_output=True)
+    return dest
+
+
+def compare_default_runs(rev: str) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="bench-default-") as scratch:
+        ours = default_run(common.make_workdir(Path(scratch) / "ours"))
+        theirs = default_run(checkout_of(rev, Path(scratch) / "theirs"))
+    return {"this_checkout": ours, rev: theirs, "metrics_identical": ours["metrics_sha256"] == theirs["metrics_sha256"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipe", choices=RECIPES, required=True)
+    parser.add_argument("--recipe", choices=RECIPES)
     parser.add_argument("--source", type=Path, default=common.DEFAULT_FASHION)
     parser.add_argument("--mnist-source", default="")
     parser.add_argument("--seeds", type=int, nargs="*", default=[])
@@ -77,9 +140,17 @@ def main() -> None:
     parser.add_argument("--augment-cost", type=int, default=0, metavar="K")
     parser.add_argument("--epochs", type=int, help="train.fast_cnn.epochs for --augment-cost runs")
     parser.add_argument("--set", nargs="*", default=[], help="extra key=value params (a variant of the recipe)")
+    parser.add_argument("--default-run", metavar="REV", help="compare the default digits run with commit REV's")
     parser.add_argument("--results", help="results file name (default: fast_RECIPE, + _augment_cost with K)")
     args = parser.parse_args()
     info = common.machine_info()
+    if args.default_run:
+        payload = {"machine": info, "command": common.command_line()} | compare_default_runs(args.default_run)
+        print(json.dumps(payload))
+        print(common.save_results(args.results or "fast_default_digits", payload))
+        return
+    if not args.recipe:
+        parser.error("--recipe is required (unless --default-run)")
     overrides = recipe_overrides(args.recipe, args.source, args.mnist_source)
     overrides += [word for item in args.set for word in ("-S", item)]
     params = overrides_as_params(overrides)
@@ -98,22 +169,7 @@ def main() -> None:
             payload["median_test_accuracy"] = statistics.median(run["test_accuracy"] for run in runs)
             payload["median_stage_seconds"] = statistics.median(run["stage_seconds"] for run in runs)
         if args.augment_cost:
-            augment = {key: value for key, value in params.items() if key.startswith("train.augment.")}
-            changes = params | ({"train.fast_cnn.epochs": args.epochs} if args.epochs else {})
-            plain = changes | {key: (value if key.endswith("flip") else 0.0) for key, value in augment.items()}
-            plain |= {"train.augment.flip": "none"}
-            augmented = changes | (augment or DEFAULT_AUGMENT)
-            cost: dict[str, list[float]] = {"off": [], "on": []}
-            for _ in range(args.augment_cost):  # alternated, so that load from other processes hits both alike
-                for name, setting in (("off", plain), ("on", augmented)):
-                    cost[name] += timed_train(repo, setting)["epoch_seconds"][1:]
-            payload["augment_cost"] = {
-                "augmented_params": {k: v for k, v in augmented.items() if k.startswith("train.augment.")},
-                "epoch_seconds": cost,
-                "median_off": statistics.median(cost["off"]),
-                "median_on": statistics.median(cost["on"]),
-                "ratio": statistics.median(cost["on"]) / statistics.median(cost["off"]),
-            }
+            payload["augment_cost"] = augment_cost(repo, params, args.augment_cost, args.epochs)
             print(json.dumps(payload["augment_cost"]), flush=True)
     if args.tutorial_epochs:
         source = args.mnist_source if params.get("data.dataset") == "mnist" else str(args.source)
