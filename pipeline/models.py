@@ -1,4 +1,5 @@
-"""Model builders, chosen by name: `build_mlp` (the tutorials' dense nets) and `build_cnn` (the MNIST convnet)."""
+"""Model builders, chosen by name: `build_mlp` (the tutorials' dense nets), `build_cnn` (the MNIST convnet) and
+`build_fast_cnn` (a small modern convnet); and the optimizer, learning-rate schedule and loss they compile with."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from keras import layers
 
 from pipeline.errors import PipelineError, error_detail
 from pipeline.io.atomic import atomic_path
-from pipeline.params import CnnParams, MlpParams, TrainParams
+from pipeline.params import ADAM_FAMILY, RECIPE_KEYS, CnnParams, FastCnnParams, MlpParams, TrainParams
 
 
 def build_mlp(
@@ -80,20 +81,94 @@ def build_cnn(
     return keras.Model(inputs, outputs, name="cnn")
 
 
+def build_fast_cnn(
+    input_shape: Sequence[int],
+    n_classes: int,
+    *,
+    filters: Sequence[int],
+    kernel_sizes: Sequence[int],
+    pool_size: int,
+    batch_norm: bool,
+    global_pool: bool,
+    dense_units: int,
+    dropout: float,
+) -> keras.Model:
+    """Conv-Pool per filter count ('same' padding, so each pool alone shrinks the image), then flatten or global
+    average pooling, an optional dense layer and softmax. Per-layer kernels: a wide first kernel sees a stroke,
+    the later small ones combine strokes, for little arithmetic on the pooled maps."""
+    if len(input_shape) != 3:
+        raise PipelineError(
+            f"train.model=fast_cnn needs images of shape (H, W, C), but the prepared data has shape "
+            f"{tuple(input_shape)}; use train.model=mlp for tabular data such as iris."
+        )
+    inputs = keras.Input(shape=tuple(input_shape))
+    x = inputs
+    for count, kernel_size in zip(filters, kernel_sizes, strict=True):
+        if batch_norm:  # no bias: the normalisation's offset takes its place
+            x = layers.Conv2D(count, kernel_size, padding="same", use_bias=False)(x)
+            x = layers.Activation("relu")(layers.BatchNormalization()(x))
+        else:
+            x = layers.Conv2D(count, kernel_size, padding="same", activation="relu")(x)
+        if pool_size > 1 and min(x.shape[1:3]) >= pool_size:  # small images (digits' 8x8) stop pooling at 1x1
+            x = layers.MaxPooling2D(pool_size)(x)
+    x = layers.GlobalAveragePooling2D()(x) if global_pool else layers.Flatten()(x)
+    if dense_units:
+        x = layers.Dense(dense_units, activation="relu")(x)
+    if dropout > 0:
+        x = layers.Dropout(dropout)(x)
+    outputs = layers.Dense(n_classes, activation="softmax", dtype="float32")(x)  # see `build_model`
+    return keras.Model(inputs, outputs, name="fast_cnn")
+
+
 # The builder of each architecture, keyed by its params section: the model names themselves are listed once,
 # in pipeline.params.ARCHITECTURES (`train.model` names the section whose keys are the builder's arguments).
-MODEL_BUILDERS: dict[type, Callable[..., keras.Model]] = {MlpParams: build_mlp, CnnParams: build_cnn}
+MODEL_BUILDERS: dict[type, Callable[..., keras.Model]] = {
+    MlpParams: build_mlp,
+    CnnParams: build_cnn,
+    FastCnnParams: build_fast_cnn,
+}
 
 
 def learning_rate(params: TrainParams, steps_per_epoch: int) -> float | keras.optimizers.schedules.CosineDecay:
-    """Fixed, or falling along a half cosine from `params.learning_rate` to 0 over all steps of `params.epochs`.
+    """Fixed; or falling along a half cosine from `params.learning_rate` to 0 over all steps of `params.epochs`;
+    or one cycle: rising linearly from 0 to `params.learning_rate` over `params.warmup_fraction` of the steps,
+    then the half cosine to 0 over the rest.
 
     The schedule reads the optimizer's step counter, which the resume state holds with the optimizer's
-    other variables, so a resumed run continues on the same curve.
+    other variables, so a resumed run continues on the same curve. One cycle is Keras's own CosineDecay with
+    its warm-up, so a saved model's config names only Keras's classes (load_model's safe mode).
     """
+    total = params.epochs * steps_per_epoch
     if params.lr_schedule == "cosine":
-        return keras.optimizers.schedules.CosineDecay(params.learning_rate, params.epochs * steps_per_epoch)
+        return keras.optimizers.schedules.CosineDecay(params.learning_rate, total)
+    if params.lr_schedule == "one_cycle":
+        warmup = int(params.warmup_fraction * total)  # < total: warmup_fraction < 1
+        return keras.optimizers.schedules.CosineDecay(
+            0.0, total - warmup, warmup_target=params.learning_rate, warmup_steps=warmup
+        )
     return params.learning_rate
+
+
+def build_optimizer(params: TrainParams, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """`params.optimizer` with its learning rate; betas for the Adam family; weight decay where asked (always for
+    adamw, whose own default would otherwise apply). With the defaults this is the tutorials' optimizer exactly."""
+    config: dict = {"learning_rate": learning_rate(params, steps_per_epoch)}
+    if params.optimizer in ADAM_FAMILY:
+        config |= {"beta_1": params.beta_1, "beta_2": params.beta_2}
+    if params.weight_decay or params.optimizer == "adamw":
+        config["weight_decay"] = params.weight_decay
+    return keras.optimizers.get({"class_name": params.optimizer, "config": config})
+
+
+def build_loss(params: TrainParams) -> str | keras.losses.Loss:
+    """The loss by name, as the tutorials compile it; a loss object only when label smoothing is asked for."""
+    if not params.label_smoothing:
+        return params.loss
+    smoothed = {
+        "categorical_crossentropy": keras.losses.CategoricalCrossentropy,
+        "categorical_focal_crossentropy": keras.losses.CategoricalFocalCrossentropy,
+    }  # params.py refuses label smoothing with the other losses
+    return smoothed[params.loss](label_smoothing=params.label_smoothing)
 
 
 def build_with_policy(precision: str, build: Callable[[], keras.Model]) -> keras.Model:
@@ -121,24 +196,24 @@ def build_with_policy(precision: str, build: Callable[[], keras.Model]) -> keras
 def build_model(
     params: TrainParams, input_shape: Sequence[int], n_classes: int, *, steps_per_epoch: int = 1
 ) -> keras.Model:
-    """Build `params.model` and compile it with the optimizer, learning rate and loss from params.
+    """Build `params.model` and compile it with the optimizer, learning rate and loss from params (for fast_cnn,
+    its own recipe's: `TrainParams.effective`).
 
-    `steps_per_epoch` (batches in one epoch) sets the length of a cosine learning-rate schedule.
+    `steps_per_epoch` (batches in one epoch) sets the length of a cosine or one-cycle learning-rate schedule.
     """
-    sizes = getattr(params, params.model)  # the architecture's section: train.mlp or train.cnn
+    params = params.effective()
+    sizes = getattr(params, params.model)  # the architecture's section: train.mlp, train.cnn or train.fast_cnn
+    shape = {name: value for name, value in vars(sizes).items() if name not in RECIPE_KEYS}
     try:
         builder = MODEL_BUILDERS[type(sizes)]
-        model = build_with_policy(params.precision, lambda: builder(input_shape, n_classes, **vars(sizes)))
+        model = build_with_policy(params.precision, lambda: builder(input_shape, n_classes, **shape))
     except ValueError as err:  # e.g. kernels larger than the image
         raise PipelineError(
             f"train.{params.model} does not fit input shape {tuple(input_shape)} ({err}); use smaller kernels or pools."
         ) from None
-    optimizer = keras.optimizers.get(
-        {"class_name": params.optimizer, "config": {"learning_rate": learning_rate(params, steps_per_epoch)}}
-    )
     model.compile(
-        optimizer=optimizer,
-        loss=params.loss,
+        optimizer=build_optimizer(params, steps_per_epoch),
+        loss=build_loss(params),
         metrics=["accuracy"],
         jit_compile=params.jit_compile,
         steps_per_execution=params.steps_per_execution,

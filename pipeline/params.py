@@ -26,7 +26,10 @@ from pipeline.errors import PipelineError
 DATASETS = ("digits", "iris", "mnist", "fashion_mnist", "image_folder", "csv")
 EXPORT_FORMATS = ("saved_model", "tflite", "onnx")
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "elu", "selu", "gelu", "silu", "leaky_relu")
-OPTIMIZERS = ("adam", "sgd", "rmsprop", "adadelta", "adagrad", "adamax", "nadam", "ftrl")
+OPTIMIZERS = ("adam", "sgd", "rmsprop", "adadelta", "adagrad", "adamax", "nadam", "ftrl", "adamw")
+# The optimizers that take Adam's two moment decays (train.beta_1, train.beta_2); the others have no betas.
+ADAM_FAMILY = ("adam", "adamw", "adamax", "nadam")
+LR_SCHEDULES = ("constant", "cosine", "one_cycle")
 LOSSES = ("categorical_crossentropy", "categorical_focal_crossentropy", "kl_divergence", "mean_squared_error",
           "categorical_hinge")  # fmt: skip
 
@@ -134,9 +137,69 @@ class CnnParams(Section):
     dense_dropout: Dropout
 
 
+class FastCnnParams(Section):
+    """The architecture of `train.model: fast_cnn` and the training recipe it was measured with.
+
+    Why the recipe lives here and not in train.batch_size, train.epochs, ...: those keep the tutorials' values, which
+    the seed recipes and the default digits run depend on, while a user who types `-S train.model=fast_cnn` expects
+    the fast recipe whole (BENCHMARKS.md, section 2d). So when train.model is fast_cnn, RECIPE_KEYS below are read
+    from here instead of from train (`TrainParams.effective`), and the train stage logs it in one line.
+    """
+
+    filters: Annotated[
+        tuple[Annotated[int, Field(ge=1)], ...],
+        _LIST,
+        Field(min_length=1, description="a list of at least 1 integers ≥ 1"),
+    ]
+    kernel_sizes: Annotated[
+        tuple[Annotated[int, Field(ge=1, le=15)], ...],
+        _LIST,
+        Field(min_length=1, description="a list of integers from 1 to 15, one per convolution"),
+    ]
+    pool_size: Annotated[int, Field(ge=1, le=8)]
+    batch_norm: bool
+    global_pool: bool
+    dense_units: Annotated[int, Field(ge=0)]
+    dropout: Dropout
+    batch_size: Annotated[int, Field(ge=1, le=1_000_000)]
+    epochs: Annotated[int, Field(ge=1, le=100_000)]
+    optimizer: Literal[OPTIMIZERS]
+    learning_rate: Annotated[float, Field(gt=0.0, le=10.0)]
+    lr_schedule: Literal[LR_SCHEDULES]
+    beta_1: Annotated[float, Field(ge=0.0, lt=1.0)]
+    beta_2: Annotated[float, Field(ge=0.0, lt=1.0)]
+
+    @model_validator(mode="after")
+    def one_kernel_per_convolution(self) -> "FastCnnParams":
+        if len(self.kernel_sizes) != len(self.filters):
+            raise _combination(
+                f"'train.fast_cnn.kernel_sizes' has {len(self.kernel_sizes)} sizes for {len(self.filters)} "
+                "convolutions ('train.fast_cnn.filters'); give one kernel size per convolution."
+            )
+        return self
+
+
+# The keys of train that train.fast_cnn holds its own values of (see FastCnnParams).
+RECIPE_KEYS = ("batch_size", "epochs", "optimizer", "learning_rate", "lr_schedule", "beta_1", "beta_2")
+
+
+class AugmentParams(Section):
+    """Random changes to each training image, drawn from (seed, epoch, example): pipeline/augment.py."""
+
+    flip: Literal["none", "horizontal"]
+    rotation_degrees: Annotated[float, Field(ge=0.0, le=180.0)]
+    translation: Annotated[float, Field(ge=0.0, le=0.5)]
+    zoom: Annotated[float, Field(ge=0.0, lt=1.0)]
+    contrast: Annotated[float, Field(ge=0.0, lt=1.0)]
+
+    @property
+    def enabled(self) -> bool:
+        return self.flip != "none" or any((self.rotation_degrees, self.translation, self.zoom, self.contrast))
+
+
 # The model names of `train.model`, each with its own section of sizes (train.mlp, train.cnn): the one list of
 # models. pipeline.models keys its builders by these sections (TensorFlow is not imported here).
-ARCHITECTURES: dict[str, type[Section]] = {"mlp": MlpParams, "cnn": CnnParams}
+ARCHITECTURES: dict[str, type[Section]] = {"mlp": MlpParams, "cnn": CnnParams, "fast_cnn": FastCnnParams}
 MODELS = tuple(ARCHITECTURES)
 
 
@@ -168,10 +231,17 @@ class TrainParams(Section):
     model: Literal[MODELS]
     mlp: MlpParams
     cnn: CnnParams
+    fast_cnn: FastCnnParams
     optimizer: Literal[OPTIMIZERS]
     learning_rate: Annotated[float, Field(gt=0.0, le=10.0)]
-    lr_schedule: Literal["constant", "cosine"]
+    lr_schedule: Literal[LR_SCHEDULES]
+    warmup_fraction: Annotated[float, Field(ge=0.0, lt=1.0)]
+    beta_1: Annotated[float, Field(ge=0.0, lt=1.0)]
+    beta_2: Annotated[float, Field(ge=0.0, lt=1.0)]
+    weight_decay: Annotated[float, Field(ge=0.0, le=1.0)]
     loss: Literal[LOSSES]
+    label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)]
+    augment: AugmentParams
     batch_size: Annotated[int, Field(ge=1, le=1_000_000)]
     epochs: Annotated[int, Field(ge=1, le=100_000)]
     early_stopping_patience: Annotated[int, Field(ge=0)]
@@ -192,12 +262,32 @@ class TrainParams(Section):
                 f"'train.distributed.processes' is {dist.processes}, but engine 'none' trains in one process; "
                 "set 'train.distributed.engine' to jax, or processes to 1."
             )
-        if self.batch_size % dist.processes:
+        batch_size = self.effective().batch_size
+        if batch_size % dist.processes:
+            where = "train.fast_cnn.batch_size" if self.model == "fast_cnn" else "train.batch_size"
             raise _combination(
-                f"'train.batch_size' is {self.batch_size}, which {dist.processes} processes cannot split evenly "
+                f"'{where}' is {batch_size}, which {dist.processes} processes cannot split evenly "
                 f"('train.distributed.processes'); use a batch size that is a multiple of {dist.processes}."
             )
+        if self.label_smoothing and self.loss not in ("categorical_crossentropy", "categorical_focal_crossentropy"):
+            raise _combination(
+                f"'train.label_smoothing' is {self.label_smoothing}, but loss '{self.loss}' takes no label smoothing; "
+                "use categorical_crossentropy or categorical_focal_crossentropy, or set label_smoothing to 0."
+            )
+        recipe = self.effective()
+        if (recipe.beta_1, recipe.beta_2) != (0.9, 0.999) and recipe.optimizer not in ADAM_FAMILY:
+            where = "train.fast_cnn" if self.model == "fast_cnn" else "train"
+            raise _combination(
+                f"'{where}.beta_1' and 'beta_2' are {recipe.beta_1} and {recipe.beta_2}, but optimizer "
+                f"'{recipe.optimizer}' has no betas; use one of {', '.join(ADAM_FAMILY)}, or betas 0.9 and 0.999."
+            )
         return self
+
+    def effective(self) -> "TrainParams":
+        """The params training runs with: for fast_cnn, its own recipe's RECIPE_KEYS replace train's (FastCnnParams)."""
+        if self.model != "fast_cnn":
+            return self
+        return self.model_copy(update={key: getattr(self.fast_cnn, key) for key in RECIPE_KEYS})
 
 
 class EvaluateParams(Section):

@@ -20,8 +20,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from pipeline.augment import augment_batch, epoch_augmentation
 from pipeline.io.atomic import write_csv_atomic, write_json_atomic
-from pipeline.params import TrainParams
+from pipeline.params import AugmentParams, TrainParams
 from pipeline.resume import STATE_FILE, RunRecord, load_state, save_state
 
 if TYPE_CHECKING:  # a one-process run never imports pipeline.distributed
@@ -58,22 +59,34 @@ def epoch_order(n_examples: int, seed: int, epoch: int) -> np.ndarray:
 
 
 def epoch_dataset(
-    x: tf.Tensor, y: tf.Tensor, *, batch_size: int, seed: int, epoch: int, drop_remainder: bool = False
+    x: tf.Tensor,
+    y: tf.Tensor,
+    *,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    drop_remainder: bool = False,
+    augment: AugmentParams | None = None,
 ) -> tf.data.Dataset:
     """The batches of one epoch, in its `epoch_order`; the last one may be partial unless `drop_remainder`.
 
     One finite dataset per epoch (rather than one stream for the whole run) lets Keras end
     every epoch exactly at its last batch whatever `steps_per_execution` is: the last group of
     steps simply runs short. `x` and `y` should already be tensors, so no epoch copies them.
+    `augment` (images only) changes each image by its own draw for (seed, epoch, example index)
+    (pipeline/augment.py); None, or every augmentation off, leaves the batches as they are.
     """
     x, y = tf.convert_to_tensor(x), tf.convert_to_tensor(y)
     order = epoch_order(int(x.shape[0]), seed, epoch)
-    return (
-        tf.data.Dataset.from_tensor_slices(order)
-        .batch(batch_size, drop_remainder=drop_remainder)
-        .map(lambda idx: (tf.gather(x, idx), tf.gather(y, idx)))
-        .prefetch(tf.data.AUTOTUNE)
-    )
+    batches = tf.data.Dataset.from_tensor_slices(order).batch(batch_size, drop_remainder=drop_remainder)
+    if augment is None or not augment.enabled:
+        batches = batches.map(lambda idx: (tf.gather(x, idx), tf.gather(y, idx)))
+    else:
+        rows = tf.constant(epoch_augmentation(augment, seed, epoch, tuple(x.shape)))
+        batches = batches.map(
+            lambda idx: (augment_batch(tf.gather(x, idx), tf.gather(rows, idx), augment), tf.gather(y, idx))
+        )
+    return batches.prefetch(tf.data.AUTOTUNE)
 
 
 def full_batches_only(role: Role | None) -> bool:
@@ -188,6 +201,7 @@ def fit_resumable(
     class_weight: dict[int, float] | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     report: Report | None = None,
+    augment: AugmentParams | None = None,
 ) -> RunRecord:
     """Fit `model` (compiled, seeded) and leave it holding its best epoch's weights.
 
@@ -202,7 +216,8 @@ def fit_resumable(
     `on_train_begin`/`on_train_end` come once per epoch too.
     `report` (e.g. `publish_progress`) is called by the writer with the progress after every saved
     epoch, and once after a resume restored it: DVC deletes a stage's outputs before it runs, so a
-    resumed run rebuilds them from the state at once.
+    resumed run rebuilds them from the state at once. `augment` changes the training images only
+    (`epoch_dataset`); validation sees them as they are.
     """
     state_path = state_dir / STATE_FILE
     restored = load_state(state_path, model, fingerprint)
@@ -224,7 +239,13 @@ def fit_resumable(
         if progress.finished:
             break
         dataset = epoch_dataset(
-            x_train, y_train, batch_size=batch_size, seed=seed, epoch=epoch, drop_remainder=full_batches_only(role)
+            x_train,
+            y_train,
+            batch_size=batch_size,
+            seed=seed,
+            epoch=epoch,
+            drop_remainder=full_batches_only(role),
+            augment=augment,
         )
         if role is not None:
             dataset = shard_batches(dataset, batch_size=batch_size, role=role)

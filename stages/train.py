@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline import cpu, paths
 from pipeline.cli import run_stage
+from pipeline.errors import PipelineError
 from pipeline.io.atomic import write_csv_atomic, write_json_atomic
 from pipeline.io.lock import exclusive_lock
-from pipeline.params import TrainParams, load_params
+from pipeline.params import RECIPE_KEYS, TrainParams, load_params
 from pipeline.preprocessing import load_checked_split, read_meta
 
 if TYPE_CHECKING:
@@ -102,27 +103,51 @@ def train_model(
     extra_callbacks = callbacks()  # TensorFlow has loaded now (see main)
 
     meta = read_meta(paths.PREPARED_META)
+    check_augmentation(params, meta.input_shape)
     train, val = (load_checked_split(paths.split_file(name), meta) for name in ("train", "val"))
+    recipe = params.effective()  # fast_cnn's own batch size, epochs and optimizer
+    if recipe is not params:
+        log.info(recipe_line(params))
     model_params = training.model_params(params)
     training.seed_everything(params.seed, deterministic_ops=not model_params.jit_compile)
-    steps_per_epoch = max(1, training.batches_per_epoch(len(train[0]), params.batch_size, role))  # a cosine's length
+    steps_per_epoch = max(1, training.batches_per_epoch(len(train[0]), recipe.batch_size, role))  # a schedule's length
     model = models.build_model(model_params, meta.input_shape, len(meta.class_names), steps_per_epoch=steps_per_epoch)
     # A change to any input, to the code, or to a param makes a saved resume state stale.
     inputs = [paths.split_file("train"), paths.split_file("val"), paths.PREPARED_META]
     code = resume.code_files(Path(__file__))
     progress = training.fit_resumable(
         model, train, val,
-        epochs=params.epochs, batch_size=params.batch_size, patience=params.early_stopping_patience,
+        epochs=recipe.epochs, batch_size=recipe.batch_size, patience=params.early_stopping_patience,
         seed=params.seed, state_dir=paths.RESUME_DIR,
         fingerprint=resume.run_fingerprint(resume.fingerprint_params(params), inputs + code),
-        role=role, callbacks=extra_callbacks,
+        role=role, callbacks=extra_callbacks, augment=params.augment,
         class_weight=training.class_weights(train[1], params.class_weight),
         report=partial(
             training.publish_progress,
-            epochs=params.epochs, live_path=paths.LIVE_METRICS, history_path=paths.TRAIN_HISTORY,
+            epochs=recipe.epochs, live_path=paths.LIVE_METRICS, history_path=paths.TRAIN_HISTORY,
         ),
     )  # fmt: skip
     return model, progress
+
+
+def check_augmentation(params: TrainParams, input_shape: Sequence[int]) -> None:
+    """Refused rather than ignored: a table cannot be flipped or rotated, and a run that silently trained without
+    the augmentation its params record would be mislabelled in `dvc exp show`."""
+    if params.augment.enabled and len(input_shape) != 3:
+        raise PipelineError(
+            f"train.augment changes images, but the prepared data has shape {tuple(input_shape)} (a table); "
+            "set every train.augment key to its default (none or 0) for this dataset."
+        )
+
+
+def recipe_line(params: TrainParams) -> str:
+    """The log's one line saying that fast_cnn trains with its own recipe, not train's keys of the same names."""
+    recipe = params.fast_cnn
+    return (
+        f"train.model=fast_cnn trains with train.fast_cnn's recipe (batch_size {recipe.batch_size}, epochs "
+        f"{recipe.epochs}, {recipe.optimizer} betas {recipe.beta_1}/{recipe.beta_2}, {recipe.lr_schedule} learning "
+        f"rate {recipe.learning_rate}); train.{', train.'.join(RECIPE_KEYS)} apply to the other models"
+    )
 
 
 def save_outputs(model: Any, progress: Any) -> None:

@@ -455,7 +455,7 @@ def test_params_comment_lists_exactly_the_allowed_values(key: str, comment: str)
 def test_every_choice_rule_exposes_its_names() -> None:
     assert choices(Literal["a", "b"]) == ("a", "b")
     assert choices(tuple[Literal["a", "b"], ...]) == ("a", "b")  # a list of names, as export.formats
-    assert choices(TrainParams.model_fields["model"].annotation) == ("mlp", "cnn")
+    assert choices(TrainParams.model_fields["model"].annotation) == ("mlp", "cnn", "fast_cnn")
     assert choices(int) == ()
 
 

@@ -78,7 +78,9 @@ def test_cnn_too_large_for_the_image_is_a_clear_error() -> None:
         models.build_model(params, (8, 8, 1), 10)
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "sgd", "rmsprop", "adadelta", "adagrad", "adamax", "nadam", "ftrl"])
+@pytest.mark.parametrize(
+    "optimizer", ["adam", "sgd", "rmsprop", "adadelta", "adagrad", "adamax", "nadam", "ftrl", "adamw"]
+)
 def test_every_optimizer_by_name_with_learning_rate(optimizer: str) -> None:
     params = BASE.model_copy(update={"optimizer": optimizer, "learning_rate": 0.05})
     model = models.build_model(params, (4,), 3)
@@ -98,6 +100,8 @@ def test_summary_counts_parameters() -> None:
     [
         ("constant", {0: 0.01, 20: 0.01, 40: 0.01}),
         ("cosine", {0: 0.01, 20: 0.005, 30: 0.01 * (1 - 2**-0.5) / 2, 40: 0.0}),
+        # 12 of the 40 steps (warmup_fraction 0.3) rise linearly from 0; the other 28 fall along a half cosine.
+        ("one_cycle", {0: 0.0, 6: 0.005, 12: 0.01, 19: 0.01 * (1 + 2**-0.5) / 2, 26: 0.005, 40: 0.0, 50: 0.0}),
     ],
 )
 def test_learning_rate_schedule_over_the_run(schedule: str, expected_by_step: dict[int, float]) -> None:
@@ -116,3 +120,52 @@ def test_every_model_params_allows_has_a_builder(name: str) -> None:
     """The model names are listed once (params.ARCHITECTURES); each one `train.model` accepts must build."""
     model = models.build_model(BASE.model_copy(update={"model": name}), (8, 8, 1), 3)
     assert model.name == name
+
+
+def test_fast_cnn_is_the_measured_fast_recipe() -> None:
+    """Conv24 5x5-Pool-Conv32 3x3-Pool ('same' padding)-Flatten-Dense256-softmax, trained as measured."""
+    model = models.build_model(BASE.model_copy(update={"model": "fast_cnn"}), (28, 28, 1), 10, steps_per_epoch=211)
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert kinds == ["InputLayer", "Conv2D", "MaxPooling2D", "Conv2D", "MaxPooling2D", "Flatten", "Dense", "Dense"]
+    # 28 -pool-> 14 -pool-> 7: 7 * 7 * 32 = 1568 features into Dense(256).
+    assert model.count_params() == (25 * 24 + 24) + (9 * 24 * 32 + 32) + (1568 * 256 + 256) + (256 * 10 + 10)
+    assert model.count_params() == 411_802
+    config = model.optimizer.get_config()
+    assert (type(model.optimizer).__name__, config["beta_1"], config["beta_2"]) == ("Adam", 0.7, 0.9)
+    # One cycle over 3 epochs of 211 steps, peaking at 0.01 after 30 % of them.
+    model.optimizer.iterations.assign(int(0.3 * 3 * 211))
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.01)
+
+
+def test_fast_cnn_with_global_pooling_and_batch_norm() -> None:
+    fast = BASE.fast_cnn.model_copy(update={"global_pool": True, "batch_norm": True, "dense_units": 0})
+    model = models.build_model(BASE.model_copy(update={"model": "fast_cnn", "fast_cnn": fast}), (28, 28, 1), 10)
+    kinds = [type(layer).__name__ for layer in model.layers]
+    conv = ["Conv2D", "BatchNormalization", "Activation", "MaxPooling2D"]
+    assert kinds == ["InputLayer", *conv, *conv, "GlobalAveragePooling2D", "Dense"]
+    assert model.count_params() == 25 * 24 + 4 * 24 + 9 * 24 * 32 + 4 * 32 + 32 * 10 + 10
+
+
+def test_fast_cnn_recipe_replaces_trains_own_keys_only_for_fast_cnn() -> None:
+    fast = BASE.model_copy(update={"model": "fast_cnn"}).effective()
+    assert (fast.batch_size, fast.epochs, fast.learning_rate, fast.lr_schedule) == (256, 3, 0.01, "one_cycle")
+    assert BASE.effective() is BASE  # the tutorials' recipes read train's keys as they are
+
+
+def test_default_optimizer_and_loss_are_the_tutorials() -> None:
+    """With the defaults the seed recipes build exactly today's optimizer and loss: Adam at Keras's betas, no decay."""
+    model = models.build_model(with_mlp(hidden_units=(8,)), (4,), 3)
+    config = model.optimizer.get_config()
+    assert (config["beta_1"], config["beta_2"], config["weight_decay"]) == (0.9, 0.999, None)
+    assert model.loss == "categorical_crossentropy"
+
+
+def test_label_smoothing_and_weight_decay() -> None:
+    params = with_mlp(hidden_units=(8,)).model_copy(
+        update={"label_smoothing": 0.1, "optimizer": "adamw", "weight_decay": 0.01}
+    )
+    model = models.build_model(params, (4,), 3)
+    assert model.loss.get_config()["label_smoothing"] == 0.1
+    assert model.optimizer.get_config()["weight_decay"] == 0.01
+    adamw_without_decay = models.build_model(params.model_copy(update={"weight_decay": 0.0}), (4,), 3)
+    assert adamw_without_decay.optimizer.get_config()["weight_decay"] == 0.0  # not AdamW's own default

@@ -112,6 +112,10 @@ BAD = [
     (TrainParams, "train", "mlp.hidden_units", [64, "a"], ["'train.mlp.hidden_units'", "a list of integers"]),
     (TrainParams, "train", "mlp.hidden_units", 64, ["'train.mlp.hidden_units'", "a list"]),
     (TrainParams, "train", "cnn.filters", [], ["'train.cnn.filters'", "at least 1"]),
+    (TrainParams, "train", "fast_cnn.kernel_sizes", [5], ["'train.fast_cnn.kernel_sizes'", "one kernel size per"]),
+    (TrainParams, "train", "label_smoothing", 1.0, ["'train.label_smoothing'", "[0.0, 1.0)"]),
+    (TrainParams, "train", "augment.flip", "vertical", ["'train.augment.flip'", "one of none, horizontal"]),
+    (TrainParams, "train", "lr_schedule", "step", ["'train.lr_schedule'", "one_cycle"]),
     (TrainParams, "train", "mlp.dropout", 1.0, ["'train.mlp.dropout'", "[0.0, 1.0)"]),
     (TrainParams, "train", "mlp", "big", ["section 'train.mlp'", "mapping"]),
     (TrainParams, "train", "jit_compile", "yes", ["'train.jit_compile'", "true or false"]),
@@ -270,3 +274,20 @@ def test_download_refuses_a_bad_train_key_before_downloading(tmp_path: Path) -> 
     assert "'train.epochs' is 'O', but it must be an integer from 1 to 100000." in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize(
+    ("changes", "sentence"),
+    [
+        ({"label_smoothing": 0.1, "loss": "mean_squared_error"}, "loss 'mean_squared_error' takes no label smoothing"),
+        ({"beta_1": 0.7, "optimizer": "sgd"}, "optimizer 'sgd' has no betas"),
+        ({"model": "fast_cnn", "fast_cnn": {"optimizer": "sgd"}}, "'train.fast_cnn.beta_1' and 'beta_2' are 0.7"),
+    ],
+)
+def test_train_keys_that_do_not_go_together_are_one_sentence(changes: dict, sentence: str) -> None:
+    raw = copy.deepcopy(SHIPPED["train"])
+    for key, value in changes.items():
+        raw[key] = raw[key] | value if isinstance(value, dict) else value
+    with pytest.raises(PipelineError, match=re.escape(sentence)) as caught:
+        parse_section(TrainParams, raw)
+    assert str(caught.value).count(". ") == 0 and str(caught.value).endswith(".")
