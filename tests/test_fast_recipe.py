@@ -34,6 +34,9 @@ RUN_PARAMS = {
 }
 
 
+pytestmark = pytest.mark.slow  # pipeline runs with fast_cnn, killed and resumed, as subprocesses
+
+
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_prepared_repo(tmp_path_factory.mktemp("fast-prepared") / "repo", RUN_PARAMS)
