@@ -11,7 +11,12 @@ under-confident ones, and the ranking of the classes in every row, so top-1, nev
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+
+from pipeline.errors import PipelineError
+from pipeline.io.reading import read_json
 
 ECE_BINS = 15  # Guo et al.'s choice, the one most papers report, so figures compare across them
 # The smallest normal float32: softmax output can underflow to 0, whose log is -inf. Clipping there
@@ -66,8 +71,11 @@ def negative_log_likelihood(probabilities: np.ndarray, labels: np.ndarray) -> fl
     """Mean -log p(true class), with scikit-learn's log_loss (probabilities clipped away from 0 there)."""
     from sklearn.metrics import log_loss
 
-    # float64: for float32 input log_loss would clip at float32 epsilon (1e-7), capping every loss at 16.
-    return rounded(log_loss(labels, probabilities.astype(np.float64), labels=np.arange(probabilities.shape[1])))
+    # float64: for float32 input log_loss would clip at float32's epsilon (1e-7). Rows renormalised: float32
+    # softmax rows sum to 1 within ~1e-7, which scikit-learn warns about on every call.
+    rows = probabilities.astype(np.float64)
+    rows /= rows.sum(axis=1, keepdims=True)
+    return rounded(log_loss(labels, rows, labels=np.arange(probabilities.shape[1])))
 
 
 def brier_score(probabilities: np.ndarray, labels: np.ndarray) -> float:
@@ -116,3 +124,35 @@ def calibration_figures(probabilities: np.ndarray, labels: np.ndarray) -> dict[s
         "nll": negative_log_likelihood(probabilities, labels),
         "brier": brier_score(probabilities, labels),
     }
+
+
+def temperature_scaling(
+    val_probabilities: np.ndarray, val_labels: np.ndarray, probabilities: np.ndarray, labels: np.ndarray
+) -> tuple[dict[str, object], np.ndarray]:
+    """Fit T on the validation split; metrics.json's `calibration` section and the test probabilities scaled by T."""
+    temperature = fit_temperature(val_probabilities, val_labels)
+    scaled = apply_temperature(probabilities, temperature)
+    section = {
+        "ece_bins": ECE_BINS,
+        "temperature": temperature,
+        "val_nll": negative_log_likelihood(val_probabilities, val_labels),
+        "val_nll_temperature_scaled": negative_log_likelihood(
+            apply_temperature(val_probabilities, temperature), val_labels
+        ),
+        "temperature_scaled": calibration_figures(scaled, labels),
+    }
+    return section, scaled
+
+
+def read_temperature(path: Path) -> float:
+    """The temperature the evaluate stage wrote (models/temperature.json)."""
+    if not path.is_file():
+        raise PipelineError(
+            f"{path} not found, but export.temperature is true; run the evaluate stage first (dvc repro evaluate), "
+            "which fits it on the validation split."
+        )
+    record = read_json(path)
+    temperature = record.get("temperature") if isinstance(record, dict) else None
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < 1e6:
+        raise PipelineError(f"{path} gives no positive temperature; rerun the evaluate stage: dvc repro -f evaluate.")
+    return float(temperature)
