@@ -46,6 +46,8 @@ $PY -m bench.export_latency --rounds 10
 if [ -n "${MNIST_DIR:-}" ]; then
     $PY -m bench.accuracy --recipe mnist-mlp --recipe mnist-mlp-dropout --recipe mnist-cnn --recipe mnist-cnn-bf16 \
         --recipe mnist-cnn-adadelta --mnist-source "$MNIST_DIR"
+    # 8: ECE before and after temperature scaling; the evaluate stage's time and peak RSS (issue #30)
+    $PY -m bench.calibration --mnist-source "$MNIST_DIR" --fashion-source "$SOURCE" --rounds 2
 fi
 # 2d: the fast recipes (issue #27): fast_cnn on MNIST against the tutorial CNN's epochs, Fashion-MNIST, augmentation's cost
 if [ -n "${MNIST_DIR:-}" ]; then

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -119,3 +121,15 @@ def placeholder_image(message: str) -> Image.Image:
     image = Image.new("L", (360, 40), color=255)
     ImageDraw.Draw(image).text((8, 12), message, fill=0, font=ImageFont.load_default())
     return image
+
+
+def split_digest(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """The test split's size and a sha256 of its arrays: promote compares only models measured on the same split.
+
+    Of the arrays, not of test.npz: the file's bytes change with the zip's timestamps, the arrays do not.
+    """
+    digest = hashlib.sha256()
+    for array in (x, y):
+        digest.update(str((array.dtype.str, array.shape)).encode())
+        digest.update(memoryview(np.ascontiguousarray(array)).cast("B"))  # no copy of a contiguous array
+    return {"examples": len(x), "sha256": digest.hexdigest()}

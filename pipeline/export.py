@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.calibration import SMALLEST_PROBABILITY, apply_temperature
 from pipeline.errors import PipelineError, counted
 from pipeline.io.atomic import atomic_directory, write_json_atomic
 from pipeline.meta import INPUT_NAME, OUTPUT_NAME, PreparedMeta
@@ -38,13 +39,14 @@ log = logging.getLogger("export")
 # ----------------------------------------------------------------------------- the description
 
 
-def describe_export(meta: PreparedMeta, formats: Sequence[str]) -> dict[str, Any]:
+def describe_export(meta: PreparedMeta, formats: Sequence[str], temperature: float = 1.0) -> dict[str, Any]:
     """serving.json: everything a consumer needs to use an export without this repository.
 
-    meta.json's record plus the tensors, the scaling in words and the files (`PreparedMeta.serving`),
-    so predict reads it as it reads meta.json (`meta.load_meta`).
+    meta.json's record plus the tensors, the scaling in words, the files and the temperature baked into
+    every format but model.keras (`PreparedMeta.serving`), so predict reads it as it reads meta.json.
     """
-    return meta.serving({"keras": KERAS_FILE} | {name: FORMATS[name] for name in formats}).dump()
+    files = {"keras": KERAS_FILE} | {name: FORMATS[name] for name in formats}
+    return meta.serving(files, temperature).dump()
 
 
 def description_beside(model_path: Path) -> Path | None:
@@ -83,8 +85,8 @@ def check_parity(name: str, figures: dict[str, Any], tolerance: float, n_example
 # ----------------------------------------------------------------------------- converters
 
 
-def serving_function(model, input_shape: Sequence[int]):
-    """The one function every format is made from: float32 in, float32 probabilities out."""
+def serving_function(model, input_shape: Sequence[int], temperature: float = 1.0):
+    """The one function every format is made from: float32 in, float32 probabilities out, scaled by `temperature`."""
     import tensorflow as tf
 
     spec = tf.TensorSpec((None, *input_shape), tf.float32, name=INPUT_NAME)
@@ -93,7 +95,10 @@ def serving_function(model, input_shape: Sequence[int]):
     def serve(inputs):
         # The layers cast the input to their own compute dtype (bfloat16 under mixed precision);
         # the output is cast back so that every consumer gets float32 whatever the model computes in.
-        return {OUTPUT_NAME: tf.cast(model(inputs, training=False), tf.float32)}
+        probabilities = tf.cast(model(inputs, training=False), tf.float32)
+        if temperature != 1.0:  # pipeline.calibration.apply_temperature, in the graph: log, divide, softmax
+            probabilities = tf.nn.softmax(tf.math.log(tf.maximum(probabilities, SMALLEST_PROBABILITY)) / temperature)
+        return {OUTPUT_NAME: probabilities}
 
     return serve
 
@@ -215,21 +220,30 @@ def export_model(
     formats: Sequence[str],
     tolerance: float,
     dest: Path,
+    temperature: float = 1.0,
 ) -> dict[str, Any]:
-    """Write every format into `dest` (replaced whole, only if all pass parity); return the parity figures."""
-    reference = keras_runner(model).predict(x_test)
-    figures: dict[str, Any] = {"tolerance": tolerance, "test_examples": len(x_test)}
+    """Write every format into `dest` (replaced whole, only if all pass parity); return the parity figures.
+
+    With a `temperature`, each format is checked against model.keras's probabilities scaled by the same
+    temperature (`calibration.apply_temperature`): the reference is computed apart from the graph it checks.
+    """
+
+    def scaled(probabilities: np.ndarray) -> np.ndarray:
+        return probabilities if temperature == 1.0 else apply_temperature(probabilities, temperature)
+
+    reference = scaled(keras_runner(model).predict(x_test))
+    figures: dict[str, Any] = {"tolerance": tolerance, "test_examples": len(x_test), "temperature": temperature}
     twin = float32_twin(model)
     if twin is not model:  # the exports are checked against the twin; how far it is from model.keras is recorded
-        twin_reference = keras_runner(twin).predict(x_test)
+        twin_reference = scaled(keras_runner(twin).predict(x_test))
         figures["float32_twin"] = parity_figures(reference, twin_reference)
         reference = twin_reference
     model = twin
-    serve = serving_function(model, meta.input_shape)
+    serve = serving_function(model, meta.input_shape, temperature)
     try:
         with atomic_directory(dest) as folder:
             shutil.copy2(model_file, folder / KERAS_FILE)
-            write_json_atomic(folder / DESCRIPTION, describe_export(meta, formats))
+            write_json_atomic(folder / DESCRIPTION, describe_export(meta, formats, temperature))
             # Sizes are logged, not kept in the metrics file: the SavedModel's bytes differ run to run for the same
             # model, and `dvc metrics diff` would report a change where nothing changed.
             log.info("%s: %d bytes", KERAS_FILE, size_bytes(folder / KERAS_FILE))

@@ -127,11 +127,13 @@ class PreparedMeta(Record):
             data["table"] = {key: value for key, value in data["table"].items() if key not in empty}
         return data
 
-    def serving(self, files: Mapping[str, str]) -> ServingDescription:
-        """serving.json: this record plus the tensors, the scaling in words and the export's `files` by format."""
+    def serving(self, files: Mapping[str, str], temperature: float = 1.0) -> ServingDescription:
+        """serving.json: this record plus the tensors, the scaling in words, the export's `files` by format and
+        the temperature baked into them (1: none)."""
         return ServingDescription.model_validate(
             self.dump()
             | {
+                "temperature": temperature,
                 "input": {"name": INPUT_NAME, "dtype": "float32", "shape": [None, *self.input_shape]},
                 "output": {
                     "name": OUTPUT_NAME, "dtype": "float32", "shape": [None, len(self.class_names)],
@@ -187,6 +189,9 @@ class ServingDescription(PreparedMeta):
     output: Output
     scaling_text: str
     files: dict[str, Name]  # "keras", and each exported format: its file or folder in the export's folder
+    # The temperature every format but model.keras has baked in (pipeline/calibration.py); predict applies it to
+    # model.keras. 1 (the default, and what an export made before temperature scaling means): none.
+    temperature: PositiveFinite = 1.0
 
     @model_validator(mode="after")
     def _tensors_match(self) -> ServingDescription:

@@ -290,10 +290,30 @@ class TrainParams(Section):
         return self.model_copy(update={key: getattr(self.fast_cnn, key) for key in RECIPE_KEYS})
 
 
+# A threshold of the quality gate: a share in [0, 1], or null (YAML's `null` or an empty value) for none.
+Threshold = Annotated[
+    Annotated[float, Field(ge=0.0, le=1.0)] | None,
+    Field(description="a number from 0 to 1, or null for no threshold"),
+]
+
+
+class GateParams(Section):
+    """The bar a model must clear on the test split before it may be exported or promoted (docs/quality-gate.md)."""
+
+    min_accuracy: Threshold
+    min_macro_f1: Threshold
+    max_ece: Threshold
+
+    def thresholds(self) -> dict[str, float]:
+        """The thresholds that are set, by key."""
+        return {name: value for name, value in self.model_dump().items() if value is not None}
+
+
 class EvaluateParams(Section):
     SECTION = "evaluate"
     batch_size: Annotated[int, Field(ge=1, le=1_000_000)]
     misclassified_max: Annotated[int, Field(ge=0, le=400)]
+    gate: GateParams
 
 
 class ExportParams(Section):
@@ -305,6 +325,7 @@ class ExportParams(Section):
         Field(min_length=1, description=f"a non-empty list of distinct names out of {', '.join(EXPORT_FORMATS)}"),
     ]
     tolerance: Annotated[float, Field(gt=0.0, le=1.0)]
+    temperature: bool
 
 
 SECTIONS = (DataParams, PreprocessParams, TrainParams, EvaluateParams, ExportParams)

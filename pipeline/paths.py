@@ -20,6 +20,9 @@ MODEL_SUMMARY = MODELS_DIR / "summary.json"
 # The export stage's folder: model.keras, serving.json and one file (or folder) per format
 # (pipeline/export.py names them); the registry's artifact (dvc.yaml, `artifacts:`).
 EXPORT_DIR = MODELS_DIR / "export"
+# The temperature the evaluate stage fitted on the validation split: export bakes it in when export.temperature
+# is true, predict applies it to model.keras then (pipeline/calibration.py says what it is).
+TEMPERATURE = MODELS_DIR / "temperature.json"
 
 REPORTS_DIR = Path("reports")
 TRAIN_HISTORY = REPORTS_DIR / "train_history.csv"
@@ -28,6 +31,9 @@ CONFUSION = REPORTS_DIR / "confusion.csv"
 PER_CLASS = REPORTS_DIR / "per_class.csv"
 MISCLASSIFIED = REPORTS_DIR / "misclassified.png"
 MISCLASSIFIED_LIST = REPORTS_DIR / "misclassified.csv"
+ROC = REPORTS_DIR / "roc.csv"  # one-vs-rest ROC curve points, per class, with their thresholds
+PRECISION_RECALL = REPORTS_DIR / "precision_recall.csv"
+RELIABILITY = REPORTS_DIR / "reliability.csv"  # the reliability diagram: before and after temperature scaling
 METRICS = Path("metrics.json")
 EXPORT_PARITY = REPORTS_DIR / "export_parity.json"  # the export stage's metrics: each format against model.keras
 
@@ -48,6 +54,7 @@ WRITERS = {
     RAW_DIR: "download",
     PREPARED_DIR: "preprocess",
     EXPORT_DIR: "export",
+    TEMPERATURE: "evaluate",
     MODELS_DIR: "train",
     REPORTS_DIR: "evaluate",
 }

@@ -1,8 +1,12 @@
-"""evaluate: models/model.keras + data/prepared/test.npz + params `evaluate.*` -> metrics.json,
-reports/confusion.csv, reports/per_class.csv, reports/misclassified.png and reports/misclassified.csv (each
-misclassified test example's file or table line, true and predicted class, most confident first).
+"""evaluate: models/model.keras + data/prepared/test.npz + val.npz + params `evaluate.*` -> metrics.json,
+models/temperature.json, reports/confusion.csv, per_class.csv, roc.csv, precision_recall.csv, reliability.csv,
+misclassified.png and misclassified.csv (each misclassified test example's file or table line, true and
+predicted class, most confident first).
 
-The only stage that touches the test split.
+The only stage that scores the model on the test split. The temperature is fitted on the validation
+split, never on the test split (pipeline/calibration.py). Last, the quality gate (`evaluate.gate`): a
+model below a threshold fails the stage, after every file is written, so the user sees why and the
+export stage, which depends on models/temperature.json, does not run (docs/quality-gate.md).
 """
 
 from __future__ import annotations
@@ -12,8 +16,9 @@ import io
 import logging
 
 from pipeline import paths
+from pipeline.calibration import calibration_figures, reliability_bins, temperature_scaling
 from pipeline.cli import run_stage
-from pipeline.errors import counted
+from pipeline.errors import PipelineError, counted
 from pipeline.evaluation import (
     MISCLASSIFIED_COLUMNS,
     accuracy,
@@ -24,11 +29,14 @@ from pipeline.evaluation import (
     per_class_scores,
     placeholder_image,
     rounded_loss,
+    split_digest,
 )
 from pipeline.io.atomic import write_bytes_atomic, write_csv_atomic, write_json_atomic
 from pipeline.io.reading import load_sources, read_json
 from pipeline.params import EvaluateParams, load_params
 from pipeline.preprocessing import load_checked_split, read_meta
+from pipeline.quality import gate_failures, gate_sentence
+from pipeline.ranking import class_curves, macro, top_k_accuracy
 
 log = logging.getLogger("evaluate")
 
@@ -37,6 +45,18 @@ def png_bytes(image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def training_loss(model, y_true, probabilities) -> float:
+    """The model's own loss (train.loss) on the test split, from the probabilities already predicted.
+
+    Not `model.evaluate`: that is a second pass of the network over the whole test split, for one number.
+    """
+    import keras
+    import numpy as np
+
+    loss = keras.losses.get(model.loss) if isinstance(model.loss, str) else model.loss
+    return float(np.mean(keras.ops.convert_to_numpy(loss(y_true, probabilities))))
 
 
 def main(args: argparse.Namespace) -> None:
@@ -49,17 +69,42 @@ def main(args: argparse.Namespace) -> None:
     x_test, y_test = load_checked_split(paths.split_file("test"), meta)
     model = load_model(paths.MODEL)
     check_model_fits(model, paths.MODEL, meta.input_shape, len(class_names))
-    scores = model.evaluate(x_test, y_test, batch_size=params.batch_size, verbose=0, return_dict=True)
     probabilities = model.predict(x_test, batch_size=params.batch_size, verbose=0)
     true_labels, predicted_labels = y_test.argmax(axis=1), probabilities.argmax(axis=1)
     counts = confusion_matrix(true_labels, predicted_labels, len(class_names))
     per_class = per_class_scores(counts, class_names)
+    curve_scores, roc_rows, pr_rows = class_curves(probabilities, true_labels, class_names)
+    for name in class_names:  # a binary model's negative class has no curve of its own: its cells stay empty
+        per_class[name] |= curve_scores.get(name, {"roc_auc": None, "average_precision": None})
+    x_val, y_val = load_checked_split(paths.split_file("val"), meta)
+    val_probabilities = model.predict(x_val, batch_size=params.batch_size, verbose=0)
+    del x_val  # only its probabilities are needed
+    calibration, scaled = temperature_scaling(val_probabilities, y_val.argmax(axis=1), probabilities, true_labels)
+    temperature = calibration["temperature"]
     metrics = {
-        "test": {"loss": rounded_loss(scores["loss"]), "accuracy": accuracy(counts), "macro_f1": macro_f1(per_class)},
+        "test": {
+            "loss": rounded_loss(training_loss(model, y_test, probabilities)),
+            "accuracy": accuracy(counts),
+            "macro_f1": macro_f1(per_class),
+            "top_k_accuracy": top_k_accuracy(probabilities, true_labels),
+            "roc_auc_macro": macro(curve_scores, "roc_auc"),
+            "average_precision_macro": macro(curve_scores, "average_precision"),
+        }
+        | calibration_figures(probabilities, true_labels),
+        "calibration": calibration,
         "per_class": per_class,
         "model": {"params": summary["params_total"], "best_epoch": summary["best_epoch"]},
+        "test_split": split_digest(x_test, y_test),
     }
     write_json_atomic(paths.METRICS, metrics)
+    write_json_atomic(paths.TEMPERATURE, {"temperature": temperature, "fitted_on": str(paths.split_file("val"))})
+    write_csv_atomic(paths.ROC, roc_rows)
+    write_csv_atomic(paths.PRECISION_RECALL, pr_rows)
+    write_csv_atomic(
+        paths.RELIABILITY,
+        [{"probabilities": "as trained"} | row for row in reliability_bins(probabilities, true_labels)]
+        + [{"probabilities": f"temperature {temperature:g}"} | row for row in reliability_bins(scaled, true_labels)],
+    )
     pairs = zip(true_labels, predicted_labels, strict=True)
     write_csv_atomic(paths.CONFUSION, [{"actual": class_names[t], "predicted": class_names[p]} for t, p in pairs])
     write_csv_atomic(paths.PER_CLASS, [{"class": name} | row for name, row in per_class.items()])
@@ -80,12 +125,23 @@ def main(args: argparse.Namespace) -> None:
     )
     write_bytes_atomic(paths.MISCLASSIFIED, png_bytes(grid))
     log.info(
-        "test accuracy %.4f, macro F1 %.4f on %s; %s",
+        "test accuracy %.4f, macro F1 %.4f on %s; %s; ECE %.4f, %.4f at temperature %g (fitted on validation)",
         metrics["test"]["accuracy"],
         metrics["test"]["macro_f1"],
         counted(len(x_test), "example"),
         f"{counted(int((true_labels != predicted_labels).sum()), 'mistake')} in {paths.MISCLASSIFIED_LIST}",
+        metrics["test"]["ece"],
+        metrics["calibration"]["temperature_scaled"]["ece"],
+        temperature,
     )
+    if failures := gate_failures(metrics["test"], params.gate.thresholds()):
+        raise PipelineError(
+            gate_sentence(
+                failures,
+                f"{paths.METRICS} and reports/ are written to show why, and the export stage will not run "
+                "(models/export is unchanged); improve the model or change evaluate.gate in params.yaml.",
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -15,6 +15,10 @@ pipeline stage: run it by hand, e.g. `python -m stages.predict digit.png --top-k
 `--model` also takes the export stage's formats (models/export/: the SavedModel folder,
 model.tflite, model.onnx), each run through its own runtime; the serving.json beside
 them then describes the input, so an exported folder works without data/prepared.
+
+Temperature scaling (docs/quality-gate.md): the exported formats have it baked in; a .keras model gets
+the temperature of the serving.json beside it, or, for models/model.keras, that of models/temperature.json
+when params.yaml's export.temperature is true. So every format prints the same probabilities.
 """
 
 from __future__ import annotations
@@ -25,13 +29,17 @@ import logging
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from pipeline import paths
+from pipeline.calibration import apply_temperature, read_temperature
 from pipeline.cli import run_stage
 from pipeline.errors import PipelineError, counted
 from pipeline.export import description_beside
 from pipeline.inputs import read_inputs
 from pipeline.io.atomic import write_csv_atomic
-from pipeline.meta import PreparedMeta
+from pipeline.meta import PreparedMeta, ServingDescription
+from pipeline.params import ExportParams, load_params
 from pipeline.prediction import (
     as_records,
     check_model_matches,
@@ -85,6 +93,16 @@ def load_description(meta_path: Path) -> PreparedMeta:
     return read_meta(meta_path)
 
 
+def keras_temperature(model_path: Path, meta: PreparedMeta) -> float:
+    """The temperature to apply to a .keras model's probabilities: the one its export's formats have baked in."""
+    if isinstance(meta, ServingDescription):
+        return meta.temperature
+    beside = model_path.parent / paths.TEMPERATURE.name
+    if beside.is_file() and paths.PARAMS.is_file() and load_params(ExportParams).temperature:
+        return read_temperature(beside)
+    return 1.0
+
+
 def main(args: argparse.Namespace) -> None:
     meta = load_description(args.meta or description_beside(args.model) or paths.PREPARED_META)
     check_top_k(args.top_k, meta)
@@ -100,6 +118,8 @@ def main(args: argparse.Namespace) -> None:
     model = open_model(args.model)
     check_model_matches(model.input_shape, model.n_outputs, meta)
     probabilities = model.predict(batch.x)
+    if model.format == "keras" and (temperature := keras_temperature(args.model, meta)) != 1.0:
+        probabilities = apply_temperature(probabilities, temperature).astype(np.float32)
     check_probabilities(probabilities, args.model)
     ranked = top_classes(probabilities, meta.class_names, args.top_k)
     if args.output:

@@ -31,6 +31,10 @@ CHARTS = [
     "Precision per class (test)",
     "Recall per class (test)",
     "F1 per class (test)",
+    # Issue #30: which threshold to pick, and whether the probabilities can be trusted.
+    "ROC curve per class (test)",
+    "Precision-recall curve per class (test)",
+    "Reliability diagram (test)",
 ]
 
 
@@ -64,6 +68,17 @@ def test_report_holds_every_chart_with_the_runs_data(report: Path, digits_run: P
         assert {row["class"]: float(row[score]) for row in rows} == {
             name: pytest.approx(values[score]) for name, values in per_class.items()
         }
+    # One line per class in each curve chart (colour by class), thresholds in the tooltips; the reliability
+    # diagram shows the probabilities as trained and at the fitted temperature.
+    for title in ("ROC curve per class (test)", "Precision-recall curve per class (test)"):
+        spec = specs[title]
+        assert spec["encoding"]["color"]["field"] == "class"
+        assert {row["class"] for row in spec["data"]["values"]} == set(meta["class_names"])
+        assert all(0.0 <= float(row["threshold"]) <= 1.0 for row in spec["data"]["values"])
+    reliability = specs["Reliability diagram (test)"]
+    temperature = read_metrics(digits_run)["calibration"]["temperature"]
+    series = {row["probabilities"] for row in reliability["data"]["values"]}
+    assert series == {"as trained", f"temperature {temperature:g}"}
     # The misclassified-images grid is an image beside the page.
     html = report.read_text(encoding="utf-8")
     assert 'id="reports_misclassified_png"' in html

@@ -292,3 +292,19 @@ def test_a_single_commit_repository_reports_this_runs_metrics(digits_run: Path, 
     columns = dict(zip(header.strip("|").split("|"), row.strip("|").split("|"), strict=True))
     accuracy = {name.strip(): value.strip() for name, value in columns.items()}["test.accuracy"]
     assert float(accuracy) == pytest.approx(read_metrics(repo)["test"]["accuracy"], abs=1e-5)
+
+
+def test_push_to_main_promotes_the_committed_run_and_pushes_the_tags(digits_run: Path, tmp_path: Path) -> None:
+    origin = copy_repo(digits_run, tmp_path / "origin")
+    checkout = tmp_path / "checkout"
+    run(["git", "clone", "-q", str(origin), str(checkout)], tmp_path)
+    context = github_context("push", before=ZERO_SHA)
+    context["github"]["ref"] = "refs/heads/main"
+    (check,) = steps_running("stages.promote --dry-run")
+    assert evaluate(check["if"], context) is False  # a push promotes for real instead
+    (promote,) = [step for step in steps_running("python -m stages.promote") if step["name"] != check["name"]]
+    results = run_steps(checkout, [promote], context, tmp_path)
+    (result,) = results.values()
+    assert result.returncode == 0, result.stderr
+    assert "is now at prod" in result.stderr
+    assert {"classifier@v0.0.1", "classifier#prod#1"} <= set(run(["git", "tag"], origin).stdout.split())
