@@ -6,6 +6,7 @@ ways a crash, a careless edit or an attacker would.
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import logging
@@ -31,6 +32,7 @@ from pipeline.prediction import check_probabilities, check_top_k
 from pipeline.preprocessing import load_checked_split, read_meta
 from pipeline.resume import RunRecord, load_state, save_state
 from pipeline.runtimes import open_model
+from stages import predict
 from tests.harness import PROJECT_ROOT, copy_repo, stage
 
 # ----------------------------------------------------------------------------- the resume state
@@ -376,24 +378,38 @@ def test_a_model_giving_nan_is_refused_rather_than_printed(bad: float) -> None:
         check_probabilities(np.array([[bad, 0.5]]), Path("models/model.keras"))
 
 
-def _predict_error(repo: Path, model: Path, tmp_path: Path) -> str:
-    """The one error line of predict with `--model model` on one digit: exit 1, no traceback, nothing printed."""
+def _predict_error(repo: Path, model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """predict's error with `--model model` on one digit, in this process, so that TensorFlow loads once for every
+    case: a PipelineError, which the stages' wrapper prints as its one line with exit 1 (the CLI test below)."""
     np.save(tmp_path / "digit.npy", np.zeros((8, 8)))
-    result = stage(repo, "predict", "--model", str(model), str(tmp_path / "digit.npy"))
+    monkeypatch.chdir(repo)
+    parser = argparse.ArgumentParser()
+    predict.add_arguments(parser)
+    with pytest.raises(PipelineError) as caught:
+        predict.main(parser.parse_args(["--model", str(model), str(tmp_path / "digit.npy")]))
+    return str(caught.value)
+
+
+def test_predict_prints_one_sentence_for_a_garbage_model_and_exits_1(digits_run: Path, tmp_path: Path) -> None:
+    """The whole command line: exit 1, one error line, nothing on stdout, no traceback."""
+    model = tmp_path / paths.MODEL
+    model.parent.mkdir()
+    MODEL_DAMAGE["garbage"](model, (digits_run / paths.MODEL).read_bytes())
+    np.save(tmp_path / "digit.npy", np.zeros((8, 8)))
+    result = stage(digits_run, "predict", "--model", str(model), str(tmp_path / "digit.npy"))
     assert result.returncode == 1 and "Traceback" not in result.stderr and result.stdout == "", result.stderr
     errors = [line for line in result.stderr.splitlines() if "ERROR" in line]
-    assert len(errors) == 1, result.stderr
-    return errors[0]
+    assert len(errors) == 1 and f"{model} is " in errors[0] and "dvc repro -f train" in errors[0], result.stderr
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "lambda-layer", "config-names-os-system"])
 def test_predict_refuses_a_damaged_or_unsafe_model_keras_in_one_sentence(
-    digits_run: Path, tmp_path: Path, damage: str
+    digits_run: Path, tmp_path: Path, damage: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     model = tmp_path / paths.MODEL
     model.parent.mkdir()
     MODEL_DAMAGE[damage](model, (digits_run / paths.MODEL).read_bytes())
-    error = _predict_error(digits_run, model, tmp_path)
+    error = _predict_error(digits_run, model, tmp_path, monkeypatch)
     assert f"{model} is " in error and "dvc repro -f train" in error, error
     assert "safe_mode=False" not in error
 
@@ -434,8 +450,8 @@ def test_a_damaged_export_is_one_sentence(digits_run: Path, tmp_path: Path, memb
 @pytest.mark.parametrize("damage", EXPORT_DAMAGE)
 @pytest.mark.parametrize("member", ["saved_model/saved_model.pb", "model.tflite", "model.onnx"])
 def test_predict_refuses_a_damaged_export_in_one_sentence(
-    digits_run: Path, tmp_path: Path, member: str, damage: str
+    digits_run: Path, tmp_path: Path, member: str, damage: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     model = _damaged_export(digits_run, tmp_path / "export", member, damage)
-    error = _predict_error(digits_run, model, tmp_path)
+    error = _predict_error(digits_run, model, tmp_path, monkeypatch)
     assert f"{model} is not a readable " in error and "dvc repro -f export" in error, error
