@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
 
+from pipeline import paths
 from pipeline.calibration import (
     apply_temperature,
     brier_score,
@@ -14,8 +17,10 @@ from pipeline.calibration import (
     expected_calibration_error,
     fit_temperature,
     negative_log_likelihood,
+    read_temperature,
     reliability_bins,
 )
+from pipeline.errors import PipelineError
 from pipeline.ranking import MAX_CURVE_POINTS, class_curves, macro, top_k_accuracy
 
 # Four examples, three classes. Class 0's scores 0.9 (a 0), 0.4 (a 0), 0.62 (a 1), 0.1 (a 2): of its
@@ -131,3 +136,20 @@ def test_temperature_one_changes_nothing_and_zeros_stay_finite() -> None:
     np.testing.assert_allclose(apply_temperature(PROBABILITIES, 1.0), PROBABILITIES)
     scaled = apply_temperature(np.array([[1.0, 0.0, 0.0]], dtype=np.float32), 2.0)
     assert np.all(np.isfinite(scaled)) and scaled.argmax() == 0
+
+
+@pytest.mark.parametrize("text", [None, "garbage", "[]", '{"temperature": -1}', '{"temperature": true}'])
+def test_a_missing_or_damaged_temperature_file_is_one_sentence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str | None
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = paths.TEMPERATURE
+    if text is not None:
+        path.parent.mkdir()
+        path.write_text(text)
+    with pytest.raises(PipelineError) as caught:
+        read_temperature(path)
+    message = str(caught.value)
+    # The evaluate stage writes it, not train, whose models/ folder it sits in.
+    assert message.startswith(str(path)) and "dvc repro" in message and "evaluate" in message, message
+    assert "\n" not in message
