@@ -83,6 +83,8 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     Each class contributes round(fraction * its size) examples, so class
     proportions are the same on both sides (up to rounding). Both index arrays
     are sorted, so the split does not depend on anything but labels and seed.
+    Written here rather than scikit-learn's train_test_split: its draws differ, and every published number
+    of this pipeline (the tutorials' rows in BENCHMARKS.md) was measured on these splits.
     """
     rng = np.random.default_rng(seed)
     held: list[np.ndarray] = []
