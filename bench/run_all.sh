@@ -54,5 +54,7 @@ if [ -n "${MNIST_DIR:-}" ]; then
     $PY -m bench.fast_recipes --recipe mnist-fast --mnist-source "$MNIST_DIR" --seeds 1 2 3 --tutorial-epochs 2
 fi
 $PY -m bench.fast_recipes --recipe fashion-fast --source "$SOURCE" --seeds 1 2 3
+$PY -m bench.fast_recipes --recipe fashion-fast-augment --source "$SOURCE" --seeds 1
+$PY -m bench.fast_recipes --recipe fashion-fast --source "$SOURCE" --seeds 1 --set train.fast_cnn.epochs=10 --results fast_fashion_try1
 $PY -m bench.fast_recipes --recipe fashion-fast --source "$SOURCE" --augment-cost 3 --epochs 3
 $PY -m bench.fast_recipes --default-run f66bb7c  # the default digits run: this code against the code before #27
