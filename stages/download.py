@@ -63,9 +63,9 @@ def download(params: DataParams, folder: Path) -> None:
     write_json_atomic(folder / RAW_MANIFEST, {"dataset": spec.name, "source": source} | extra)
     raw = spec.read(folder)  # a file that verifies but does not parse must fail here, not in preprocess
     log.info(
-        "%s: %s and %s from %s",
+        "%s: %d training and %s from %s",
         spec.name,
-        counted(len(raw.x_train), "training example"),
+        len(raw.x_train),
         counted(len(raw.x_test), "test example") if raw.x_test is not None else "no official test examples",
         source,
     )

@@ -164,7 +164,11 @@ def test_only_pull_requests_from_the_repository_itself_get_a_comment() -> None:
         assert evaluate(step["if"], own) is True
         assert evaluate(step["if"], fork) is False
         assert evaluate(step["if"], push) is False
-    assert all("if" not in step for step in load_steps() if step not in cml_steps)
+    promote_steps = [step for step in load_steps() if "stages.promote" in step.get("run", "")]
+    assert len(promote_steps) == 2  # checked on pull requests, promoted on main
+    for step in promote_steps:  # the team's bar holds for a fork's pull request as for one of the repository's
+        assert evaluate(step["if"], own) == evaluate(step["if"], fork)
+    assert all("if" not in step for step in load_steps() if step not in cml_steps + promote_steps)
 
 
 def test_every_shell_step_passes_shellcheck() -> None:
