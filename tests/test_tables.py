@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
+from pipeline import folders
 from pipeline.columns import OTHER_DATE, complete_rows, date_features, encode_splits
-from pipeline.datasets import RawDataset
+from pipeline.datasets import RAW_MANIFEST, REGISTRY, RawDataset
 from pipeline.errors import PipelineError
 from pipeline.evaluation import misclassified_rows
 from pipeline.folders import name_group
@@ -170,3 +173,29 @@ def test_results_as_csv_rows_and_misclassified_examples_most_confident_first() -
 def test_dates_in_other_orders_are_told_from_version_numbers(value: str, is_date: bool) -> None:
     """A non-ISO date is refused (its day is ambiguous); a version number such as 1.2.3 is text, not a date."""
     assert bool(OTHER_DATE.fullmatch(value)) is is_date
+
+
+def test_an_image_folder_grouped_by_name_keeps_each_icon_in_one_split(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """data.group_by_name: the same icon at two sizes (icon-c_16.png, icon-c_32.png) never lands in two splits."""
+    monkeypatch.chdir(tmp_path)
+    for label in ("circle", "square"):
+        for icon in range(12):
+            for size in (16, 32):
+                path = Path("data/own/icons") / label / f"icon-{chr(97 + icon)}_{size}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.new("L", (size, size), 40 * (icon % 6)).save(path)
+    raw_folder = tmp_path / "raw"
+    raw_folder.mkdir()
+    (raw_folder / folders.INDEX_FILE).write_text(json.dumps(folders.index_folder(Path("data/own/icons"))))
+    for group_by_name, expect_apart in ((True, True), (False, False)):
+        manifest = {"dataset": "image_folder", "source": "data/own/icons", "group_by_name": group_by_name}
+        (raw_folder / RAW_MANIFEST).write_text(json.dumps(manifest))
+        splits = split_dataset(REGISTRY["image_folder"].read(raw_folder), 0.25, 0.25, seed=3)
+        split_of: dict[str, set[str]] = {}
+        for split, rows in splits.x.items():
+            for path, _ in rows:
+                split_of.setdefault(folders.name_group(str(path)), set()).add(split)
+        apart = all(len(found) == 1 for found in split_of.values())
+        assert apart is expect_apart, split_of  # ungrouped, some icon's two sizes are split up (seed 3)
