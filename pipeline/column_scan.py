@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.columns import OTHER_DATE, date_feature_names, date_seconds, is_missing
+from pipeline.columns import OTHER_DATE, date_feature_names, date_seconds, is_missing, is_number
 from pipeline.errors import PipelineError
 
 MAX_CATEGORIES = 50  # values of one text column; more make as many columns, and an id column would pass
@@ -17,18 +17,10 @@ IDENTIFIER_MIN_ROWS = 20
 COUNTER_MIN_ROWS = 10  # a numeric column counting 1, 2, 3, ... down this many rows numbers them, nothing more
 
 
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
 def _written_number(text: str) -> bool:
     """Whether a text value is a number in dress: '10%', '$5', '1,500', '2,5' (a decimal comma), "1'000"."""
     core = text.lstrip("+-").strip("$€£¥% ").replace(" ", "").replace("'", "")
-    return any(c.isdigit() for c in core) and (_is_number(core.replace(",", "")) or _is_number(core.replace(",", ".")))
+    return any(c.isdigit() for c in core) and (is_number(core.replace(",", "")) or is_number(core.replace(",", ".")))
 
 
 @dataclass
@@ -50,7 +42,7 @@ class ColumnScan:
             self.counts_rows = False
             return
         self.present += 1
-        if _is_number(cell):
+        if is_number(cell):
             value = float(cell)
             following = self.last_number is None or value == self.last_number + 1
             self.counts_rows = self.counts_rows and following and value.is_integer()

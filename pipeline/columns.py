@@ -37,6 +37,15 @@ OTHER_DATE = re.compile(
 )
 
 
+def is_number(text: str) -> bool:
+    """Whether a cell reads as a number (as float() reads it): a table's scan and predict's header check agree."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def is_missing(cell: str) -> bool:
     return cell in MISSING_MARKERS
 

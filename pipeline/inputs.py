@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.columns import code_row, date_seconds, encode, is_missing
+from pipeline.columns import code_row, date_seconds, encode, is_missing, is_number
 from pipeline.errors import PipelineError
 from pipeline.folders import Skipped, image_files
 from pipeline.images import IMAGE_SUFFIXES, Conversion, convert_image, read_image_file
@@ -151,21 +151,13 @@ def _is_header(row: Sequence[str], meta: PreparedMeta, path: Path) -> bool:
     if set(cells) & set(meta.columns):
         return True
     known = {value for values in meta.categories.values() for value in values}
-    if any(_is_number(cell) or cell in known or date_seconds(cell) is not None or is_missing(cell) for cell in cells):
+    if any(is_number(cell) or cell in known or date_seconds(cell) is not None or is_missing(cell) for cell in cells):
         return False
     if meta.columns:
         raise PipelineError(
             f"{path}: the first row names the columns {cells[:8]}{' ...' if len(cells) > 8 else ''}, none of which "
             f"this model takes ({', '.join(meta.columns)}); name them so (in any order, other columns ignored)."
         )
-    return True
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
     return True
 
 

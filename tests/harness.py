@@ -214,3 +214,14 @@ def report_specs(page: Path) -> dict[str, dict[str, Any]]:
         spec = json.loads(match.group(1))
         specs[spec["title"]["text"]] = spec
     return specs
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    """sha256 of every file under `folder`, by relative path: equal digests = the exact same bytes."""
+    import hashlib
+
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }

@@ -6,7 +6,6 @@ Real converters (Keras's SavedModel export, the TFLite converter, tf2onnx), real
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -19,19 +18,10 @@ import pytest
 from pipeline.errors import PipelineError
 from pipeline.meta import SERVING_KEYS, PreparedMeta
 from pipeline.preprocessing import read_meta
-from tests.harness import ENV, PROJECT_ROOT, copy_repo, dvc, edit_params, git_commit, run, stage
+from tests.harness import ENV, PROJECT_ROOT, copy_repo, dvc, edit_params, git_commit, run, stage, tree_digest
 
 FORMATS = ("saved_model", "tflite", "onnx")
 TOLERANCE = 1e-5
-
-
-def tree_digest(folder: Path) -> dict[str, str]:
-    """sha256 of every file under `folder`, by relative path: equal digests = the exact same bytes."""
-    return {
-        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(folder.rglob("*"))
-        if path.is_file()
-    }
 
 
 def error_lines(stderr: str) -> list[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -11,7 +10,18 @@ import numpy as np
 import pytest
 
 from pipeline.quality import gate_failures, promotion_refusal
-from tests.harness import ENV, copy_repo, dvc, edit_params, git_commit, ran_stages, read_metrics, run, stage
+from tests.harness import (
+    ENV,
+    copy_repo,
+    dvc,
+    edit_params,
+    git_commit,
+    ran_stages,
+    read_metrics,
+    run,
+    stage,
+    tree_digest,
+)
 
 SPLIT = {"examples": 359, "sha256": "ab" * 32}
 
@@ -39,14 +49,6 @@ def test_promotion_rule_needs_the_same_split_and_no_worse_score() -> None:
     other_split = promotion_refusal(metrics(0.99, 0.99, {"examples": 10, "sha256": "cd" * 32}), prod, "v1 at prod")
     assert other_split is not None and "another test split (359 examples" in other_split
     assert "does not record its test split" in promotion_refusal(metrics(0.99, 0.99), {"test": {}}, "v1")
-
-
-def tree_digest(folder: Path) -> dict[str, str]:
-    return {
-        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(folder.rglob("*"))
-        if path.is_file()
-    }
 
 
 def error_lines(stderr: str) -> list[str]:
