@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 from bench import common
+from tests.harness import PROJECT_ROOT, edit_params, make_project_repo, read_json
 
 BEFORE_ISSUE_30 = "7d610ea"  # the last commit whose evaluate stage has no calibration metrics
 CALIBRATION_CODE = ("pipeline/calibration.py", "pipeline/ranking.py", "pipeline/quality.py", "pipeline/evaluation.py")
@@ -57,15 +58,15 @@ def measure(name: str, source: Path, scratch: Path, rounds: int) -> dict:
     repo = scratch / name
     if not (repo / "models" / "model.keras").is_file():
         shutil.rmtree(repo, ignore_errors=True)
-        common.make_workdir(repo)
-        common.set_params(repo, SETTINGS[name] | {"data.source": str(source)})
+        make_project_repo(repo, untracked=True)
+        edit_params(repo, **SETTINGS[name] | {"data.source": str(source)})
         for stage in ("download", "preprocess"):
             common.stage(repo, stage)
         (repo / "train_seconds").write_text(str(common.stage(repo, "train").seconds))
     for code in ("stages/evaluate.py", *CALIBRATION_CODE):  # this checkout's, into a reused folder too
-        shutil.copy2(common.REPO_ROOT / code, repo / code)
+        shutil.copy2(PROJECT_ROOT / code, repo / code)
     old = subprocess.run(
-        ["git", "show", f"{BEFORE_ISSUE_30}:stages/evaluate.py"], cwd=common.REPO_ROOT, capture_output=True,
+        ["git", "show", f"{BEFORE_ISSUE_30}:stages/evaluate.py"], cwd=PROJECT_ROOT, capture_output=True,
         text=True, check=True,
     ).stdout  # fmt: skip
     (repo / "stages" / "evaluate_before_30.py").write_text(old)
@@ -73,14 +74,14 @@ def measure(name: str, source: Path, scratch: Path, rounds: int) -> dict:
     for _ in range(rounds):  # the old stage first: the last metrics.json written is the new stage's
         before.append(common.stage(repo, "evaluate_before_30"))
         evaluate.append(common.stage(repo, "evaluate"))
-    metrics = common.read_json(repo / "metrics.json")
+    metrics = read_json(repo / "metrics.json")
     calibration = metrics["calibration"]
     return {
         "setting": name,
         "params": SETTINGS[name],
         "train_seconds": round(float((repo / "train_seconds").read_text()), 1),
         "test_examples": metrics["test_split"]["examples"],
-        "val_examples": common.read_json(repo / "data/prepared/meta.json")["sizes"]["val"],
+        "val_examples": read_json(repo / "data/prepared/meta.json")["sizes"]["val"],
         "top_1": metrics["test"]["accuracy"],
         "top_1_temperature_scaled": calibration["temperature_scaled"]["top_1_accuracy"],
         "ece": metrics["test"]["ece"],

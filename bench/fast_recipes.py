@@ -36,6 +36,7 @@ import yaml
 
 from bench import common
 from bench.accuracy import RECIPES, data_overrides, recipe_overrides
+from tests.harness import PROJECT_ROOT, edit_params, make_project_repo, read_json
 
 # Every augmentation at once, for the cost when a recipe has none: the transform op runs whenever any geometric
 # one is on, and contrast adds its own ops.
@@ -55,7 +56,7 @@ def overrides_as_params(overrides: list[str]) -> dict[str, Any]:
 
 
 def timed_train(repo: Path, changes: dict[str, Any]) -> dict[str, Any]:
-    common.set_params(repo, changes)
+    edit_params(repo, **changes)
     run = common.run_timed([common.PYTHON, "-m", "bench.timed_train"], repo)
     result = json.loads(run.stdout.strip().splitlines()[-1])
     return result | {"stage_seconds": run.seconds, "stage_cpu_seconds": run.cpu_seconds}
@@ -67,15 +68,15 @@ def train_and_evaluate(repo: Path, changes: dict[str, Any]) -> dict[str, Any]:
     with open(repo / "reports/train_history.csv", encoding="utf-8") as handle:
         val_accuracy = [round(float(epoch["val_accuracy"]), 4) for epoch in csv.DictReader(handle)]
     return result | {
-        "test_accuracy": common.read_json(repo / "metrics.json")["test"]["accuracy"],
-        "best_epoch": common.read_json(repo / "models/summary.json")["best_epoch"],
+        "test_accuracy": read_json(repo / "metrics.json")["test"]["accuracy"],
+        "best_epoch": read_json(repo / "models/summary.json")["best_epoch"],
         "val_accuracy_by_epoch": val_accuracy,
     }
 
 
 def tutorial_epochs(source: str, epochs: int, seed: int) -> dict[str, Any]:
     args = [common.PYTHON, "bench/tutorial.py", "--model", "cnn", "--source", source, "--epochs", str(epochs)]
-    run = common.run_timed([*args, "--seed", str(seed)], common.REPO_ROOT)
+    run = common.run_timed([*args, "--seed", str(seed)], PROJECT_ROOT)
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
@@ -116,7 +117,7 @@ def default_run(repo: Path) -> dict[str, Any]:
 def checkout_of(rev: str, dest: Path) -> Path:
     """Commit `rev` of this repository, extracted into `dest` as a fresh git repository."""
     dest.mkdir(parents=True)
-    archive = subprocess.run(["git", "archive", rev], cwd=common.REPO_ROOT, capture_output=True, check=True).stdout
+    archive = subprocess.run(["git", "archive", rev], cwd=PROJECT_ROOT, capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
     for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", rev]):
         subprocess.run(["git", *args], cwd=dest, env=common.ENV, check=True, capture_output=True)
@@ -125,7 +126,7 @@ def checkout_of(rev: str, dest: Path) -> Path:
 
 def compare_default_runs(rev: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-default-") as scratch:
-        ours = default_run(common.make_workdir(Path(scratch) / "ours"))
+        ours = default_run(make_project_repo(Path(scratch) / "ours", untracked=True))
         theirs = default_run(checkout_of(rev, Path(scratch) / "theirs"))
     return {"this_checkout": ours, rev: theirs, "metrics_identical": ours["metrics_sha256"] == theirs["metrics_sha256"]}
 
@@ -157,8 +158,8 @@ def main() -> None:
     payload: dict[str, Any] = {"machine": info, "command": common.command_line(), "recipe": args.recipe,
                                "params": params}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="bench-fast-") as scratch:
-        repo = common.make_workdir(Path(scratch) / "repo")
-        common.set_params(repo, data_overrides(overrides))
+        repo = make_project_repo(Path(scratch) / "repo", untracked=True)
+        edit_params(repo, **data_overrides(overrides))
         common.dvc(repo, "repro", "preprocess")
         runs = []
         for seed in args.seeds:
