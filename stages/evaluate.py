@@ -59,28 +59,15 @@ def training_loss(model, y_true, probabilities) -> float:
     return float(np.mean(keras.ops.convert_to_numpy(loss(y_true, probabilities))))
 
 
-def main(args: argparse.Namespace) -> None:
-    params = load_params(EvaluateParams)
-    # TensorFlow: imported only once the params are known to be good.
-    from pipeline.models import check_model_fits, load_model
-
-    meta, summary = read_meta(paths.PREPARED_META), read_json(paths.MODEL_SUMMARY)
-    class_names = meta.class_names
-    x_test, y_test = load_checked_split(paths.split_file("test"), meta)
-    model = load_model(paths.MODEL)
-    check_model_fits(model, paths.MODEL, meta.input_shape, len(class_names))
-    probabilities = model.predict(x_test, batch_size=params.batch_size, verbose=0)
+def test_metrics(model, x_test, y_test, probabilities, *, val_probabilities, val_labels, class_names, summary) -> tuple:
+    """metrics.json's content, and what the reports draw: the per-class curves' rows, the scaled probabilities."""
     true_labels, predicted_labels = y_test.argmax(axis=1), probabilities.argmax(axis=1)
     counts = confusion_matrix(true_labels, predicted_labels, len(class_names))
     per_class = per_class_scores(counts, class_names)
     curve_scores, roc_rows, pr_rows = class_curves(probabilities, true_labels, class_names)
     for name in class_names:  # a binary model's negative class has no curve of its own: its cells stay empty
         per_class[name] |= curve_scores.get(name, {"roc_auc": None, "average_precision": None})
-    x_val, y_val = load_checked_split(paths.split_file("val"), meta)
-    val_probabilities = model.predict(x_val, batch_size=params.batch_size, verbose=0)
-    del x_val  # only its probabilities are needed
-    calibration, scaled = temperature_scaling(val_probabilities, y_val.argmax(axis=1), probabilities, true_labels)
-    temperature = calibration["temperature"]
+    calibration, scaled = temperature_scaling(val_probabilities, val_labels, probabilities, true_labels)
     metrics = {
         "test": {
             "loss": rounded_loss(training_loss(model, y_test, probabilities)),
@@ -96,7 +83,13 @@ def main(args: argparse.Namespace) -> None:
         "model": {"params": summary["params_total"], "best_epoch": summary["best_epoch"]},
         "test_split": split_digest(x_test, y_test),
     }
-    write_json_atomic(paths.METRICS, metrics)
+    return metrics, roc_rows, pr_rows, scaled
+
+
+def write_reports(metrics, roc_rows, pr_rows, scaled, *, probabilities, x_test, y_test, meta, params) -> int:
+    """Every file of the stage but metrics.json; returns the number of mistakes."""
+    class_names, temperature = meta.class_names, metrics["calibration"]["temperature"]
+    true_labels, predicted_labels = y_test.argmax(axis=1), probabilities.argmax(axis=1)
     write_json_atomic(paths.TEMPERATURE, {"temperature": temperature, "fitted_on": str(paths.split_file("val"))})
     write_csv_atomic(paths.ROC, roc_rows)
     write_csv_atomic(paths.PRECISION_RECALL, pr_rows)
@@ -107,7 +100,7 @@ def main(args: argparse.Namespace) -> None:
     )
     pairs = zip(true_labels, predicted_labels, strict=True)
     write_csv_atomic(paths.CONFUSION, [{"actual": class_names[t], "predicted": class_names[p]} for t, p in pairs])
-    write_csv_atomic(paths.PER_CLASS, [{"class": name} | row for name, row in per_class.items()])
+    write_csv_atomic(paths.PER_CLASS, [{"class": name} | row for name, row in metrics["per_class"].items()])
     sources = load_sources(paths.split_file("test"), len(x_test))
     mistakes = misclassified_rows(sources, probabilities, true_labels, class_names)
     write_csv_atomic(paths.MISCLASSIFIED_LIST, mistakes, MISCLASSIFIED_COLUMNS)
@@ -124,17 +117,39 @@ def main(args: argparse.Namespace) -> None:
         else placeholder_image(f"{meta.dataset} is tabular: no images to show")
     )
     write_bytes_atomic(paths.MISCLASSIFIED, png_bytes(grid))
+    return len(mistakes)
+
+
+def main(args: argparse.Namespace) -> None:
+    params = load_params(EvaluateParams)
+    # TensorFlow: imported only once the params are known to be good.
+    from pipeline.models import check_model_fits, load_model
+
+    meta, summary = read_meta(paths.PREPARED_META), read_json(paths.MODEL_SUMMARY)
+    model = load_model(paths.MODEL)
+    check_model_fits(model, paths.MODEL, meta.input_shape, len(meta.class_names))
+    x_test, y_test = load_checked_split(paths.split_file("test"), meta)
+    probabilities = model.predict(x_test, batch_size=params.batch_size, verbose=0)
+    x_val, y_val = load_checked_split(paths.split_file("val"), meta)
+    val_probabilities = model.predict(x_val, batch_size=params.batch_size, verbose=0)
+    del x_val  # only its probabilities are needed
+    metrics, roc_rows, pr_rows, scaled = test_metrics(
+        model, x_test, y_test, probabilities, val_probabilities=val_probabilities, val_labels=y_val.argmax(axis=1),
+        class_names=meta.class_names, summary=summary,
+    )  # fmt: skip
+    write_json_atomic(paths.METRICS, metrics)
+    mistakes = write_reports(
+        metrics, roc_rows, pr_rows, scaled, probabilities=probabilities, x_test=x_test, y_test=y_test, meta=meta,
+        params=params,
+    )  # fmt: skip
+    test, scaled_ece = metrics["test"], metrics["calibration"]["temperature_scaled"]["ece"]
     log.info(
         "test accuracy %.4f, macro F1 %.4f on %s; %s; ECE %.4f, %.4f at temperature %g (fitted on validation)",
-        metrics["test"]["accuracy"],
-        metrics["test"]["macro_f1"],
-        counted(len(x_test), "example"),
-        f"{counted(int((true_labels != predicted_labels).sum()), 'mistake')} in {paths.MISCLASSIFIED_LIST}",
-        metrics["test"]["ece"],
-        metrics["calibration"]["temperature_scaled"]["ece"],
-        temperature,
-    )
-    if failures := gate_failures(metrics["test"], params.gate.thresholds()):
+        test["accuracy"], test["macro_f1"], counted(len(x_test), "example"),
+        f"{counted(mistakes, 'mistake')} in {paths.MISCLASSIFIED_LIST}", test["ece"], scaled_ece,
+        metrics["calibration"]["temperature"],
+    )  # fmt: skip
+    if failures := gate_failures(test, params.gate.thresholds()):
         raise PipelineError(
             gate_sentence(
                 failures,
