@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.harness import ENV, VENV_BIN, copy_repo, dvc, edit_params, ran_stages, stage
+from tests.harness import ENV, VENV_BIN, copy_repo, dvc, edit_params, git_commit, ran_stages, stage
 
 pytestmark = pytest.mark.slow  # a real DVC queue, Celery worker and training runs
 
@@ -149,6 +149,9 @@ def swept(digits_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Swept:
     """digits_run plus: one experiment run in the workspace, the 2x2 grid queued, a sweep of two of which one
     is a bad combination queued, and the queue run by one worker (as docs/sweeps.md recommends on 2 cores)."""
     repo = copy_repo(digits_run, tmp_path_factory.mktemp("swept") / "repo")
+    # Six experiments run here, each with its export stage: one format keeps the stage real and the queue short.
+    edit_params(repo, **{"export.formats": ["saved_model"]})
+    git_commit(repo, "export one format")
     assert ran_stages(dvc(repo, "exp", "run", "-n", "epochs-2", "-S", "train.epochs=2").stdout) == [
         "train",
         "evaluate",

@@ -12,13 +12,15 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from test_resume import EPOCHS, assert_same_result, start_and_kill, train_and_evaluate
+from test_resume import assert_same_result, start_and_kill, train_and_evaluate
 
 from pipeline import paths
 from tests.harness import copy_repo, edit_params, make_prepared_repo, stage
 
 # Every augmentation on (a horizontal flip is wrong for digits, but here it only has to be exercised), a batch
-# that leaves a partial last batch (1,295 examples), and fast_cnn's own one-cycle recipe over EPOCHS epochs.
+# that leaves a partial last batch (1,295 examples), and fast_cnn's own one-cycle recipe over EPOCHS epochs
+# (enough for a kill after 3 to leave epochs to resume).
+EPOCHS = 8
 RUN_PARAMS = {
     "train.model": "fast_cnn",
     "train.fast_cnn.epochs": EPOCHS,
@@ -59,7 +61,7 @@ def test_rerun_gives_byte_identical_results(prepared: Path, uninterrupted: Path,
 
 def test_killed_mid_epoch_resumes_to_the_same_bytes(prepared: Path, uninterrupted: Path, tmp_path: Path) -> None:
     repo = copy_repo(prepared, tmp_path / "repo")
-    saved = start_and_kill([sys.executable, "-m", "stages.train"], repo, signal.SIGKILL)
+    saved = start_and_kill([sys.executable, "-m", "stages.train"], repo, signal.SIGKILL, epochs=EPOCHS)
     result = train_and_evaluate(repo)
     assert f"resuming at epoch {saved + 1} of {EPOCHS}" in result.stderr
     assert_same_result(repo, uninterrupted)

@@ -76,7 +76,9 @@ def epochs_saved(repo: Path) -> int:
         return json.loads(str(archive["meta"]))["epochs_done"]
 
 
-def start_and_kill(args: list[str], repo: Path, sig: signal.Signals, after_epochs: int = 3) -> int:
+def start_and_kill(
+    args: list[str], repo: Path, sig: signal.Signals, after_epochs: int = 3, epochs: int = EPOCHS
+) -> int:
     """Start `args`, send `sig` to its whole process group once `after_epochs` are saved; return epochs saved."""
     process = subprocess.Popen(
         args,
@@ -96,7 +98,7 @@ def start_and_kill(args: list[str], repo: Path, sig: signal.Signals, after_epoch
     process.wait(timeout=60)
     assert process.returncode != 0, "the run finished before the signal arrived"
     saved = epochs_saved(repo)
-    assert after_epochs <= saved < EPOCHS
+    assert after_epochs <= saved < epochs
     return saved
 
 
