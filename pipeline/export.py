@@ -7,6 +7,7 @@ read back through its own runtime (pipeline/runtimes.py) and must give model.ker
 probabilities on the whole test split, within a tolerance, with the same top-1
 classes; otherwise nothing is written. TensorFlow and the converters are imported
 inside the functions that need them.
+Longer than most modules on purpose: the three converters share the serving function and the parity rule.
 """
 
 from __future__ import annotations

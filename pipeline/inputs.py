@@ -3,6 +3,7 @@
 Images convert through preprocess's own function (`pipeline.images`), tables' text columns encode through
 preprocess's (`pipeline.tables`), scaling is `pipeline.preprocessing`'s: predict cannot drift from training.
 Everything is read before TensorFlow loads, so a bad input costs no model load.
+Longer than most modules on purpose: each kind of input predict accepts is read and checked here, beside the others.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ stages later. serving.json is the same record plus what a consumer needs to call
 (`ServingDescription`), derived from it by `PreparedMeta.serving`; `load_meta` reads either, so predict
 converts new inputs from an exported folder exactly as from data/prepared. Plain data in and out: this
 module imports nothing of the pipeline but its leaves, so any module may depend on it.
+Longer than most modules on purpose: every field of both records is declared and checked in this one place.
 """
 
 from __future__ import annotations

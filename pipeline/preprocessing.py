@@ -4,6 +4,7 @@ Images are stored in data/prepared as their raw uint8 pixels and divided on load
 (`load_split`): smaller files, faster to write and to read than float32, and the division
 gives exactly the same float32 values (BENCHMARKS.md, section 4).
 Tabular features are few; they are stored already scaled.
+Longer than most modules on purpose: the split rules and the checked loading of the splits are one contract.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ save the dropout generators' state, EarlyStopping's counters or the best
 metric so far, and they write files in place (see docs/resume-and-determinism.md). Here one
 callback keeps all of it in one state file, rewritten atomically after every
 epoch; pipeline/resume.py holds that file's format and the rule for resuming from it.
+Longer than most modules on purpose: the epoch order, the callback and the fit loop are one bit-exact contract.
 """
 
 from __future__ import annotations
