@@ -63,5 +63,7 @@ $PY -m bench.fast_recipes --recipe fashion-fast --source "$SOURCE" --seeds 1 --s
     train.augment.flip=horizontal --results fast_fashion_try_wide_flip
 $PY -m bench.fast_recipes --recipe fashion-fast --source "$SOURCE" --seeds 1 --set train.fast_cnn.batch_norm=true \
     --results fast_fashion_try_bn
+$PY -m bench.fast_recipes --recipe fashion-fast --source "$SOURCE" --seeds 1 \
+    --set train.fast_cnn.optimizer=adamw train.weight_decay=0.05 --results fast_fashion_try_adamw
 $PY -m bench.fast_recipes --recipe fashion-fast --source "$SOURCE" --augment-cost 3 --epochs 3
 $PY -m bench.fast_recipes --default-run f66bb7c  # the default digits run: this code against the code before #27
