@@ -81,21 +81,33 @@ def tutorial_epochs(source: str, epochs: int, seed: int) -> dict[str, Any]:
 
 
 def augment_cost(repo: Path, params: dict[str, Any], rounds: int, epochs: int | None) -> dict[str, Any]:
-    """Seconds per epoch (after the first) with the recipe's augmentation and without, runs alternated."""
+    """Seconds per epoch (after the first), wall and CPU, with the recipe's augmentation and without, runs
+    alternated. The CPU seconds (the train stage's, all threads) move less than wall time when other jobs load
+    the machine: the augmentation's own work shows in them whether or not a core was free to hide it."""
     augment = {key: value for key, value in params.items() if key.startswith("train.augment.")}
     changes = params | ({"train.fast_cnn.epochs": epochs} if epochs else {})
     plain = changes | {key: 0.0 for key in augment} | {"train.augment.flip": "none"}
     augmented = changes | (augment or DEFAULT_AUGMENT)
-    cost: dict[str, list[float]] = {"off": [], "on": []}
+    wall: dict[str, list[float]] = {"off": [], "on": []}
+    cpu: dict[str, list[float]] = {"off": [], "on": []}
+    loads = [os.getloadavg()[0]]
     for _ in range(rounds):  # alternated, so that load from other processes hits both alike
         for name, setting in (("off", plain), ("on", augmented)):
-            cost[name] += timed_train(repo, setting)["epoch_seconds"][1:]
+            run = timed_train(repo, setting)
+            wall[name] += run["epoch_seconds"][1:]
+            cpu[name] += run["epoch_cpu_seconds"][1:]
+            loads.append(os.getloadavg()[0])
     return {
         "augmented_params": {key: value for key, value in augmented.items() if key.startswith("train.augment.")},
-        "epoch_seconds": cost,
-        "median_off": statistics.median(cost["off"]),
-        "median_on": statistics.median(cost["on"]),
-        "ratio": statistics.median(cost["on"]) / statistics.median(cost["off"]),
+        "epoch_seconds": wall,
+        "epoch_cpu_seconds": cpu,
+        "loadavg": loads,
+        "median_off": statistics.median(wall["off"]),
+        "median_on": statistics.median(wall["on"]),
+        "ratio": statistics.median(wall["on"]) / statistics.median(wall["off"]),
+        "median_cpu_off": statistics.median(cpu["off"]),
+        "median_cpu_on": statistics.median(cpu["on"]),
+        "ratio_cpu": statistics.median(cpu["on"]) / statistics.median(cpu["off"]),
     }
 
 

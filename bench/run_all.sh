@@ -46,7 +46,8 @@ $PY -m bench.export_latency --rounds 10
 if [ -n "${MNIST_DIR:-}" ]; then
     $PY -m bench.accuracy --recipe mnist-mlp --recipe mnist-mlp-dropout --recipe mnist-cnn --recipe mnist-cnn-bf16 \
         --recipe mnist-cnn-adadelta --mnist-source "$MNIST_DIR"
-    # 8: ECE before and after temperature scaling; the evaluate stage's time and peak RSS (issue #30)
+    # 8: ECE before and after temperature scaling; the evaluate stage's time and peak RSS (issue #30); all five
+    # settings, the fast recipes included (calibration_fast.json holds those two alone, one round)
     $PY -m bench.calibration --mnist-source "$MNIST_DIR" --fashion-source "$SOURCE" --rounds 2
 fi
 # 2d: the fast recipes (issue #27): fast_cnn on MNIST against the tutorial CNN's epochs, Fashion-MNIST, augmentation's cost
@@ -56,5 +57,13 @@ fi
 $PY -m bench.fast_recipes --recipe fashion-fast --source "$SOURCE" --seeds 1 2 3
 $PY -m bench.fast_recipes --recipe fashion-fast-augment --source "$SOURCE" --seeds 1
 $PY -m bench.fast_recipes --recipe fashion-fast --source "$SOURCE" --seeds 1 --set train.fast_cnn.epochs=10 --results fast_fashion_try1
+$PY -m bench.fast_recipes --recipe fashion-fast --source "$SOURCE" --seeds 1 --set 'train.fast_cnn.filters=[32,64]' \
+    --results fast_fashion_try_wide
+$PY -m bench.fast_recipes --recipe fashion-fast --source "$SOURCE" --seeds 1 --set 'train.fast_cnn.filters=[32,64]' \
+    train.augment.flip=horizontal --results fast_fashion_try_wide_flip
+$PY -m bench.fast_recipes --recipe fashion-fast --source "$SOURCE" --seeds 1 --set train.fast_cnn.batch_norm=true \
+    --results fast_fashion_try_bn
+$PY -m bench.fast_recipes --recipe fashion-fast --source "$SOURCE" --seeds 1 \
+    --set train.fast_cnn.optimizer=adamw train.weight_decay=0.05 --results fast_fashion_try_adamw
 $PY -m bench.fast_recipes --recipe fashion-fast --source "$SOURCE" --augment-cost 3 --epochs 3
 $PY -m bench.fast_recipes --default-run f66bb7c  # the default digits run: this code against the code before #27
