@@ -1,4 +1,4 @@
-"""evaluate: models/model.keras + data/prepared/test.npz + val.npz + params `evaluate.*` -> metrics.json,
+"""evaluate: models/model.keras + data/prepared/ (the test and val splits) + params `evaluate.*` -> metrics.json,
 models/temperature.json, reports/confusion.csv, per_class.csv, roc.csv, precision_recall.csv, reliability.csv,
 misclassified.png and misclassified.csv (each misclassified test example's file or table line, true and
 predicted class, most confident first).
@@ -32,9 +32,10 @@ from pipeline.evaluation import (
     split_digest,
 )
 from pipeline.io.atomic import write_bytes_atomic, write_csv_atomic, write_json_atomic
-from pipeline.io.reading import load_sources, read_json
+from pipeline.io.reading import read_json
 from pipeline.params import EvaluateParams, load_params
-from pipeline.preprocessing import load_checked_split, read_meta
+from pipeline.prepared import open_split
+from pipeline.preprocessing import read_meta
 from pipeline.quality import gate_failures, gate_sentence
 from pipeline.ranking import class_curves, macro, top_k_accuracy
 
@@ -62,24 +63,25 @@ def training_loss(model, y_true, probabilities) -> float:
 def main(args: argparse.Namespace) -> None:
     params = load_params(EvaluateParams)
     # TensorFlow: imported only once the params are known to be good.
+    from pipeline import feeding
     from pipeline.models import check_model_fits, load_model
 
     meta, summary = read_meta(paths.PREPARED_META), read_json(paths.MODEL_SUMMARY)
     class_names = meta.class_names
-    x_test, y_test = load_checked_split(paths.split_file("test"), meta)
+    test = open_split("test", meta)  # read batch by batch: only the probabilities are held whole
+    x_test, y_test = test.x, test.y
     model = load_model(paths.MODEL)
     check_model_fits(model, paths.MODEL, meta.input_shape, len(class_names))
-    probabilities = model.predict(x_test, batch_size=params.batch_size, verbose=0)
+    probabilities = feeding.predict(model, x_test, params.batch_size)
     true_labels, predicted_labels = y_test.argmax(axis=1), probabilities.argmax(axis=1)
     counts = confusion_matrix(true_labels, predicted_labels, len(class_names))
     per_class = per_class_scores(counts, class_names)
     curve_scores, roc_rows, pr_rows = class_curves(probabilities, true_labels, class_names)
     for name in class_names:  # a binary model's negative class has no curve of its own: its cells stay empty
         per_class[name] |= curve_scores.get(name, {"roc_auc": None, "average_precision": None})
-    x_val, y_val = load_checked_split(paths.split_file("val"), meta)
-    val_probabilities = model.predict(x_val, batch_size=params.batch_size, verbose=0)
-    del x_val  # only its probabilities are needed
-    calibration, scaled = temperature_scaling(val_probabilities, y_val.argmax(axis=1), probabilities, true_labels)
+    val = open_split("val", meta)
+    val_probabilities = feeding.predict(model, val.x, params.batch_size)
+    calibration, scaled = temperature_scaling(val_probabilities, val.labels, probabilities, true_labels)
     temperature = calibration["temperature"]
     metrics = {
         "test": {
@@ -97,7 +99,7 @@ def main(args: argparse.Namespace) -> None:
         "test_split": split_digest(x_test, y_test),
     }
     write_json_atomic(paths.METRICS, metrics)
-    write_json_atomic(paths.TEMPERATURE, {"temperature": temperature, "fitted_on": str(paths.split_file("val"))})
+    write_json_atomic(paths.TEMPERATURE, {"temperature": temperature, "fitted_on": f"{paths.PREPARED_DIR} (val split)"})
     write_csv_atomic(paths.ROC, roc_rows)
     write_csv_atomic(paths.PRECISION_RECALL, pr_rows)
     write_csv_atomic(
@@ -108,7 +110,7 @@ def main(args: argparse.Namespace) -> None:
     pairs = zip(true_labels, predicted_labels, strict=True)
     write_csv_atomic(paths.CONFUSION, [{"actual": class_names[t], "predicted": class_names[p]} for t, p in pairs])
     write_csv_atomic(paths.PER_CLASS, [{"class": name} | row for name, row in per_class.items()])
-    sources = load_sources(paths.split_file("test"), len(x_test))
+    sources = test.sources()
     mistakes = misclassified_rows(sources, probabilities, true_labels, class_names)
     write_csv_atomic(paths.MISCLASSIFIED_LIST, mistakes, MISCLASSIFIED_COLUMNS)
     grid = (
