@@ -86,6 +86,8 @@ def check_working_set(needed: int, what: str, remedy: str) -> None:
 # A streamed split holds at most this many batches at once: read ahead, being read, in the model's step, and the
 # float32 copies each makes (pipeline/feeding.py bounds the first two).
 STREAM_BATCHES = 8
+# A split held in memory is, while it loads, its stored bytes, its float32 copy and the tensor made of that copy.
+IN_MEMORY_COPIES = 3
 
 
 def hold_in_memory(feed: str, whole: int, batch: int, split: str) -> bool:
@@ -93,7 +95,8 @@ def hold_in_memory(feed: str, whole: int, batch: int, split: str) -> bool:
     bytes each), as `train.feed` says: auto holds it when it takes at most a quarter of the memory available.
     Either way the working set is checked first."""
     if feed == "memory" or (feed == "auto" and whole <= available_memory() // 4):
-        check_working_set(whole, f"the {split} split as float32 (train.feed={feed})", "set train.feed to stream")
+        what = f"the {split} split loaded into memory (up to {IN_MEMORY_COPIES} copies, train.feed={feed})"
+        check_working_set(IN_MEMORY_COPIES * whole, what, "set train.feed to stream")
         return True
     what = f"{STREAM_BATCHES} batches of the {split} split"
     check_working_set(STREAM_BATCHES * batch, what, "lower train.batch_size")

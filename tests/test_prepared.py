@@ -153,7 +153,10 @@ def test_train_holds_small_splits_in_memory_and_streams_large_ones() -> None:
     assert not resources.hold_in_memory("stream", 1000, 100, "train")
     huge = 10 * resources.available_memory()
     assert not resources.hold_in_memory("auto", huge, 100, "train")
-    with pytest.raises(PipelineError, match=r"^the train split as float32 \(train.feed=memory\) take .*; set train"):
+    with pytest.raises(
+        PipelineError,
+        match=r"^the train split loaded into memory \(up to 3 copies, train.feed=memory\) take .*; set train",
+    ):
         resources.hold_in_memory("memory", huge, 100, "train")
     with pytest.raises(PipelineError, match=r"^8 batches of the val split take .* available; lower train.batch_size"):
         resources.hold_in_memory("stream", 1000, huge, "val")
