@@ -12,25 +12,48 @@ from pipeline.errors import PipelineError, counted
 
 
 def available_memory() -> int:
-    """Bytes this process may still allocate: MemAvailable, or the container's cgroup limit if lower."""
-    limits = []
+    """Bytes this process may still allocate: MemAvailable, or less where its memory cgroup (or one above it)
+    allows less: the limit less the anonymous memory the group holds (its page cache is reclaimable)."""
+    room = []
     try:
         with open("/proc/meminfo", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    limits.append(int(line.split()[1]) * 1024)
+            room += [int(line.split()[1]) * 1024 for line in handle if line.startswith("MemAvailable:")]
     except OSError:
         pass
-    for cgroup in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            value = Path(cgroup).read_text(encoding="ascii").strip()
-        except OSError:
+    room += _cgroup_room()
+    if not room:  # not Linux: physical memory
+        room.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    return max(0, min(room))
+
+
+def _cgroup_room() -> list[int]:
+    """For this process's memory cgroup and each above it that has a limit: the limit less its anonymous memory.
+    cgroup v1 (memory.limit_in_bytes, total_rss) and v2 (memory.max, anon), from /proc/self/cgroup."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text(encoding="ascii").splitlines()
+    except OSError:
+        return []
+    room = []
+    for line in lines:
+        _, controllers, where = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            mount, limit_name, anon_name = Path("/sys/fs/cgroup/memory"), "memory.limit_in_bytes", "total_rss"
+        elif controllers == "":
+            mount, limit_name, anon_name = Path("/sys/fs/cgroup"), "memory.max", "anon"
+        else:
             continue
-        if value.isdigit():
-            limits.append(int(value))
-    if not limits:  # not Linux: physical memory
-        limits.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    return min(limits)
+        group = mount / where.lstrip("/")
+        for folder in (group, *group.parents):
+            if mount not in (folder, *folder.parents):
+                break
+            try:
+                limit = (folder / limit_name).read_text(encoding="ascii").strip()
+                stat = dict(row.split() for row in (folder / "memory.stat").read_text(encoding="ascii").splitlines())
+            except (OSError, ValueError):
+                continue
+            if limit.isdigit() and stat.get(anon_name, "").isdigit():
+                room.append(int(limit) - int(stat[anon_name]))
+    return room
 
 
 def free_disk(folder: Path) -> int:

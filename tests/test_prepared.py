@@ -4,6 +4,9 @@ manifest, every file checked on reading, rows read on demand exactly as the in-m
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +19,7 @@ from pipeline.evaluation import split_digest
 from pipeline.meta import PreparedMeta
 from pipeline.prepared import open_split, read_manifest, rows_per_shard, write_splits
 from pipeline.preprocessing import one_hot, scale_pixels
+from tests.harness import PROJECT_ROOT
 
 SIZES = {"train": 100, "val": 20, "test": 30}
 SHARD_MB = 0.001  # 1,000 bytes: 15 examples of 8x8 pixels per shard, 7 shards for the training split
@@ -175,3 +179,22 @@ def test_preprocess_refuses_what_its_disk_or_memory_cannot_hold(tmp_path: Path) 
     ):  # fmt: skip
         resources.check_decoding(10, (4096, 4096, 3), 1)
     resources.check_decoding(10, (16, 16, 3), 1)  # 7,680 bytes: fits in 1 MB
+
+
+def test_the_memory_checks_see_the_cgroup_a_stage_runs_in() -> None:
+    """A container's (or a benchmark's) memory cgroup, not the machine's free memory, is what a stage may use."""
+    group = Path("/sys/fs/cgroup/memory") / f"keras-dvc-test-{os.getpid()}"
+    try:
+        group.mkdir()
+    except OSError:
+        pytest.skip("no cgroup v1 memory controller to write here (root on a cgroup v1 machine is needed)")
+    try:
+        (group / "memory.limit_in_bytes").write_text("500000000")
+        script = "from pipeline.resources import available_memory; print(available_memory())"
+        enter = f'echo $$ > {group / "cgroup.procs"} && exec "$0" -c "$1"'
+        result = subprocess.run(
+            ["sh", "-c", enter, sys.executable, script], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
+        )
+        assert 400_000_000 < int(result.stdout) <= 500_000_000
+    finally:
+        group.rmdir()
