@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -129,8 +130,9 @@ def split_digest(x: Any, y: np.ndarray) -> dict[str, Any]:
     Of the arrays, not of test.npz: the file's bytes change with the zip's timestamps, the arrays do not.
     """
     digest = hashlib.sha256()
-    for array in (x, y):  # `x` may be a split on disk (`prepared.StoredRows`): hashed as read, slice by slice
+    for array in (x, y):  # `x` may be a split on disk (`prepared.StoredRows`): hashed as read, 16 MB at a time
         digest.update(str((array.dtype.str, array.shape)).encode())
-        for start in range(0, len(array), 4096):
-            digest.update(memoryview(np.ascontiguousarray(array[start : start + 4096])).cast("B"))
+        rows = max(1, 2**24 // max(1, array.dtype.itemsize * math.prod(array.shape[1:])))
+        for start in range(0, len(array), rows):
+            digest.update(memoryview(np.ascontiguousarray(array[start : start + rows])).cast("B"))
     return {"examples": len(x), "sha256": digest.hexdigest()}

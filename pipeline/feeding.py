@@ -7,6 +7,7 @@ never a number (docs/data-on-disk.md).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline.prepared import StoredRows
+from pipeline.resources import STREAM_BATCHES, check_working_set
 
 # Keras batches validation arrays by 32 when fit is given no batch size (it is given datasets): streamed
 # validation uses the same, so a streamed run's val_loss is the in-memory run's to the bit.
@@ -63,9 +65,12 @@ def validation_data(x: np.ndarray | StoredRows, y: np.ndarray) -> Any:
     return (x, y) if not isinstance(x, StoredRows) else in_order(*held(x, y), VALIDATION_BATCH)
 
 
-def predict(model: Any, x: np.ndarray | StoredRows, batch_size: int) -> np.ndarray:
-    """The model's outputs for every example of `x`, in order; a split on disk is read batch by batch."""
+def predict(model: Any, x: np.ndarray | StoredRows, batch_size: int, key: str = "evaluate.batch_size") -> np.ndarray:
+    """The model's outputs for every example of `x`, in order; a split on disk is read batch by batch, after the
+    check that the batches in flight fit in memory (`key` names the batch size to lower if not)."""
     if not isinstance(x, StoredRows):
         return model.predict(x, batch_size=batch_size, verbose=0)
+    batch = batch_size * 4 * math.prod(x.shape[1:])
+    check_working_set(STREAM_BATCHES * batch, f"{STREAM_BATCHES} batches of {batch_size} examples", f"lower {key}")
     no_labels = tf.zeros((len(x), 0))
     return model.predict(in_order(x, no_labels, batch_size).map(lambda xs, _: xs), verbose=0)
