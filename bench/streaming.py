@@ -3,7 +3,7 @@ trains no slower than before the prepared splits went to disk.
 
     .venv/bin/python -m bench.streaming large --size 200 --limit-gb 3      # root: it makes a cgroup v1
     .venv/bin/python -m bench.streaming small --model mlp --rounds 3
-    .venv/bin/python -m bench.streaming small --model cnn --rounds 3
+    .venv/bin/python -m bench.streaming small --model cnn --rounds 3 --epochs 2 --variants before,feed=auto
 
 `large`: Fashion-MNIST's 70,000 images as 28x28 PNG files (train/ and test/ class folders), indexed by the
 download stage, then preprocess (to --size x --size RGB: 8.4 GB of uint8 shards at 200), one epoch of train
@@ -181,7 +181,10 @@ def small(args: argparse.Namespace) -> dict:
     }  # fmt: skip
     if args.model == "mlp":
         params |= {"train.mlp.hidden_units": [784, 100], "train.mlp.dropout": 0.0}
-    variants = {"before": {}, "feed=auto": {"train.feed": "auto"}, "feed=stream": {"train.feed": "stream"}}
+    known = {"before": {}, "feed=auto": {"train.feed": "auto"}, "feed=stream": {"train.feed": "stream"}}
+    if unknown := set(args.variants) - set(known):
+        raise SystemExit(f"--variants: unknown {sorted(unknown)}; choose from {', '.join(known)} (before first).")
+    variants = {name: known[name] for name in args.variants}
     runs: dict[str, list[dict]] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory(prefix="bench-stream-small-", dir=args.scratch) as scratch:
         new = make_project_repo(Path(scratch) / "new", untracked=True)
@@ -223,6 +226,8 @@ def main() -> None:
     parser.add_argument("--no-export", dest="export", action="store_false", help="large: stop after evaluate")
     parser.add_argument("--model", choices=("mlp", "cnn"), default="mlp", help="small: the tutorial's dense net or CNN")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--variants", type=lambda text: text.split(","), default=["before", "feed=auto", "feed=stream"],
+                        help="small: which to run, comma-separated (before, feed=auto, feed=stream)")  # fmt: skip
     parser.add_argument("--epochs", type=int, default=3, help="small: per run; the first is not timed")
     args = parser.parse_args()
     info = common.machine_info()
