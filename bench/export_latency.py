@@ -130,10 +130,11 @@ def main() -> None:
     info = common.machine_info() | {"cpu_flags": cpu_flags(), "uptime_before": uptime()}
     with tempfile.TemporaryDirectory(prefix="export-latency-") as scratch:
         export_dir = args.export_dir or build_export(Path(scratch) / "repo", changes)
-        from pipeline.preprocessing import load_split, read_meta
+        from pipeline.prepared import open_split
+        from pipeline.preprocessing import read_meta
 
         data = export_dir.parent.parent / "data" / "prepared"
-        x_test, _ = load_split(data / "test.npz", read_meta(export_dir / "serving.json").scaling)
+        x_test = open_split("test", read_meta(export_dir / "serving.json"), data).x.load()
         results = measure(export_dir, x_test, args.rounds, args.single, args.batches)
     info["uptime_after"] = uptime()
     payload = {"command": common.command_line(), "machine": info, "params": changes, "results": results}

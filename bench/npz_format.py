@@ -10,7 +10,7 @@ three splits back as the train/evaluate stages need them (float32 pixels in [0, 
 
 - `float32 savez`: pixels divided by `pixel_max` before writing (the format until this benchmark);
 - `float32 savez_compressed`;
-- `uint8 savez`: the raw pixels, divided on load by `preprocessing.load_split` (what preprocess
+- `uint8 savez`: the raw pixels, divided on load by `preprocessing.scale_pixels` (what preprocess
   writes now; bit-identical to the float32 file: checked);
 - `uint8 savez_compressed`.
 

@@ -67,3 +67,6 @@ $PY -m bench.fast_recipes --recipe fashion-fast --source "$SOURCE" --seeds 1 \
     --set train.fast_cnn.optimizer=adamw train.weight_decay=0.05 --results fast_fashion_try_adamw
 $PY -m bench.fast_recipes --recipe fashion-fast --source "$SOURCE" --augment-cost 3 --epochs 3
 $PY -m bench.fast_recipes --default-run f66bb7c  # the default digits run: this code against the code before #27
+# 9: data bigger than memory (issue #29): the 8.4 GB set in a 3 GB memory cgroup (root, cgroup v1), small data side by side
+$PY -m bench.streaming large --source "$SOURCE" --size 200 --limit-gb 3
+$PY -m bench.streaming small --source "$SOURCE" --model mlp --rounds 3 --epochs 3

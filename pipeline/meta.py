@@ -266,3 +266,45 @@ def _problem(error: Any) -> str:
 def _shown(value: Any, limit: int = 80) -> str:
     text = repr(value)
     return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+# ----------------------------------------------------------------------------- a split's manifest.json
+
+FileName = Annotated[str, Field(strict=True, pattern=r"^(x-\d{5}|y|source)\.npy$")]  # in the split's folder: no '..'
+Sha256 = Annotated[str, Field(strict=True, pattern=r"^[0-9a-f]{64}$")]
+
+
+class StoredFile(Record):
+    """One `.npy` file of a split: its name in the split's folder, rows, size and sha256 (pipeline/io/shards.py)."""
+
+    file: FileName
+    rows: PositiveInt
+    bytes: PositiveInt
+    sha256: Sha256
+
+
+class StoredSplit(Record):
+    """data/prepared/SPLIT/manifest.json: the split's examples in shards, in order, and its labels (int32 class
+    indices) in one file (docs/data-on-disk.md)."""
+
+    format: Literal[1]
+    count: PositiveInt
+    dtype: Literal["uint8", "float32"]  # images' pixels, tables' scaled features
+    row_shape: tuple[PositiveInt, ...]  # one example as stored: (H, W) grayscale, (H, W, 3) RGB, (F,) features
+    shards: tuple[StoredFile, ...] = Field(min_length=1)
+    labels: StoredFile
+    source: StoredFile | None = None  # where each example comes from (the test split's, for evaluate)
+
+    @model_validator(mode="after")
+    def _rows_add_up(self) -> StoredSplit:
+        if sum(shard.rows for shard in self.shards) != self.count or self.labels.rows != self.count:
+            raise ValueError(f"lists shards or labels whose rows do not add up to its count {self.count}")
+        return self
+
+
+def load_manifest(data: Any, where: Path | str) -> StoredSplit:
+    """A split's manifest.json's JSON data, checked: one sentence naming `where` and the stage to rerun."""
+    try:
+        return StoredSplit.model_validate(data)
+    except ValidationError as err:
+        raise PipelineError(f"{where} {_problem(err.errors()[0])}; {paths.rerun_hint(where)}") from None

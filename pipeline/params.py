@@ -41,6 +41,7 @@ LOSSES = ("categorical_crossentropy", "categorical_focal_crossentropy", "kl_dive
 # `dvc exp show` still show them, as they show every key of params.yaml.
 EXECUTION_ONLY = (
     "train.steps_per_execution",
+    "train.feed",
     "train.distributed.launcher",
     "train.distributed.coordinator",
     "train.distributed.join_timeout",
@@ -113,6 +114,7 @@ class PreprocessParams(Section):
     ]
     color_mode: Literal["grayscale", "rgb"]
     memory_limit_mb: Annotated[int, Field(ge=0)]
+    shard_mb: Annotated[float, Field(gt=0.0, le=1_000_000)]
     missing: Literal["refuse", "drop_rows", "impute"]
 
 
@@ -248,6 +250,7 @@ class TrainParams(Section):
     seed: Seed
     jit_compile: bool
     steps_per_execution: Annotated[int, Field(ge=1, le=100_000)]
+    feed: Literal["auto", "memory", "stream"]
     onednn: bool
     precision: Literal["float32", "mixed_bfloat16"]
     distributed: DistributedParams

@@ -43,9 +43,28 @@ EXPORT_PARITY = REPORTS_DIR / "export_parity.json"  # the export stage's metrics
 RESUME_DIR = Path(".resume/train")
 
 
-def split_file(split: str) -> Path:
-    """The prepared `.npz` of one split: train, val or test."""
-    return PREPARED_DIR / f"{split}.npz"
+def split_dir(split: str) -> Path:
+    """The folder of one prepared split (train, val or test): its shards, labels and manifest (docs/data-on-disk.md)."""
+    return PREPARED_DIR / split
+
+
+def split_manifest(split: str) -> Path:
+    """How the split is stored: its files with their rows, sizes and sha256 (pipeline/prepared.py)."""
+    return split_dir(split) / "manifest.json"
+
+
+def shard_file(split: str, number: int) -> Path:
+    """The split's examples, shard `number` (0, 1, ...)."""
+    return split_dir(split) / f"x-{number:05d}.npy"
+
+
+def labels_file(split: str) -> Path:
+    return split_dir(split) / "y.npy"
+
+
+def source_file(split: str) -> Path:
+    """Where each example of the split comes from (written for the test split, for evaluate's reports)."""
+    return split_dir(split) / "source.npy"
 
 
 # Which stage writes each output: an unreadable or hand-edited file there is fixed by rerunning that stage.

@@ -1,10 +1,8 @@
 """Pure array transforms of the preprocess stage: scale, split, one-hot. Arrays in, new arrays out.
 
-Images are stored in data/prepared as their raw uint8 pixels and divided on load
-(`load_split`): smaller files, faster to write and to read than float32, and the division
-gives exactly the same float32 values (BENCHMARKS.md, section 4).
-Tabular features are few; they are stored already scaled.
-Longer than most modules on purpose: the split rules and the checked loading of the splits are one contract.
+Images are stored in data/prepared as their raw uint8 pixels and divided when read (`scale_pixels`, called per
+batch by pipeline/prepared.py): a quarter of float32's bytes, and the division gives exactly the same float32
+values (BENCHMARKS.md, section 4). Tabular features are few; they are stored already scaled.
 """
 
 from __future__ import annotations
@@ -15,10 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline import paths
 from pipeline.errors import PipelineError, counted
-from pipeline.io.reading import load_xy, read_json
-from pipeline.meta import DEFAULT_IMAGE_RECORD, DivideScaling, ImageRecord, PreparedMeta, Scaling, load_meta
+from pipeline.io.reading import read_json
+from pipeline.meta import DEFAULT_IMAGE_RECORD, ImageRecord, PreparedMeta, load_meta
 
 if TYPE_CHECKING:  # train and evaluate import this module; they need not depend on the dataset registry
     from pipeline.datasets import RawDataset
@@ -46,17 +43,6 @@ def stored_pixels(images: np.ndarray, what: str) -> np.ndarray:
             "convert the images to 8-bit before preprocessing."
         )
     return as_uint8
-
-
-def load_split(path: Path | str, scaling: Scaling) -> tuple[np.ndarray, np.ndarray]:
-    """A prepared split as the model takes it: float32 features in [0, 1] (images (N, H, W, 1)), one-hot labels.
-
-    `scaling` is meta.json's record of what preprocess did (see the module docstring).
-    """
-    x, y = load_xy(path)
-    if isinstance(scaling, DivideScaling):
-        x = scale_pixels(x, scaling.pixel_max)
-    return x, y
 
 
 def fit_minmax(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -151,7 +137,7 @@ def example_sources(raw: RawDataset) -> tuple[np.ndarray, np.ndarray | None]:
 
 @dataclass(frozen=True)
 class Split:
-    x: np.ndarray  # images: uint8 pixels (N, H, W) as published; tabular: scaled float32 features
+    x: np.ndarray  # images: uint8 pixels (N, H, W) as published; tabular: scaled float32 features; image files: rows
     y: np.ndarray  # one-hot, float32
 
 
@@ -204,14 +190,16 @@ def split_dataset(raw: RawDataset, val_fraction: float, test_fraction: float, se
 
 
 def scale_splits(
-    raw: RawDataset, labelled: LabelledSplits, image: ImageRecord | None = None
+    raw: RawDataset, labelled: LabelledSplits, image: ImageRecord | None = None, image_shape: tuple[int, ...] = ()
 ) -> tuple[dict[str, Split], PreparedMeta]:
     """The splits as stored (see the module docstring), one-hot, and the description later stages need.
 
     Scaling is fitted on the training split only. `image` is how image files became pixels
-    (`images.Conversion.record`); a built-in dataset's images get predict's default, grayscale.
+    (`images.Conversion.record`); a built-in dataset's images get predict's default, grayscale. Image files
+    keep their [path, sha256] rows in `x`: the stage decodes them straight into the shards, to `image_shape`.
     """
-    if any(x.dtype.kind not in "biuf" for x in labelled.x.values()):
+    files = raw.kind == "image_files"
+    if not files and any(x.dtype.kind not in "biuf" for x in labelled.x.values()):
         raise PipelineError(f"{raw.name}: the image files must be decoded before scaling; this is a bug in preprocess.")
     if raw.kind == "tabular":
         low, span = fit_minmax(labelled.x["train"])
@@ -222,8 +210,12 @@ def scale_splits(
         if raw.pixel_max is None:
             raise PipelineError(f"{raw.name}: image dataset without a pixel maximum; the registry entry is incomplete.")
         scaling = {"method": "divide", "pixel_max": raw.pixel_max}
-        stored = {name: stored_pixels(x, f"{raw.name} {name} split") for name, x in labelled.x.items()}
-        shape = list(stored["train"].shape[1:])
+        if files and not image_shape:
+            raise PipelineError(f"{raw.name}: image files need their decoded shape; this is a bug in preprocess.")
+        stored = dict(labelled.x) if files else {
+            name: stored_pixels(x, f"{raw.name} {name} split") for name, x in labelled.x.items()
+        }  # fmt: skip
+        shape = list(image_shape) if files else list(stored["train"].shape[1:])
         input_shape = shape + [1] if len(shape) == 2 else shape  # scale_pixels adds a grayscale channel axis on load
         image = image or DEFAULT_IMAGE_RECORD
     n_classes = len(raw.class_names)
@@ -260,18 +252,3 @@ def read_meta(path: Path | str) -> PreparedMeta:
     """data/prepared/meta.json (or an export's serving.json), checked: a deleted, garbled or hand-edited one is
     one sentence naming it."""
     return load_meta(read_json(path), path)
-
-
-def load_checked_split(path: Path | str, meta: PreparedMeta) -> tuple[np.ndarray, np.ndarray]:
-    """`load_split`, then checked against meta.json: the shapes the model is built for, one-hot labels."""
-    x, y = load_split(path, meta.scaling)
-    n_classes = len(meta.class_names)
-    if tuple(x.shape[1:]) != meta.input_shape or len(x) == 0:
-        problem = f"holds examples of shape {x.shape[1:]}, but meta.json describes {meta.input_shape}"
-    elif y.shape != (len(x), n_classes) or not np.array_equal(y.sum(axis=1), np.ones(len(y))):
-        problem = f"holds labels of shape {y.shape}, not one-hot rows over the {n_classes} classes of meta.json"
-    elif not np.all(np.isfinite(x)):
-        problem = "holds NaN or infinite features"
-    else:
-        return x, y
-    raise PipelineError(f"{path} {problem}; {paths.rerun_hint(path)}")

@@ -34,8 +34,11 @@ class Runner:
     handle: object = None  # what must stay alive while run_batch is used (a SavedModel's variables)
 
     def predict(self, x: np.ndarray, batch_size: int = BATCH_SIZE) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        parts = [np.asarray(self.run_batch(x[start : start + batch_size])) for start in range(0, len(x), batch_size)]
+        # Batch by batch: `x` may be a split on disk (`prepared.StoredRows`), read and scaled per slice.
+        parts = [
+            np.asarray(self.run_batch(np.ascontiguousarray(x[start : start + batch_size], dtype=np.float32)))
+            for start in range(0, len(x), batch_size)
+        ]
         return np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, self.n_outputs), np.float32)
 
 

@@ -21,9 +21,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from pipeline import feeding
 from pipeline.augment import augment_batch, epoch_augmentation
 from pipeline.io.atomic import write_csv_atomic, write_json_atomic
 from pipeline.params import AugmentParams, TrainParams
+from pipeline.prepared import StoredRows
 from pipeline.resume import STATE_FILE, RunRecord, load_state, save_state
 
 if TYPE_CHECKING:  # a one-process run never imports pipeline.distributed
@@ -60,34 +62,35 @@ def epoch_order(n_examples: int, seed: int, epoch: int) -> np.ndarray:
 
 
 def epoch_dataset(
-    x: tf.Tensor,
-    y: tf.Tensor,
+    x: Any,
+    y: Any,
     *,
     batch_size: int,
     seed: int,
     epoch: int,
     drop_remainder: bool = False,
     augment: AugmentParams | None = None,
+    role: Role | None = None,
 ) -> tf.data.Dataset:
     """The batches of one epoch, in its `epoch_order`; the last one may be partial unless `drop_remainder`.
 
     One finite dataset per epoch (rather than one stream for the whole run) lets Keras end
     every epoch exactly at its last batch whatever `steps_per_execution` is: the last group of
-    steps simply runs short. `x` and `y` should already be tensors, so no epoch copies them.
+    steps simply runs short. `x` and `y` should already be what `feeding.held` makes (tensors, or `x` on disk
+    as `prepared.StoredRows`, read per batch), so no epoch copies them.
     `augment` (images only) changes each image by its own draw for (seed, epoch, example index)
     (pipeline/augment.py); None, or every augmentation off, leaves the batches as they are.
+    A distributed run's `role` keeps this process's slice of every batch (`shard_batches`).
     """
-    x, y = tf.convert_to_tensor(x), tf.convert_to_tensor(y)
+    x, y = feeding.held(x, y)  # a no-op for what fit_resumable passes
     order = epoch_order(int(x.shape[0]), seed, epoch)
     batches = tf.data.Dataset.from_tensor_slices(order).batch(batch_size, drop_remainder=drop_remainder)
+    if role is not None:
+        batches = shard_batches(batches, batch_size=batch_size, role=role)
     if augment is None or not augment.enabled:
-        batches = batches.map(lambda idx: (tf.gather(x, idx), tf.gather(y, idx)))
-    else:
-        rows = tf.constant(epoch_augmentation(augment, seed, epoch, tuple(x.shape)))
-        batches = batches.map(
-            lambda idx: (augment_batch(tf.gather(x, idx), tf.gather(rows, idx), augment), tf.gather(y, idx))
-        )
-    return batches.prefetch(tf.data.AUTOTUNE)
+        return feeding.gather(batches, x, y)
+    rows = tf.constant(epoch_augmentation(augment, seed, epoch, tuple(x.shape)))
+    return feeding.gather(batches, x, y, lambda images, idx: augment_batch(images, tf.gather(rows, idx), augment))
 
 
 def full_batches_only(role: Role | None) -> bool:
@@ -105,14 +108,15 @@ def batches_per_epoch(n_examples: int, batch_size: int, role: Role | None = None
     return n_examples // batch_size if full_batches_only(role) else math.ceil(n_examples / batch_size)
 
 
-def shard_batches(dataset: tf.data.Dataset, *, batch_size: int, role: Role) -> tf.data.Dataset:
-    """This process's slice of every batch of `dataset`, whose batches must all be full (`full_batches_only`).
+def shard_batches(batches: tf.data.Dataset, *, batch_size: int, role: Role) -> tf.data.Dataset:
+    """This process's slice of every batch of indices, whose batches must all be full (`full_batches_only`).
 
-    The slices of all processes together form the one-process batch, in the same order.
+    The slices of all processes together form the one-process batch, in the same order; each process
+    gathers (or reads from disk) its own examples only.
     """
     share = batch_size // role.count
     start, stop = role.index * share, (role.index + 1) * share
-    return dataset.map(lambda x, y: (x[start:stop], y[start:stop]))
+    return batches.map(lambda idx: idx[start:stop])
 
 
 Report = Callable[[RunRecord], None]
@@ -189,8 +193,8 @@ class _EpochEnd(keras.callbacks.Callback):
 
 def fit_resumable(
     model: keras.Model,
-    train: tuple[np.ndarray, np.ndarray],
-    val: tuple[np.ndarray, np.ndarray],
+    train: tuple[np.ndarray | StoredRows, np.ndarray],
+    val: tuple[np.ndarray | StoredRows, np.ndarray],
     *,
     epochs: int,
     batch_size: int,
@@ -206,6 +210,7 @@ def fit_resumable(
 ) -> RunRecord:
     """Fit `model` (compiled, seeded) and leave it holding its best epoch's weights.
 
+    `train` and `val` are (x, one-hot y): x in memory, or on disk (`prepared.StoredRows`), read per batch.
     Resumes from `state_dir` when it holds the state of this very run
     (same `fingerprint`); the caller clears that state once the model is saved.
     With a distributed engine (`role`), every process runs this on its share of each
@@ -230,7 +235,7 @@ def fit_resumable(
         log.info("training had already finished (epoch %d); exporting the best model", progress.epochs_done)
     elif restored:
         log.info("resuming at epoch %d of %d from %s", progress.epochs_done + 1, epochs, state_path)
-    x_train, y_train = (tf.convert_to_tensor(a) for a in train)  # once: every epoch's batches gather from these
+    x_train, y_train = feeding.held(*train)  # once: every epoch's batches gather from these
     epoch_end = _EpochEnd(state_path, progress, best, patience, epochs, save=writer, report=report)
     if restored and writer and report:
         report(progress)
@@ -247,14 +252,13 @@ def fit_resumable(
             epoch=epoch,
             drop_remainder=full_batches_only(role),
             augment=augment,
+            role=role,
         )
-        if role is not None:
-            dataset = shard_batches(dataset, batch_size=batch_size, role=role)
         model.fit(
             dataset,
             epochs=epochs,
             initial_epoch=epoch,
-            validation_data=val,
+            validation_data=feeding.validation_data(*val),
             shuffle=False,  # the dataset is already in its epoch's order
             class_weight=class_weight,
             callbacks=[epoch_end, *callbacks],

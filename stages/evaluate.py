@@ -1,4 +1,4 @@
-"""evaluate: models/model.keras + data/prepared/test.npz + val.npz + params `evaluate.*` -> metrics.json,
+"""evaluate: models/model.keras + data/prepared/ (the test and val splits) + params `evaluate.*` -> metrics.json,
 models/temperature.json, reports/confusion.csv, per_class.csv, roc.csv, precision_recall.csv, reliability.csv,
 misclassified.png and misclassified.csv (each misclassified test example's file or table line, true and
 predicted class, most confident first).
@@ -32,9 +32,10 @@ from pipeline.evaluation import (
     split_digest,
 )
 from pipeline.io.atomic import write_bytes_atomic, write_csv_atomic, write_json_atomic
-from pipeline.io.reading import load_sources, read_json
+from pipeline.io.reading import read_json
 from pipeline.params import EvaluateParams, load_params
-from pipeline.preprocessing import load_checked_split, read_meta
+from pipeline.prepared import open_split
+from pipeline.preprocessing import read_meta
 from pipeline.quality import gate_failures, gate_sentence
 from pipeline.ranking import class_curves, macro, top_k_accuracy
 
@@ -86,11 +87,11 @@ def test_metrics(model, x_test, y_test, probabilities, *, val_probabilities, val
     return metrics, roc_rows, pr_rows, scaled
 
 
-def write_reports(metrics, roc_rows, pr_rows, scaled, *, probabilities, x_test, y_test, meta, params) -> int:
+def write_reports(metrics, roc_rows, pr_rows, scaled, *, probabilities, test, meta, params) -> int:
     """Every file of the stage but metrics.json; returns the number of mistakes."""
     class_names, temperature = meta.class_names, metrics["calibration"]["temperature"]
-    true_labels, predicted_labels = y_test.argmax(axis=1), probabilities.argmax(axis=1)
-    write_json_atomic(paths.TEMPERATURE, {"temperature": temperature, "fitted_on": str(paths.split_file("val"))})
+    x_test, true_labels, predicted_labels = test.x, test.labels, probabilities.argmax(axis=1)
+    write_json_atomic(paths.TEMPERATURE, {"temperature": temperature, "fitted_on": f"{paths.PREPARED_DIR} (val split)"})
     write_csv_atomic(paths.ROC, roc_rows)
     write_csv_atomic(paths.PRECISION_RECALL, pr_rows)
     write_csv_atomic(
@@ -101,7 +102,7 @@ def write_reports(metrics, roc_rows, pr_rows, scaled, *, probabilities, x_test, 
     pairs = zip(true_labels, predicted_labels, strict=True)
     write_csv_atomic(paths.CONFUSION, [{"actual": class_names[t], "predicted": class_names[p]} for t, p in pairs])
     write_csv_atomic(paths.PER_CLASS, [{"class": name} | row for name, row in metrics["per_class"].items()])
-    sources = load_sources(paths.split_file("test"), len(x_test))
+    sources = test.sources()
     mistakes = misclassified_rows(sources, probabilities, true_labels, class_names)
     write_csv_atomic(paths.MISCLASSIFIED_LIST, mistakes, MISCLASSIFIED_COLUMNS)
     grid = (
@@ -123,33 +124,30 @@ def write_reports(metrics, roc_rows, pr_rows, scaled, *, probabilities, x_test, 
 def main(args: argparse.Namespace) -> None:
     params = load_params(EvaluateParams)
     # TensorFlow: imported only once the params are known to be good.
+    from pipeline import feeding
     from pipeline.models import check_model_fits, load_model
 
     meta, summary = read_meta(paths.PREPARED_META), read_json(paths.MODEL_SUMMARY)
     model = load_model(paths.MODEL)
     check_model_fits(model, paths.MODEL, meta.input_shape, len(meta.class_names))
-    x_test, y_test = load_checked_split(paths.split_file("test"), meta)
-    probabilities = model.predict(x_test, batch_size=params.batch_size, verbose=0)
-    x_val, y_val = load_checked_split(paths.split_file("val"), meta)
-    val_probabilities = model.predict(x_val, batch_size=params.batch_size, verbose=0)
-    del x_val  # only its probabilities are needed
+    test, val = open_split("test", meta), open_split("val", meta)  # read batch by batch: only probabilities whole
+    probabilities = feeding.predict(model, test.x, params.batch_size)
+    val_probabilities = feeding.predict(model, val.x, params.batch_size)
     metrics, roc_rows, pr_rows, scaled = test_metrics(
-        model, x_test, y_test, probabilities, val_probabilities=val_probabilities, val_labels=y_val.argmax(axis=1),
+        model, test.x, test.y, probabilities, val_probabilities=val_probabilities, val_labels=val.labels,
         class_names=meta.class_names, summary=summary,
     )  # fmt: skip
     write_json_atomic(paths.METRICS, metrics)
-    mistakes = write_reports(
-        metrics, roc_rows, pr_rows, scaled, probabilities=probabilities, x_test=x_test, y_test=y_test, meta=meta,
-        params=params,
-    )  # fmt: skip
-    test, scaled_ece = metrics["test"], metrics["calibration"]["temperature_scaled"]["ece"]
+    mistakes = write_reports(metrics, roc_rows, pr_rows, scaled, probabilities=probabilities, test=test, meta=meta,
+                             params=params)  # fmt: skip
+    test_scores, scaled_ece = metrics["test"], metrics["calibration"]["temperature_scaled"]["ece"]
     log.info(
         "test accuracy %.4f, macro F1 %.4f on %s; %s; ECE %.4f, %.4f at temperature %g (fitted on validation)",
-        test["accuracy"], test["macro_f1"], counted(len(x_test), "example"),
-        f"{counted(mistakes, 'mistake')} in {paths.MISCLASSIFIED_LIST}", test["ece"], scaled_ece,
+        test_scores["accuracy"], test_scores["macro_f1"], counted(len(test.labels), "example"),
+        f"{counted(mistakes, 'mistake')} in {paths.MISCLASSIFIED_LIST}", test_scores["ece"], scaled_ece,
         metrics["calibration"]["temperature"],
     )  # fmt: skip
-    if failures := gate_failures(test, params.gate.thresholds()):
+    if failures := gate_failures(test_scores, params.gate.thresholds()):
         raise PipelineError(
             gate_sentence(
                 failures,

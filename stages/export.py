@@ -1,4 +1,4 @@
-"""export: models/model.keras + models/temperature.json + data/prepared/test.npz + meta.json + params `export.*`
+"""export: models/model.keras + models/temperature.json + data/prepared/ (the test split) + params `export.*`
 -> models/export/ (model.keras, serving.json and one SavedModel / .tflite / .onnx per format)
 + reports/export_parity.json.
 
@@ -22,7 +22,8 @@ from pipeline.cli import run_stage
 from pipeline.errors import PipelineError, counted
 from pipeline.io.atomic import write_json_atomic
 from pipeline.params import ExportParams, load_params
-from pipeline.preprocessing import load_checked_split, read_meta
+from pipeline.prepared import open_split
+from pipeline.preprocessing import read_meta
 
 log = logging.getLogger("export")
 
@@ -36,7 +37,7 @@ def main(args: argparse.Namespace) -> None:
 
     temperature = read_temperature(paths.TEMPERATURE) if params.temperature else 1.0
     meta = read_meta(paths.PREPARED_META)
-    x_test, _ = load_checked_split(paths.split_file("test"), meta)
+    x_test = open_split("test", meta).x  # read batch by batch by each runtime's parity check
     model = load_model(paths.MODEL)
     figures = export_model(
         model,

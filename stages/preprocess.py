@@ -1,4 +1,4 @@
-"""preprocess: data/raw/ + params `preprocess.*` -> data/prepared/{train,val,test}.npz + meta.json.
+"""preprocess: data/raw/ + params `preprocess.*` -> data/prepared/: each split's .npy shards, meta.json, manifest.json.
 
 Splits train / validation / test and one-hot encodes labels. Images are stored
 as their uint8 pixels and divided by their maximum when train and evaluate load
@@ -8,8 +8,10 @@ flattens them itself, so switching model does not rerun this stage. Your own
 image folder is decoded here, from the files the download stage indexed, to
 `preprocess.image_size` and `preprocess.color_mode`; your table's missing values
 are refused, dropped or imputed here (`preprocess.missing`), its text and date
-columns encoded after the split (docs/own-data.md). test.npz also holds where
-each test example comes from, for evaluate's reports/misclassified.csv.
+columns encoded after the split (docs/own-data.md). Each split is stored as
+shards of at most `preprocess.shard_mb`, images decoded straight into them
+chunk by chunk (docs/data-on-disk.md); the test split also records where each
+example comes from, for evaluate's reports/misclassified.csv.
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ from pipeline import paths
 from pipeline.cli import run_stage
 from pipeline.columns import complete_rows, encode_splits, encoded_names, missing_summary
 from pipeline.datasets import RawDataset, read_raw
-from pipeline.decoding import decode_splits
+from pipeline.decoding import decode_chunks, first_shape
 from pipeline.errors import PipelineError, counted
 from pipeline.images import Conversion
-from pipeline.io.atomic import atomic_directory, write_json_atomic, write_npz_atomic
+from pipeline.io.atomic import atomic_directory, write_json_atomic
 from pipeline.params import PreprocessParams, load_params
+from pipeline.prepared import write_splits
 from pipeline.preprocessing import LabelledSplits, scale_splits, split_dataset
 
 log = logging.getLogger("preprocess")
@@ -91,17 +94,23 @@ def main(args: argparse.Namespace) -> None:
     # In this order: split by the labels alone, decode each split's image files once (or encode the table's
     # rows, imputing from the training split only), then scale.
     labelled = split_dataset(raw, params.val_fraction, params.test_fraction, params.seed)
-    if raw.kind == "image_files":
-        labelled = replace(labelled, x=decode_splits(labelled.x, conversion, params.memory_limit_mb))
+    files = raw.kind == "image_files"
+    shape = first_shape(labelled.x, conversion) if files else ()
     if raw.table is not None:
         raw, labelled = encode_table(raw, labelled, params.missing == "impute")
     if raw.groups is not None:
         log.info("%s: %s, each in one split", raw.origin, counted(len(np.unique(raw.groups)), "group"))
-    splits, meta = scale_splits(raw, labelled, conversion.record() if raw.kind != "tabular" else None)
+    splits, meta = scale_splits(raw, labelled, conversion.record() if raw.kind != "tabular" else None, shape)
+    chunks = (
+        decode_chunks(labelled.x, conversion, params.memory_limit_mb) if files
+        else ((name, split.x) for name, split in splits.items())
+    )  # fmt: skip
     with atomic_directory(paths.PREPARED_DIR) as folder:
-        for name, split in splits.items():
-            sources = {"source": labelled.sources[name]} if name == "test" else {}
-            write_npz_atomic(folder / paths.split_file(name).name, x=split.x, y=split.y, **sources)
+        write_splits(
+            folder, chunks, labels=labelled.labels, row_shape=shape or splits["train"].x.shape[1:],
+            dtype="uint8" if meta.kind == "image" else "float32", shard_mb=params.shard_mb,
+            sources={"test": labelled.sources["test"]},
+        )  # fmt: skip
         write_json_atomic(folder / paths.PREPARED_META.name, meta.dump())
     sizes = ", ".join(f"{counted(size, 'example')} {name}" for name, size in meta.sizes.items())
     log.info("%s: %s; input shape %s", raw.name, sizes, list(meta.input_shape))

@@ -1,4 +1,4 @@
-"""train: data/prepared/{train,val}.npz + params `train.*` -> models/model.keras, models/summary.json,
+"""train: data/prepared/ (the train and val splits) + params `train.*` -> models/model.keras, models/summary.json,
 reports/train_history.csv, reports/live.json (the last two rewritten after every epoch, for watching).
 
 Builds the model named by `train.model`, fits it with a per-epoch reshuffle,
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 import os
 import shutil
 import sys
@@ -25,7 +26,9 @@ from pipeline.errors import PipelineError
 from pipeline.io.atomic import write_csv_atomic, write_json_atomic
 from pipeline.io.lock import exclusive_lock
 from pipeline.params import RECIPE_KEYS, TrainParams, load_params
-from pipeline.preprocessing import load_checked_split, read_meta
+from pipeline.prepared import open_split
+from pipeline.preprocessing import read_meta
+from pipeline.resources import hold_in_memory
 
 if TYPE_CHECKING:
     from pipeline.distributed import Role
@@ -104,16 +107,17 @@ def train_model(
 
     meta = read_meta(paths.PREPARED_META)
     check_augmentation(params, meta.input_shape)
-    train, val = (load_checked_split(paths.split_file(name), meta) for name in ("train", "val"))
     recipe = params.effective()  # fast_cnn's own batch size, epochs and optimizer
+    train, val = (feed_split(split, params.feed, recipe.batch_size, meta) for split in ("train", "val"))
     if recipe is not params:
         log.info(recipe_line(params))
     model_params = training.model_params(params)
     training.seed_everything(params.seed, deterministic_ops=not model_params.jit_compile)
     steps_per_epoch = max(1, training.batches_per_epoch(len(train[0]), recipe.batch_size, role))  # a schedule's length
     model = models.build_model(model_params, meta.input_shape, len(meta.class_names), steps_per_epoch=steps_per_epoch)
-    # A change to any input, to the code, or to a param makes a saved resume state stale.
-    inputs = [paths.split_file("train"), paths.split_file("val"), paths.PREPARED_META]
+    # A change to any input, to the code, or to a param makes a saved resume state stale. A split's manifest holds
+    # each of its files' sha256, checked against the file when it was opened.
+    inputs = [paths.split_manifest("train"), paths.split_manifest("val"), paths.PREPARED_META]
     code = resume.code_files(Path(__file__))
     progress = training.fit_resumable(
         model, train, val,
@@ -128,6 +132,16 @@ def train_model(
         ),
     )  # fmt: skip
     return model, progress
+
+
+def feed_split(name: str, feed: str, batch_size: int, meta: Any) -> tuple[Any, Any]:
+    """One split as training takes it, (x, one-hot y): x held in memory as float32, or read from disk per batch
+    (`train.feed`, `resources.hold_in_memory`); the same values either way."""
+    split = open_split(name, meta)
+    example = 4 * math.prod(meta.input_shape)
+    if hold_in_memory(feed, example * len(split.x), example * batch_size, name):
+        return split.x.load(), split.y
+    return split.x, split.y
 
 
 def check_augmentation(params: TrainParams, input_shape: Sequence[int]) -> None:

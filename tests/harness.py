@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from pipeline.params import apply_params
@@ -133,6 +134,15 @@ def make_prepared_repo(dest: Path, params: dict[str, Any]) -> Path:
 def copy_repo(source: Path, dest: Path) -> Path:
     shutil.copytree(source, dest, symlinks=True)
     return dest
+
+
+def prepared_split(repo: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """One split of `repo`'s data/prepared as stored (uint8 pixels or scaled features) and its integer labels."""
+    from pipeline.prepared import open_split
+    from pipeline.preprocessing import read_meta
+
+    opened = open_split(split, read_meta(repo / "data/prepared/meta.json"), repo / "data/prepared")
+    return opened.x.stored(np.arange(len(opened.x))), opened.labels
 
 
 def read_json(path: Path) -> Any:

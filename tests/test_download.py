@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from pipeline.datasets import parse_idx
-from tests.harness import edit_params, stage
+from tests.harness import edit_params, prepared_split, stage
 
 
 @dataclass
@@ -122,8 +122,7 @@ def test_good_mnist_file_passes_and_preprocesses(project_repo: Path, mirror: Mir
     assert result.returncode == 0, result.stderr
     assert (project_repo / "data/raw/mnist.npz").read_bytes() == MNIST
     assert stage(project_repo, "preprocess").returncode == 0
-    with np.load(project_repo / "data/prepared/test.npz") as test:
-        assert test["x"].shape == (20, 28, 28)  # the official test split is kept whole
+    assert prepared_split(project_repo, "test")[0].shape == (20, 28, 28)  # the official test split is kept whole
 
 
 def test_published_checksum_rejects_a_file_that_is_not_mnist(project_repo: Path, mirror: Mirror) -> None:

@@ -106,7 +106,7 @@ def test_changing_only_execution_settings_retrains_nothing(digits_run: Path, tmp
 
 def test_data_paths_in_dvc_yaml_are_the_ones_in_pipeline_paths() -> None:
     known = {str(value) for value in vars(paths).values() if isinstance(value, Path)}
-    known |= {str(paths.split_file(split)) for split in ("train", "val", "test")}
+    known |= {str(paths.split_dir(split)) for split in ("train", "val", "test")}
     declared = set()
     for spec in STAGES.values():
         for entry in spec.get("deps", []) + spec.get("outs", []) + spec.get("metrics", []):

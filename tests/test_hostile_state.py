@@ -25,11 +25,11 @@ from test_predict import prepared
 from pipeline import paths
 from pipeline.errors import PipelineError
 from pipeline.inputs import read_inputs
-from pipeline.io.atomic import write_npz_atomic
 from pipeline.io.reading import load_npz
 from pipeline.models import check_model_fits, load_model
 from pipeline.prediction import check_probabilities, check_top_k
-from pipeline.preprocessing import load_checked_split, read_meta
+from pipeline.prepared import open_split, write_splits
+from pipeline.preprocessing import read_meta
 from pipeline.resume import RunRecord, load_state, save_state
 from pipeline.runtimes import open_model
 from stages import predict
@@ -120,46 +120,45 @@ IMAGE_META = META | {
 }  # fmt: skip
 
 
+def _write_train(x: np.ndarray, labels: np.ndarray) -> None:
+    """data/prepared/train as preprocess writes it (pipeline/prepared.py), with these features and labels."""
+    paths.PREPARED_DIR.mkdir(parents=True, exist_ok=True)
+    write_splits(
+        paths.PREPARED_DIR, iter([("train", x)]), labels={"train": labels}, row_shape=x.shape[1:], dtype="float32",
+        shard_mb=256, sources={},
+    )  # fmt: skip
+
+
 @pytest.fixture
 def in_workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A workspace with a good data/prepared/train.npz and meta.json, the cwd for the test."""
+    """A workspace with a good data/prepared/train and meta.json, the cwd for the test."""
     monkeypatch.chdir(tmp_path)
-    write_npz_atomic(
-        paths.split_file("train"), x=np.zeros((4, 3), np.float32), y=np.eye(2, dtype=np.float32)[[0, 1] * 2]
-    )
+    _write_train(np.zeros((4, 3), np.float32), np.array([0, 1] * 2))
     paths.PREPARED_META.write_text(json.dumps(META))
     return tmp_path
 
 
-def _npz_bytes(**arrays: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    return buffer.getvalue()
-
-
-SPLIT_DAMAGE: dict[str, Callable[[bytes], bytes]] = {
-    "truncated": lambda good: good[: len(good) // 2],
-    "garbage": lambda good: b"not a zip" * 50,
-    "empty": lambda good: b"",
-    "member-header-lies": lambda good: good.replace(b"(4, 3)", b"(9, 9)"),
-    "labels-not-one-hot": lambda good: _npz_bytes(x=np.zeros((4, 3), np.float32), y=np.ones((4, 2), np.float32)),
-    "wrong-feature-count": lambda good: _npz_bytes(x=np.zeros((4, 5), np.float32), y=np.eye(2)[[0, 1] * 2]),
-    "other-arrays": lambda good: _npz_bytes(features=np.zeros((4, 3))),
-    "nan-features": lambda good: _npz_bytes(x=np.full((4, 3), np.nan, np.float32), y=np.eye(2)[[0, 1] * 2]),
+# Splits whose files agree with their manifest but not with meta.json or with what a split may hold (a damaged
+# shard or manifest: tests/test_prepared.py).
+SPLIT_DAMAGE: dict[str, tuple[np.ndarray, np.ndarray, str]] = {
+    "labels-outside-the-classes": (np.zeros((4, 3), np.float32), np.array([0, 1, 2, 1]), "y.npy holds labels"),
+    "wrong-feature-count": (np.zeros((4, 5), np.float32), np.array([0, 1] * 2), "manifest.json stores train"),
+    "nan-features": (np.full((4, 3), np.nan, np.float32), np.array([0, 1] * 2), "x-00000.npy holds NaN"),
 }
 
 
-@pytest.mark.parametrize("damage", SPLIT_DAMAGE.values(), ids=SPLIT_DAMAGE.keys())
+@pytest.mark.parametrize(("x", "labels", "phrase"), SPLIT_DAMAGE.values(), ids=SPLIT_DAMAGE.keys())
 def test_a_damaged_prepared_split_names_itself_and_the_stage_to_rerun(
-    in_workspace: Path, damage: Callable[[bytes], bytes]
+    in_workspace: Path, x: np.ndarray, labels: np.ndarray, phrase: str
 ) -> None:
-    path = paths.split_file("train")
-    load_checked_split(path, read_meta(paths.PREPARED_META))  # the undamaged split loads
-    path.write_bytes(damage(path.read_bytes()))
+    open_split("train", read_meta(paths.PREPARED_META))  # the undamaged split loads
+    shutil.rmtree(paths.split_dir("train"))
+    _write_train(x, labels)
     with pytest.raises(PipelineError) as caught:
-        load_checked_split(path, read_meta(paths.PREPARED_META))
-    assert str(caught.value).startswith(str(path)) and "dvc repro -f preprocess" in str(caught.value)
-    assert "\n" not in str(caught.value)
+        open_split("train", read_meta(paths.PREPARED_META))
+    message = str(caught.value)
+    assert message.startswith(str(paths.split_dir("train"))) and phrase in message, message
+    assert "dvc repro -f preprocess" in message and "\n" not in message
 
 
 def _cut_names(meta: dict) -> dict:

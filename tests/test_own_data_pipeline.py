@@ -266,8 +266,8 @@ TWO = {"a": 12, "b": 12}
         ({"preprocess.image_size": []}, uniform_folder(TWO, {"a/z.png": Image.new("L", (10, 12))}),
          "data/own/bad/a/z.png is 10x12 pixels but data/own/bad/a/"),
         ({}, uniform_folder(TWO, {"a/z.jpg": "not a photo"}), "data/own/bad/a/z.jpg is not an image Pillow can read"),
-        ({"preprocess.image_size": [4096, 4096], "preprocess.memory_limit_mb": 100}, uniform_folder(TWO, {}),
-         "24 images of 4096x4096x1 take 403 MB as uint8 and 2.0 GB with the float32 copy train makes, more than 100"),
+        ({"preprocess.image_size": [4096, 4096], "preprocess.memory_limit_mb": 50}, uniform_folder(TWO, {}),
+         "decoding holds 6 images of 4096x4096 at once (101 MB), more than 50 MB (preprocess.memory_limit_mb=50)"),
     ],
 )  # fmt: skip
 def test_bad_data_stops_the_preprocess_stage(small_repo: Path, params: dict, files: dict, message: str) -> None:

@@ -16,7 +16,7 @@ import yaml
 from pipeline import cpu
 from pipeline.errors import PipelineError
 from pipeline.params import TrainParams, parse_section
-from tests.harness import PROJECT_ROOT, make_prepared_repo, read_metrics, stage
+from tests.harness import PROJECT_ROOT, make_prepared_repo, prepared_split, read_metrics, stage
 
 SHIPPED = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
 BASE = parse_section(TrainParams, SHIPPED["train"])
@@ -147,12 +147,12 @@ def test_evaluate_reads_a_bf16_model(bf16_run: Path) -> None:
 
 @pytest.mark.slow
 def test_predict_reads_a_bf16_model(bf16_run: Path, tmp_path: Path) -> None:
-    test = np.load(bf16_run / "data/prepared/test.npz")
-    np.save(tmp_path / "digits.npy", test["x"][:10].astype(np.float64))  # prepared digits keep their 0..16 values
+    x_test, labels = prepared_split(bf16_run, "test")
+    np.save(tmp_path / "digits.npy", x_test[:10].astype(np.float64))  # prepared digits keep their 0..16 values
     result = stage(bf16_run, "predict", "--json", str(tmp_path / "digits.npy"))
     assert result.returncode == 0, result.stderr
     records = json.loads(result.stdout)
-    truth = test["y"][:10].argmax(axis=1)
+    truth = labels[:10]
     hits = sum(record["predictions"][0]["class"] == str(label) for record, label in zip(records, truth, strict=True))
     assert len(records) == 10 and hits >= 7
     assert all(0 < record["predictions"][0]["probability"] <= 1 for record in records)
@@ -171,8 +171,7 @@ def test_export_of_a_bf16_model_is_its_float32_twin_in_every_format(bf16_run: Pa
         assert figures[name]["max_abs_diff"] <= figures["tolerance"] and figures[name]["top1_mismatches"] == 0, name
     # predict gives the same classes through the exported formats as through the bf16 model.keras, bar the
     # few examples the twin's float32 arithmetic tips over (counted above).
-    test = np.load(repo / "data/prepared/test.npz")
-    np.save(tmp_path / "digits.npy", test["x"][:40].astype(np.float64))
+    np.save(tmp_path / "digits.npy", prepared_split(repo, "test")[0][:40].astype(np.float64))
     classes = {}
     for model in ("models/model.keras", "models/export/model.tflite", "models/export/model.onnx"):
         output = stage(repo, "predict", "--json", "--model", model, str(tmp_path / "digits.npy"))

@@ -23,7 +23,7 @@ from pipeline.prediction import (
     top_classes,
 )
 from pipeline.preprocessing import prepare_splits, scale_pixels
-from tests.harness import PROJECT_ROOT, dvc, edit_params, make_project_repo, run, stage
+from tests.harness import PROJECT_ROOT, dvc, edit_params, make_project_repo, prepared_split, run, stage
 
 FEATURES = ("length", "width", "height")
 
@@ -221,9 +221,9 @@ def test_bad_input_fails_before_tensorflow_is_imported(digits_run: Path, tmp_pat
 
 def test_digits_model_classifies_pngs_and_npy_alike(digits_run: Path, tmp_path: Path) -> None:
     meta = json.loads((digits_run / "data/prepared/meta.json").read_text())
-    test = np.load(digits_run / "data/prepared/test.npz")
+    x_test, labels = prepared_split(digits_run, "test")
     count, pixel_max = 20, meta["scaling"]["pixel_max"]
-    raw = test["x"][:count].astype(np.float64)  # prepared images are the raw 0..16 values of data/raw
+    raw = x_test[:count].astype(np.float64)  # prepared images are the raw 0..16 values of data/raw
     np.save(tmp_path / "digits.npy", raw)
     # Sizes that are whole multiples of 8: resizing back to 8x8 then restores the pixels exactly.
     pngs = [save_png(raw[i], tmp_path / f"digit{i:02d}.png", pixel_max, size=8 * (2 + i % 7)) for i in range(count)]
@@ -239,7 +239,7 @@ def test_digits_model_classifies_pngs_and_npy_alike(digits_run: Path, tmp_path: 
     for png, npy in zip(from_png, from_npy, strict=True):
         assert png["predictions"][0]["class"] == npy["predictions"][0]["class"]
         assert png["predictions"][0]["probability"] == pytest.approx(npy["predictions"][0]["probability"], abs=0.01)
-    truth = [meta["class_names"][label] for label in test["y"][:count].argmax(axis=1)]
+    truth = [meta["class_names"][label] for label in labels[:count]]
     hits = sum(record["predictions"][0]["class"] == name for record, name in zip(from_npy, truth, strict=True))
     assert hits >= 0.8 * count  # the model reaches ~0.97 on the whole test split
 

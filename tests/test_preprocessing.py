@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from pipeline.datasets import RawDataset
 from pipeline.errors import PipelineError
 from pipeline.images import Conversion
-from pipeline.io.atomic import write_npz_atomic
 from pipeline.preprocessing import (
     apply_minmax,
     fit_minmax,
-    load_split,
     one_hot,
     prepare_splits,
     scale_pixels,
@@ -115,27 +110,17 @@ def test_tabular_scaling_uses_training_statistics_only() -> None:
     assert meta.feature_names == ("f1", "f2", "f3")
 
 
-def test_image_files_are_split_by_label_then_decoded_then_scaled() -> None:
+def test_image_files_are_split_by_label_then_described_for_decoding_into_the_shards() -> None:
     rows = np.array([[f"{i}.png", f"sha{i}"] for i in range(40)])
     raw = RawDataset("image_folder", "image_files", rows, np.arange(40) % 2, None, None, ("a", "b"), 255.0)
     labelled = split_dataset(raw, 0.25, 0.2, seed=0)  # by the labels alone: the rows are not opened
     assert sorted(np.concatenate(list(labelled.x.values()))[:, 0].tolist()) == sorted(rows[:, 0].tolist())
-    with pytest.raises(PipelineError, match=r"^image_folder: the image files must be decoded before scaling; .*\.$"):
+    with pytest.raises(PipelineError, match=r"^image_folder: image files need their decoded shape; .*\.$"):
         scale_splits(raw, labelled)
-    pixels = {name: np.full((len(x), 4, 4, 3), 7, np.uint8) for name, x in labelled.x.items()}  # as decode_splits
-    splits, meta = scale_splits(raw, replace(labelled, x=pixels), Conversion("rgb", (4, 4)).record())
+    splits, meta = scale_splits(raw, labelled, Conversion("rgb", (4, 4)).record(), (4, 4, 3))
     assert meta.kind == "image" and meta.input_shape == (4, 4, 3) and meta.image.color_mode == "rgb"
     assert meta.sizes == {name: len(split.x) for name, split in splits.items()} == {"train": 24, "val": 8, "test": 8}
-
-
-def test_stored_images_load_as_exactly_the_scaled_pixels(tmp_path: Path) -> None:
-    raw = image_dataset(with_test=True)
-    splits, meta = prepare_splits(raw, val_fraction=0.1, test_fraction=0.5, seed=0)
-    write_npz_atomic(tmp_path / "test.npz", x=splits["test"].x, y=splits["test"].y)
-    x, y = load_split(tmp_path / "test.npz", meta.scaling)
-    np.testing.assert_array_equal(x, scale_pixels(raw.x_test, 16.0))  # bit for bit what scaling up front gave
-    assert x.shape == (40, *meta.input_shape) and x.dtype == np.float32
-    np.testing.assert_array_equal(y, splits["test"].y)
+    np.testing.assert_array_equal(splits["test"].x, labelled.x["test"])  # the rows the stage decodes, in order
 
 
 @pytest.mark.parametrize(

@@ -66,7 +66,7 @@ def test_evaluate_reports_curves_calibration_and_the_temperature(digits_run: Pat
     assert calibration["val_nll_temperature_scaled"] <= calibration["val_nll"]
     assert calibration["temperature_scaled"]["top_1_accuracy"] == written["test"]["accuracy"]
     temperature = json.loads((digits_run / "models/temperature.json").read_text())
-    assert temperature == {"temperature": calibration["temperature"], "fitted_on": "data/prepared/val.npz"}
+    assert temperature == {"temperature": calibration["temperature"], "fitted_on": "data/prepared (val split)"}
     assert (
         written["test_split"]["examples"]
         == json.loads((digits_run / "data/prepared/meta.json").read_text())["sizes"]["test"]

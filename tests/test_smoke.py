@@ -17,6 +17,8 @@ import pytest
 
 from pipeline import paths
 from pipeline.export import FORMATS
+from pipeline.prepared import open_split
+from pipeline.preprocessing import read_meta
 from stages import download, evaluate, export, preprocess, train
 from tests.harness import PROJECT_ROOT, edit_params, read_json, read_metrics
 
@@ -53,7 +55,7 @@ def test_one_epoch_of_train_evaluate_export_in_process(tmp_path: Path, monkeypat
     from pipeline.models import load_model
 
     model = load_model(paths.MODEL)
-    x_test = np.load(paths.split_file("test"))["x"]
+    x_test = open_split("test", read_meta(paths.PREPARED_META)).x
     probabilities = model.predict(x_test[:5], verbose=0)
     assert probabilities.shape == (5, len(meta["class_names"]))
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)

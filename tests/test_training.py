@@ -15,7 +15,10 @@ from pipeline import models, paths, resume, training
 from pipeline.distributed import Role
 from pipeline.io.reading import load_npz
 from pipeline.params import TrainParams, parse_section
+from pipeline.prepared import open_split, read_manifest
 from tests.harness import PROJECT_ROOT, copy_repo, edit_params, run
+from tests.test_augment import ALL
+from tests.test_prepared import image_meta, write_drawn
 
 BASE = parse_section(TrainParams, yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())["train"])
 
@@ -42,6 +45,32 @@ def test_epoch_dataset_batches_one_epoch_in_its_own_order() -> None:
     # The run's rule: one process takes every example, a distributed run full batches only.
     assert training.batches_per_epoch(10, 4) == len(batches)
     assert training.batches_per_epoch(10, 4, Role(index=0, count=2)) == len(full)
+
+
+def test_streamed_epochs_read_every_example_once_as_the_in_memory_epochs_do(tmp_path: Path) -> None:
+    """Batches read from many small shards (`train.feed: stream`) are the in-memory batches, value for value:
+    every example exactly once per epoch, in that epoch's order, augmented alike, and sliced alike per process."""
+    write_drawn(tmp_path)
+    split = open_split("train", image_meta(), tmp_path)
+    assert len(read_manifest("train", tmp_path).shards) == 7
+    held = split.x.load()
+    for epoch, augment in ((0, None), (1, None), (2, ALL)):
+        streamed = list(training.epoch_dataset(split.x, split.y, batch_size=16, seed=3, epoch=epoch, augment=augment))
+        in_memory = list(training.epoch_dataset(held, split.y, batch_size=16, seed=3, epoch=epoch, augment=augment))
+        assert [len(bx) for bx, _ in streamed] == [16] * 6 + [4]
+        for (sx, sy), (mx, my) in zip(streamed, in_memory, strict=True):
+            np.testing.assert_array_equal(sx.numpy(), mx.numpy())
+            np.testing.assert_array_equal(sy.numpy(), my.numpy())
+        if augment is None:  # every example exactly once, in the epoch's order
+            order = training.epoch_order(100, seed=3, epoch=epoch)
+            np.testing.assert_array_equal(np.concatenate([bx.numpy() for bx, _ in streamed]), held[order])
+    slices = [
+        list(training.epoch_dataset(split.x, split.y, batch_size=16, seed=3, epoch=1, drop_remainder=True, role=role))
+        for role in (Role(index=0, count=2), Role(index=1, count=2))
+    ]
+    whole = list(training.epoch_dataset(held, split.y, batch_size=16, seed=3, epoch=1, drop_remainder=True))
+    for (first, _), (second, _), (full, _) in zip(*slices, whole, strict=True):
+        np.testing.assert_array_equal(np.concatenate([first.numpy(), second.numpy()]), full.numpy())
 
 
 def tiny_problem() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:

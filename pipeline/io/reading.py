@@ -21,26 +21,6 @@ import numpy as np
 
 from pipeline import paths
 from pipeline.errors import PipelineError
-from pipeline.io.atomic import recover_directory
-
-
-def load_xy(path: Path | str) -> tuple[np.ndarray, np.ndarray]:
-    """A prepared split as stored: features `x` and one-hot labels `y` (`preprocessing.load_split` scales them)."""
-    path = Path(path)
-    recover_directory(path.parent)
-    arrays = load_npz(path)
-    if set(arrays) - {"source"} != {"x", "y"}:  # source: where each example comes from (the test split's)
-        raise PipelineError(f"{path} holds arrays {sorted(arrays)} instead of x and y; {paths.rerun_hint(path)}")
-    return arrays["x"], arrays["y"]
-
-
-def load_sources(path: Path | str, count: int) -> np.ndarray:
-    """Where each example of a prepared split comes from (its `source` array), or its position where it has none."""
-    arrays = load_npz(path)
-    sources = arrays.get("source")
-    if sources is None or len(sources) != count:
-        return np.array([f"{Path(path).stem}[{i}]" for i in range(count)])
-    return sources.astype(str)
 
 
 def check_npy_header(handle: IO[bytes], available: int) -> tuple[tuple[int, ...], bool, np.dtype]:
