@@ -58,3 +58,6 @@ $PY -m bench.fast_recipes --recipe fashion-fast-augment --source "$SOURCE" --see
 $PY -m bench.fast_recipes --recipe fashion-fast --source "$SOURCE" --seeds 1 --set train.fast_cnn.epochs=10 --results fast_fashion_try1
 $PY -m bench.fast_recipes --recipe fashion-fast --source "$SOURCE" --augment-cost 3 --epochs 3
 $PY -m bench.fast_recipes --default-run f66bb7c  # the default digits run: this code against the code before #27
+# 9: pretrained backbones (issue #28): a pretrained start against weights none on 100 images per class; costs per size
+$PY -m bench.backbones transfer --source "$SOURCE" --seeds 0,1,2
+$PY -m bench.backbones costs --sizes 96,128

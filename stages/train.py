@@ -24,7 +24,7 @@ from pipeline.cli import run_stage
 from pipeline.errors import PipelineError
 from pipeline.io.atomic import write_csv_atomic, write_json_atomic
 from pipeline.io.lock import exclusive_lock
-from pipeline.params import RECIPE_KEYS, TrainParams, load_params
+from pipeline.params import BACKBONES, RECIPE_KEYS, TrainParams, load_params
 from pipeline.preprocessing import load_checked_split, read_meta
 
 if TYPE_CHECKING:
@@ -113,14 +113,19 @@ def train_model(
     steps_per_epoch = max(1, training.batches_per_epoch(len(train[0]), recipe.batch_size, role))  # a schedule's length
     model = models.build_model(model_params, meta.input_shape, len(meta.class_names), steps_per_epoch=steps_per_epoch)
     # A change to any input, to the code, or to a param makes a saved resume state stale.
-    inputs = [paths.split_file("train"), paths.split_file("val"), paths.PREPARED_META]
+    inputs = [paths.split_file("train"), paths.split_file("val"), paths.PREPARED_META, *backbone_file(params)]
     code = resume.code_files(Path(__file__))
+    phases = None
+    if params.model in BACKBONES:  # the frozen phase, then fine-tuning (pipeline/backbones.py)
+        from pipeline import backbones
+
+        phases = partial(backbones.enter_phase, model, model_params, steps_per_epoch=steps_per_epoch)
     progress = training.fit_resumable(
         model, train, val,
         epochs=recipe.epochs, batch_size=recipe.batch_size, patience=params.early_stopping_patience,
         seed=params.seed, state_dir=paths.RESUME_DIR,
         fingerprint=resume.run_fingerprint(resume.fingerprint_params(params), inputs + code),
-        role=role, callbacks=extra_callbacks, augment=params.augment,
+        role=role, callbacks=extra_callbacks, augment=params.augment, before_epoch=phases,
         class_weight=training.class_weights(train[1], params.class_weight),
         report=partial(
             training.publish_progress,
@@ -128,6 +133,12 @@ def train_model(
         ),
     )  # fmt: skip
     return model, progress
+
+
+def backbone_file(params: TrainParams) -> list[Path]:
+    """The weights file a backbone starts from, if train.backbone.weights names one: an input of the run."""
+    weights = params.backbone.weights
+    return [Path(weights)] if params.model in BACKBONES and weights not in ("imagenet", "none") else []
 
 
 def check_augmentation(params: TrainParams, input_shape: Sequence[int]) -> None:
