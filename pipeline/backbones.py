@@ -33,6 +33,10 @@ CONSTRUCTORS = {
 # EfficientNetV2-B0's input scaling, ImageNet's mean and spread per channel, as one Rescaling of [0, 1] pixels instead
 # of Keras's Rescaling + Normalization: tf2onnx turns that Normalization's constants into two extra model inputs.
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# The batch normalisation momentum of a backbone trained from scratch, at most: MobileNetV3's 0.999 suits ImageNet's
+# 10,000 steps an epoch, but on a few thousand images its moving statistics stay near their start for thousands of
+# steps, and so does every prediction made in inference mode (validation, evaluate, a backbone saved to fine-tune).
+SCRATCH_MOMENTUM = 0.99
 # Keras Applications refuse smaller images (all three downsample by 32). EfficientNetV2B0 rather than EfficientNetB0:
 # the latter adds a layer to its input scaling only when it downloads ImageNet's weights, so the same weights saved
 # from it and loaded from a file would meet other inputs; V2's scaling is the same whatever the weights.
@@ -103,6 +107,10 @@ def load_backbone(name: str, side: tuple[int, int], weights: str) -> keras.Model
             ) from None
     # Renamed once built: EfficientNetV2 looks up its blocks by the name it is given.
     backbone.name = BACKBONE_LAYER
+    if weights == "none":
+        for layer in backbone.layers:
+            if isinstance(layer, layers.BatchNormalization):
+                layer.momentum = min(layer.momentum, SCRATCH_MOMENTUM)
     return backbone
 
 

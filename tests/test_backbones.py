@@ -143,6 +143,10 @@ def test_the_frozen_phase_trains_the_head_and_fine_tuning_the_chosen_layers_but_
     assert trainable_count(model) == model.count_params() - norm_params
     scratch = models.build_model(train_params(), (32, 32, 3), 3)  # from scratch: batch norm learns, as in any convnet
     assert trainable_count(scratch) == scratch.count_params() - norm_params // 2  # all but the moving statistics
+    scratch_layers = scratch.get_layer(backbones.BACKBONE_LAYER).layers
+    scratch_norms = [layer for layer in scratch_layers if type(layer).__name__ == "BatchNormalization"]
+    assert {layer.momentum for layer in scratch_norms} == {backbones.SCRATCH_MOMENTUM}  # Keras's 0.999 would lag
+    assert {layer.momentum for layer in norms} == {0.999}  # pretrained statistics are frozen: momentum unused
     top = train_params(weights=weights, frozen_epochs=1, unfreeze=3)
     model = models.build_model(top, (32, 32, 3), 3)
     backbones.enter_phase(model, top, 1, steps_per_epoch=1)
