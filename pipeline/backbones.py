@@ -33,10 +33,12 @@ CONSTRUCTORS = {
 # EfficientNetV2-B0's input scaling, ImageNet's mean and spread per channel, as one Rescaling of [0, 1] pixels instead
 # of Keras's Rescaling + Normalization: tf2onnx turns that Normalization's constants into two extra model inputs.
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-# The batch normalisation momentum of a backbone trained from scratch, at most: MobileNetV3's 0.999 suits ImageNet's
-# 10,000 steps an epoch, but on a few thousand images its moving statistics stay near their start for thousands of
-# steps, and so does every prediction made in inference mode (validation, evaluate, a backbone saved to fine-tune).
-SCRATCH_MOMENTUM = 0.99
+# The batch normalisation momentum of a backbone trained from scratch, at most (PyTorch's default, EfficientNetV2's
+# own). The moving variances start at 1, far above what these layers compute from scratch; with MobileNetV3's 0.999
+# (suited to ImageNet's 10,000 steps an epoch), or even 0.99, they stay too large for hundreds of steps, each layer
+# in inference mode shrinks its input, and after some 30 layers every image gives the same features: validation,
+# evaluate and a backbone saved to fine-tune elsewhere all predict one class (measured: docs/backbones.md).
+SCRATCH_MOMENTUM = 0.9
 # Keras Applications refuse smaller images (all three downsample by 32). EfficientNetV2B0 rather than EfficientNetB0:
 # the latter adds a layer to its input scaling only when it downloads ImageNet's weights, so the same weights saved
 # from it and loaded from a file would meet other inputs; V2's scaling is the same whatever the weights.
