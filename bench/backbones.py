@@ -12,14 +12,16 @@ transfer: no machine here can download ImageNet weights, so the weights are made
      as data/backbone/fashion_a.weights.h5, as docs/backbones.md shows.
   3. On B, for each seed: the train stage from that file (frozen, then fine-tuned) and from `weights: none`, with
      the same number of epochs; then the evaluate stage. Test accuracy and train-stage wall time of each.
-costs: for each backbone and the CNN at each image size, a folder of drawn shapes, the train stage (time per epoch,
-  peak RSS) and export stage, then the formats' sizes and latencies through bench/export_latency.py's measure.
+costs: for each backbone (from scratch) and the CNN at each image size, on a folder of drawn RGB shapes: the train
+  stage through bench/timed_train.py (the median epoch after the first, peak RSS), evaluate and export, then the
+  formats' sizes and latencies through bench/export_latency.py's `measure`.
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -123,17 +125,21 @@ def costs(args: argparse.Namespace, repo: Path) -> dict[str, Any]:
             "data.source": "data/own/shapes", "preprocess.image_size": [side, side], "preprocess.color_mode": "rgb",
         })  # fmt: skip
         for name, params in models.items():
-            timed = run_stages(repo, ("train", "evaluate", "export"), params | {"train.epochs": args.cost_epochs,
-                                                                               "train.batch_size": 32})  # fmt: skip
+            edit_params(repo, **params | {"train.epochs": args.cost_epochs, "train.batch_size": 32})
+            trained = common.run_timed([common.PYTHON, "-m", "bench.timed_train"], repo)  # the stage, epochs timed
+            epochs = json.loads(trained.stdout.strip().splitlines()[-1])["epoch_seconds"]
+            for stage_name in ("evaluate", "export"):
+                common.stage(repo, stage_name)
             export_dir = repo / "models/export"
             x_test, _ = load_split(repo / "data/prepared/test.npz", read_meta(export_dir / "serving.json").scaling)
             latency = measure(export_dir, x_test, rounds=args.rounds, single=10, batches=1)
             results[f"{name}@{side}"] = {
-                "epoch_seconds": timed["train"].seconds / args.cost_epochs,  # includes start-up: see the report
-                "train_seconds": timed["train"].seconds, "train_peak_rss_mb": timed["train"].max_rss_mb,
+                # The first epoch includes loading the data, building and tracing: the median of the others.
+                "epoch_seconds": common.median(epochs[1:]), "epochs_seconds": epochs,
+                "train_seconds": trained.seconds, "train_peak_rss_mb": trained.max_rss_mb,
                 "params": read_json(repo / "models/summary.json")["params_total"], "formats": latency,
             }  # fmt: skip
-            print(name, side, results[f"{name}@{side}"]["train_seconds"], flush=True)
+            print(name, side, epochs, flush=True)
     return results
 
 
@@ -149,7 +155,7 @@ def main() -> None:
     parser.add_argument("--frozen-epochs", type=int, default=2)
     parser.add_argument("--sizes", type=lambda text: [int(s) for s in text.split(",")], default=[96, 128])
     parser.add_argument("--cost-images", type=int, default=150, help="drawn images in all for the costs")
-    parser.add_argument("--cost-epochs", type=int, default=2)
+    parser.add_argument("--cost-epochs", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     info = common.machine_info() | {"cpu_flags": cpu_flags(), "uptime_before": uptime()}
