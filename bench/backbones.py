@@ -140,6 +140,7 @@ def costs(args: argparse.Namespace, repo: Path) -> dict[str, Any]:
                 "params": read_json(repo / "models/summary.json")["params_total"], "formats": latency,
             }  # fmt: skip
             print(name, side, epochs, flush=True)
+            common.save_results("backbones_costs", {"command": common.command_line(), "results": results})  # so far
     return results
 
 
