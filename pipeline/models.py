@@ -1,5 +1,6 @@
 """Model builders, chosen by name: `build_mlp` (the tutorials' dense nets), `build_cnn` (the MNIST convnet) and
-`build_fast_cnn` (a small modern convnet); and the optimizer, learning-rate schedule and loss they compile with."""
+`build_fast_cnn` (a small modern convnet), the pretrained backbones through pipeline/backbones.py; and the optimizer,
+learning-rate schedule and loss they compile with."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from keras import layers
 
 from pipeline.errors import PipelineError, error_detail
 from pipeline.io.atomic import atomic_path
-from pipeline.params import ADAM_FAMILY, RECIPE_KEYS, CnnParams, FastCnnParams, MlpParams, TrainParams
+from pipeline.params import ADAM_FAMILY, BACKBONES, RECIPE_KEYS, CnnParams, FastCnnParams, MlpParams, TrainParams
 
 
 def build_mlp(
@@ -202,6 +203,10 @@ def build_model(
     `steps_per_epoch` (batches in one epoch) sets the length of a cosine or one-cycle learning-rate schedule.
     """
     params = params.effective()
+    if params.model in BACKBONES:  # several names, one section (train.backbone) and two phases: their own module
+        from pipeline import backbones
+
+        return backbones.build_and_compile(params, input_shape, n_classes, steps_per_epoch=steps_per_epoch)
     sizes = getattr(params, params.model)  # the architecture's section: train.mlp, train.cnn or train.fast_cnn
     shape = {name: value for name, value in vars(sizes).items() if name not in RECIPE_KEYS}
     try:
@@ -211,6 +216,12 @@ def build_model(
         raise PipelineError(
             f"train.{params.model} does not fit input shape {tuple(input_shape)} ({err}); use smaller kernels or pools."
         ) from None
+    compile_model(model, params, steps_per_epoch)
+    return model
+
+
+def compile_model(model: keras.Model, params: TrainParams, steps_per_epoch: int) -> None:
+    """Compile `model` with the optimizer, learning rate (over `params.epochs`) and loss from params."""
     model.compile(
         optimizer=build_optimizer(params, steps_per_epoch),
         loss=build_loss(params),
@@ -218,7 +229,6 @@ def build_model(
         jit_compile=params.jit_compile,
         steps_per_execution=params.steps_per_execution,
     )
-    return model
 
 
 def save_model_atomic(model: keras.Model, dest: Path) -> None:

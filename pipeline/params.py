@@ -202,7 +202,37 @@ class AugmentParams(Section):
 # The model names of `train.model`, each with its own section of sizes (train.mlp, train.cnn): the one list of
 # models. pipeline.models keys its builders by these sections (TensorFlow is not imported here).
 ARCHITECTURES: dict[str, type[Section]] = {"mlp": MlpParams, "cnn": CnnParams, "fast_cnn": FastCnnParams}
-MODELS = tuple(ARCHITECTURES)
+# The pretrained backbones of Keras Applications `train.model` also names, all set by one section, train.backbone
+# (pipeline/backbones.py keys its constructors by these names; docs/backbones.md).
+BACKBONES = ("mobilenet_v3_small", "mobilenet_v3_large", "efficientnetv2_b0")
+MODELS = tuple(ARCHITECTURES) + BACKBONES
+# A weights file of train.backbone.weights must live in this folder: the train stage's dependency in dvc.yaml.
+BACKBONE_WEIGHTS_DIR = f"{paths.BACKBONE_WEIGHTS_DIR}/"
+
+
+def _is_weights_choice(text: str) -> bool:
+    return text in ("imagenet", "none") or (
+        text.startswith(BACKBONE_WEIGHTS_DIR) and text.endswith(".h5") and ".." not in Path(text).parts
+    )
+
+
+class BackboneParams(Section):
+    """The pretrained backbones (train.model mobilenet_v3_small, mobilenet_v3_large, efficientnetv2_b0): their start and
+    the two phases they train in, the head alone over the frozen backbone, then the top layers fine-tuned too."""
+
+    weights: Annotated[
+        str,
+        _check(_is_weights_choice),
+        Field(description=f"imagenet, none, or a .h5 weights file under {BACKBONE_WEIGHTS_DIR}, e.g. "
+                          f"{BACKBONE_WEIGHTS_DIR}shapes.weights.h5"),
+    ]  # fmt: skip
+    frozen_epochs: Annotated[int, Field(ge=0, le=100_000)]
+    unfreeze: Annotated[
+        Literal["all"] | Annotated[int, Field(ge=1)],
+        Field(description="all, or the number (an integer ≥ 1) of the backbone's top layers to fine-tune"),
+    ]
+    fine_tune_learning_rate: Annotated[float, Field(gt=0.0, le=10.0)]
+    dropout: Dropout
 
 
 def _is_host_port(text: str) -> bool:
@@ -234,6 +264,7 @@ class TrainParams(Section):
     mlp: MlpParams
     cnn: CnnParams
     fast_cnn: FastCnnParams
+    backbone: BackboneParams
     optimizer: Literal[OPTIMIZERS]
     learning_rate: Annotated[float, Field(gt=0.0, le=10.0)]
     lr_schedule: Literal[LR_SCHEDULES]
@@ -277,6 +308,7 @@ class TrainParams(Section):
                 f"'train.label_smoothing' is {self.label_smoothing}, but loss '{self.loss}' takes no label smoothing; "
                 "use categorical_crossentropy or categorical_focal_crossentropy, or set label_smoothing to 0."
             )
+        self._check_backbone()
         recipe = self.effective()
         if (recipe.beta_1, recipe.beta_2) != (0.9, 0.999) and recipe.optimizer not in ADAM_FAMILY:
             where = "train.fast_cnn" if self.model == "fast_cnn" else "train"
@@ -285,6 +317,27 @@ class TrainParams(Section):
                 f"'{recipe.optimizer}' has no betas; use one of {', '.join(ADAM_FAMILY)}, or betas 0.9 and 0.999."
             )
         return self
+
+    def _check_backbone(self) -> None:
+        backbone = self.backbone
+        if self.model not in BACKBONES:
+            return
+        if self.distributed.engine != "none":
+            raise _combination(
+                f"train.model={self.model} trains in one process only: its two phases recompile the model, which "
+                "Keras's DataParallel does not follow, and convnets run slower on JAX's CPU backend; set "
+                "'train.distributed.engine' to none (docs/backbones.md)."
+            )
+        if backbone.frozen_epochs > self.epochs:
+            raise _combination(
+                f"'train.backbone.frozen_epochs' is {backbone.frozen_epochs}, more than the {self.epochs} epochs of "
+                "the run ('train.epochs' counts both phases); make frozen_epochs at most train.epochs."
+            )
+        if backbone.weights == "none" and backbone.frozen_epochs:
+            raise _combination(
+                f"'train.backbone.frozen_epochs' is {backbone.frozen_epochs}, but weights 'none' start from random "
+                "weights, which freezing would keep random; set train.backbone.frozen_epochs to 0."
+            )
 
     def effective(self) -> "TrainParams":
         """The params training runs with: for fast_cnn, its own recipe's RECIPE_KEYS replace train's (FastCnnParams)."""

@@ -11,6 +11,9 @@ PARAMS = Path("params.yaml")
 RAW_DIR = Path("data/raw")
 # Where your own image folders and CSV tables live (`dvc add data/own/NAME`); the download stage depends on it.
 OWN_DATA_DIR = Path("data/own")
+# Where a weights file of train.backbone.weights lives (`dvc add data/backbone/NAME.weights.h5`); the train stage
+# depends on it: a fixed folder, as dvc.yaml cannot depend on the param's value ("imagenet" and "none" are no files).
+BACKBONE_WEIGHTS_DIR = Path("data/backbone")
 PREPARED_DIR = Path("data/prepared")
 PREPARED_META = PREPARED_DIR / "meta.json"
 

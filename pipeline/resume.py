@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,8 +95,8 @@ _PROGRESS_TYPES: dict[str, type | tuple[type, ...]] = {
 }  # fmt: skip
 
 
-def _state_problem(arrays: dict[str, np.ndarray], meta: dict[str, Any], model: keras.Model) -> str | None:
-    """What is wrong with a state written for this run and this layout, or None: checked before anything is assigned."""
+def _counters_problem(meta: dict[str, Any]) -> str | None:
+    """What is wrong with a state's counters (RunRecord), or None."""
     if set(meta) != set(_PROGRESS_TYPES):
         return f"has the counters {sorted(meta)} instead of {sorted(_PROGRESS_TYPES)}"
     for key, kind in _PROGRESS_TYPES.items():
@@ -104,6 +105,11 @@ def _state_problem(arrays: dict[str, np.ndarray], meta: dict[str, Any], model: k
             return f"holds {key}={value!r}, not a {getattr(kind, '__name__', 'number')}"
     if not all(isinstance(row, dict) for row in meta["history"]) or meta["epochs_done"] < 0:
         return "holds an impossible history or epoch count"
+    return None
+
+
+def _arrays_problem(arrays: dict[str, np.ndarray], model: keras.Model) -> str | None:
+    """What is wrong with a state's arrays for this model and its optimizer, or None."""
     expected = {f"model_{i}": v for i, v in enumerate(model.variables)}
     expected |= {f"optimizer_{i}": v for i, v in enumerate(model.optimizer.variables)}
     expected |= {f"best_{i}": v for i, v in enumerate(model.weights)}
@@ -116,11 +122,16 @@ def _state_problem(arrays: dict[str, np.ndarray], meta: dict[str, Any], model: k
     return None
 
 
-def load_state(path: Path, model: keras.Model, fingerprint: str) -> tuple[RunRecord, list[np.ndarray]] | None:
+def load_state(
+    path: Path, model: keras.Model, fingerprint: str, before_restore: Callable[[int], None] | None = None
+) -> tuple[RunRecord, list[np.ndarray]] | None:
     """Restore `model` (and its optimizer) from `path` if it belongs to this exact run; else None.
 
     A state that cannot be read or does not hold what this run saves (truncated, hand-edited) is
-    set aside as `state.npz.corrupt` with a warning, and training starts fresh.
+    set aside as `state.npz.corrupt` with a warning, and training starts fresh. `before_restore` is
+    called with the epochs the state has done before its optimizer's variables are restored: a model
+    whose trainable layers change between epochs (pipeline/backbones.py) sets those of the last one
+    saved, for which the saved optimizer was built.
     """
     if not path.exists():
         return None
@@ -140,8 +151,12 @@ def load_state(path: Path, model: keras.Model, fingerprint: str) -> tuple[RunRec
     if meta.pop("layout", None) != _model_layout(model):
         log.warning("ignoring resume state %s: the model's layout differs; training from scratch", path)
         return None
-    model.optimizer.build(model.trainable_variables)  # optimizers build lazily; their slots must exist first
-    problem = _state_problem(arrays, meta, model)
+    problem = _counters_problem(meta)
+    if problem is None and before_restore is not None:
+        before_restore(meta["epochs_done"])
+    if problem is None:
+        model.optimizer.build(model.trainable_variables)  # optimizers build lazily; their slots must exist first
+        problem = _arrays_problem(arrays, model)
     if problem is not None:
         _set_aside(path, f"damaged resume state {path}: it {problem}")
         return None

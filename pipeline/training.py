@@ -207,6 +207,7 @@ def fit_resumable(
     callbacks: Sequence[keras.callbacks.Callback] = (),
     report: Report | None = None,
     augment: AugmentParams | None = None,
+    before_epoch: Callable[[int], None] | None = None,
 ) -> RunRecord:
     """Fit `model` (compiled, seeded) and leave it holding its best epoch's weights.
 
@@ -223,10 +224,13 @@ def fit_resumable(
     `report` (e.g. `publish_progress`) is called by the writer with the progress after every saved
     epoch, and once after a resume restored it: DVC deletes a stage's outputs before it runs, so a
     resumed run rebuilds them from the state at once. `augment` changes the training images only
-    (`epoch_dataset`); validation sees them as they are.
+    (`epoch_dataset`); validation sees them as they are. `before_epoch` (e.g. a backbone's
+    `enter_phase`) is called with each epoch's index before it runs, and with the last saved
+    epoch's before a resume restores the optimizer built for it.
     """
     state_path = state_dir / STATE_FILE
-    restored = load_state(state_path, model, fingerprint)
+    restore_phase = (lambda done: before_epoch(max(done - 1, 0))) if before_epoch else None
+    restored = load_state(state_path, model, fingerprint, restore_phase)
     progress, best = restored if restored else (RunRecord(fingerprint=fingerprint), [])
     writer = role is None or role.writes_outputs
     if role is not None:
@@ -244,6 +248,8 @@ def fit_resumable(
     for epoch in range(progress.epochs_done, epochs):
         if progress.finished:
             break
+        if before_epoch:
+            before_epoch(epoch)
         dataset = epoch_dataset(
             x_train,
             y_train,

@@ -25,7 +25,7 @@ from pipeline.cli import run_stage
 from pipeline.errors import PipelineError
 from pipeline.io.atomic import write_csv_atomic, write_json_atomic
 from pipeline.io.lock import exclusive_lock
-from pipeline.params import RECIPE_KEYS, TrainParams, load_params
+from pipeline.params import BACKBONES, RECIPE_KEYS, TrainParams, load_params
 from pipeline.prepared import open_split
 from pipeline.preprocessing import read_meta
 from pipeline.resources import hold_in_memory
@@ -117,14 +117,19 @@ def train_model(
     model = models.build_model(model_params, meta.input_shape, len(meta.class_names), steps_per_epoch=steps_per_epoch)
     # A change to any input, to the code, or to a param makes a saved resume state stale. A split's manifest holds
     # each of its files' sha256, checked against the file when it was opened.
-    inputs = [paths.split_manifest("train"), paths.split_manifest("val"), paths.PREPARED_META]
+    inputs = [paths.split_manifest("train"), paths.split_manifest("val"), paths.PREPARED_META, *backbone_file(params)]
     code = resume.code_files(Path(__file__))
+    phases = None
+    if params.model in BACKBONES:  # the frozen phase, then fine-tuning (pipeline/backbones.py)
+        from pipeline import backbones
+
+        phases = partial(backbones.enter_phase, model, model_params, steps_per_epoch=steps_per_epoch)
     progress = training.fit_resumable(
         model, train, val,
         epochs=recipe.epochs, batch_size=recipe.batch_size, patience=params.early_stopping_patience,
         seed=params.seed, state_dir=paths.RESUME_DIR,
         fingerprint=resume.run_fingerprint(resume.fingerprint_params(params), inputs + code),
-        role=role, callbacks=extra_callbacks, augment=params.augment,
+        role=role, callbacks=extra_callbacks, augment=params.augment, before_epoch=phases,
         class_weight=training.class_weights(train[1], params.class_weight),
         report=partial(
             training.publish_progress,
@@ -142,6 +147,12 @@ def feed_split(name: str, feed: str, batch_size: int, meta: Any) -> tuple[Any, A
     if hold_in_memory(feed, example * len(split.x), example * batch_size, name):
         return split.x.load(), split.y
     return split.x, split.y
+
+
+def backbone_file(params: TrainParams) -> list[Path]:
+    """The weights file a backbone starts from, if train.backbone.weights names one: an input of the run."""
+    weights = params.backbone.weights
+    return [Path(weights)] if params.model in BACKBONES and weights not in ("imagenet", "none") else []
 
 
 def check_augmentation(params: TrainParams, input_shape: Sequence[int]) -> None:

@@ -33,7 +33,7 @@ import pytest
 import yaml
 
 from pipeline import cpu
-from pipeline.params import SECTIONS, Section, TrainParams, choices, parse_section
+from pipeline.params import BACKBONES, SECTIONS, Section, TrainParams, choices, parse_section
 from tests.harness import ENV, PROJECT_ROOT, git_commit, run
 
 SHIPPED = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
@@ -230,8 +230,8 @@ def repo_paths(command: list[str]) -> list[str]:
         word = argument.split("=", 1)[1] if re.match(r"^[\w.+-]+=", argument) else argument
         if word.startswith(("-", "/", "~", "$")) or ":" in word:
             continue
-        if word.startswith("data/own/") and word != "data/own/README.md":
-            continue  # the user's own data: its names are examples (docs/own-data.md), not files of this repo
+        if word.startswith(("data/own/", "data/backbone/")) and not word.endswith("/README.md"):
+            continue  # the user's own data and weights: their names are examples (docs/own-data.md, backbones.md)
         first = word.split("/", 1)[0]
         if first in tracked_top_level() and first not in ("", ".", ".."):
             paths.append(word)
@@ -455,7 +455,7 @@ def test_params_comment_lists_exactly_the_allowed_values(key: str, comment: str)
 def test_every_choice_rule_exposes_its_names() -> None:
     assert choices(Literal["a", "b"]) == ("a", "b")
     assert choices(tuple[Literal["a", "b"], ...]) == ("a", "b")  # a list of names, as export.formats
-    assert choices(TrainParams.model_fields["model"].annotation) == ("mlp", "cnn", "fast_cnn")
+    assert choices(TrainParams.model_fields["model"].annotation) == ("mlp", "cnn", "fast_cnn", *BACKBONES)
     assert choices(int) == ()
 
 

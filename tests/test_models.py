@@ -7,7 +7,7 @@ import yaml
 
 from pipeline import models
 from pipeline.errors import PipelineError
-from pipeline.params import MODELS, TrainParams, parse_section
+from pipeline.params import BACKBONES, MODELS, TrainParams, parse_section
 from tests.harness import PROJECT_ROOT
 
 BASE = parse_section(TrainParams, yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())["train"])
@@ -115,10 +115,16 @@ def test_learning_rate_schedule_over_the_run(schedule: str, expected_by_step: di
         assert float(optimizer.learning_rate) == pytest.approx(expected, abs=1e-7)
 
 
-@pytest.mark.parametrize("name", MODELS)
+# Each backbone takes seconds to build: one in the fast tier (tests/test_backbones.py pins all three).
+@pytest.mark.parametrize(
+    "name", [pytest.param(name, marks=[pytest.mark.slow] if name in BACKBONES[1:] else []) for name in MODELS]
+)
 def test_every_model_params_allows_has_a_builder(name: str) -> None:
-    """The model names are listed once (params.ARCHITECTURES); each one `train.model` accepts must build."""
-    model = models.build_model(BASE.model_copy(update={"model": name}), (8, 8, 1), 3)
+    """The model names are listed once (params.ARCHITECTURES, params.BACKBONES); each one `train.model` accepts must
+    build. (The backbones need 32x32 images, and build here without their ImageNet download.)"""
+    untrained = BASE.backbone.model_copy(update={"weights": "none", "frozen_epochs": 0})
+    params = BASE.model_copy(update={"model": name, "backbone": untrained})
+    model = models.build_model(params, (32, 32, 1) if name in BACKBONES else (8, 8, 1), 3)
     assert model.name == name
 
 

@@ -119,6 +119,11 @@ BAD = [
     (TrainParams, "train", "mlp.dropout", 1.0, ["'train.mlp.dropout'", "[0.0, 1.0)"]),
     (TrainParams, "train", "mlp", "big", ["section 'train.mlp'", "mapping"]),
     (TrainParams, "train", "jit_compile", "yes", ["'train.jit_compile'", "true or false"]),
+    (TrainParams, "train", "backbone.weights", "w/x.h5", ["'train.backbone.weights'", "a .h5 weights file under"]),
+    (TrainParams, "train", "backbone.weights", "data/backbone/../x.h5", ["'train.backbone.weights'", "under data/"]),
+    (TrainParams, "train", "backbone.unfreeze", 0, ["'train.backbone.unfreeze'", "all, or the number"]),
+    (TrainParams, "train", "backbone.unfreeze", "top", ["'train.backbone.unfreeze'", "'top'", "all, or the number"]),
+    (TrainParams, "train", "backbone.frozen_epochs", -1, ["'train.backbone.frozen_epochs'", "from 0 to"]),
     (TrainParams, "train", "seed", DELETE, ["'train.seed' is missing"]),
     (PreprocessParams, "preprocess", "val_fraction", 1.5, ["'preprocess.val_fraction'", "1.5", "(0.0, 1.0)"]),
     (PreprocessParams, "preprocess", "val_fraction", 0, ["'preprocess.val_fraction'", "(0.0, 1.0)"]),
@@ -282,6 +287,9 @@ def test_download_refuses_a_bad_train_key_before_downloading(tmp_path: Path) -> 
         ({"label_smoothing": 0.1, "loss": "mean_squared_error"}, "loss 'mean_squared_error' takes no label smoothing"),
         ({"beta_1": 0.7, "optimizer": "sgd"}, "optimizer 'sgd' has no betas"),
         ({"model": "fast_cnn", "fast_cnn": {"optimizer": "sgd"}}, "'train.fast_cnn.beta_1' and 'beta_2' are 0.7"),
+        ({"model": "mobilenet_v3_small", "distributed": {"engine": "jax"}}, "trains in one process only"),
+        ({"model": "efficientnetv2_b0", "backbone": {"frozen_epochs": 61}}, "is 61, more than the 60 epochs"),
+        ({"model": "mobilenet_v3_large", "backbone": {"weights": "none"}}, "weights 'none' start from random"),
     ],
 )
 def test_train_keys_that_do_not_go_together_are_one_sentence(changes: dict, sentence: str) -> None:
