@@ -87,10 +87,11 @@ def test_execution_only_keys_are_keys_of_the_train_section() -> None:
 
 
 def test_changing_only_execution_settings_retrains_nothing(digits_run: Path, tmp_path: Path) -> None:
-    """With real DVC: the four execution-only keys changed together rerun no stage, yet DVC still shows them."""
+    """With real DVC: the execution-only keys changed together rerun no stage, yet DVC still shows them."""
     repo = copy_repo(digits_run, tmp_path / "repo")
     changes = {
         "train.steps_per_execution": 1,
+        "train.feed": "stream",
         "train.distributed.launcher": "external",
         "train.distributed.coordinator": "10.0.0.5:12355",
         "train.distributed.join_timeout": 60,
