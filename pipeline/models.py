@@ -1,6 +1,8 @@
 """Model builders, chosen by name: `build_mlp` (the tutorials' dense nets), `build_cnn` (the MNIST convnet) and
 `build_fast_cnn` (a small modern convnet), the pretrained backbones through pipeline/backbones.py; and the optimizer,
-learning-rate schedule and loss they compile with."""
+learning-rate schedule and loss they compile with.
+Longer than most modules on purpose: every architecture a user can name is built here, beside its compile.
+"""
 
 from __future__ import annotations
 
