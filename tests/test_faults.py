@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -147,7 +148,14 @@ def test_a_full_or_read_only_data_disk_is_one_sentence_and_keeps_earlier_outputs
     with tmpfs(data, "1m"):
         assert stage(project_repo, "download").returncode == 0
         raw = _files(data / "raw")
-        filler = fill(data, leave=20_000)  # the prepared splits take ~200 KB
+        filler = fill(data, leave=20_000)  # the prepared splits take ~120 KB: refused before a byte is written
+        refused = one_error(stage(project_repo, "preprocess"), "the prepared splits in data/prepared take", "free some")
+        assert _files(data / "raw") == raw
+        assert sorted(p.name for p in data.iterdir()) == ["filler", "raw"], "a scratch folder was left behind"
+        filler.unlink()
+        # Room for the splits' bytes but not for their files' blocks: the check passes and the write hits ENOSPC.
+        needed = int(re.search(r"take (\d+) bytes", refused).group(1))
+        filler = fill(data, leave=needed + 8192)
         one_error(stage(project_repo, "preprocess"), "cannot write data/prepared", "ENOSPC", "free some space")
         assert _files(data / "raw") == raw
         assert sorted(p.name for p in data.iterdir()) == ["filler", "raw"], "a scratch folder was left behind"

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from pipeline.datasets import get_spec
-from tests.harness import edit_params, stage
+from tests.harness import edit_params, prepared_split, stage
 
 pytestmark = pytest.mark.slow  # the download and preprocess stages, as subprocesses
 
@@ -75,8 +75,8 @@ def test_folder_of_idx_files_downloads_and_preprocesses(project_repo: Path, tmp_
     raw = sorted(p.name for p in (project_repo / "data/raw").iterdir() if p.name != "dataset.json")
     assert raw == sorted(name + (".gz" if compressed else "") for name in IDX_NAMES)
     assert stage(project_repo, "preprocess").returncode == 0
-    with np.load(project_repo / "data/prepared/test.npz") as test:
-        assert test["x"].shape == (20, 28, 28) and test["y"].shape == (20, 10)
+    x, labels = prepared_split(project_repo, "test")
+    assert x.shape == (20, 28, 28) and labels.shape == (20,) and set(labels) <= set(range(10))
 
 
 def test_idx_files_are_verified_against_the_canonical_checksums(project_repo: Path, tmp_path: Path) -> None:

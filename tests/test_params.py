@@ -26,7 +26,7 @@ from pipeline.params import (
     load_params,
     parse_section,
 )
-from tests.harness import PROJECT_ROOT, stage
+from tests.harness import PROJECT_ROOT, stage, tree_digest
 
 SECTIONS = [DataParams, PreprocessParams, TrainParams, EvaluateParams, ExportParams]
 SHIPPED = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
@@ -184,14 +184,14 @@ def test_every_stage_has_help(name: str) -> None:
 def test_stage_with_bad_params_exits_nonzero_and_keeps_outputs(project_repo: Path) -> None:
     assert stage(project_repo, "download").returncode == 0
     assert stage(project_repo, "preprocess").returncode == 0
-    prepared = {p.name: p.read_bytes() for p in (project_repo / "data/prepared").iterdir()}
+    prepared = tree_digest(project_repo / "data/prepared")
     text = (project_repo / "params.yaml").read_text()
     (project_repo / "params.yaml").write_text(text.replace("val_fraction: 0.1", "val_fraction: 10%"))
     result = stage(project_repo, "preprocess")
     assert result.returncode == 1
     assert "'preprocess.val_fraction' is '10%'" in result.stderr
     assert "Traceback" not in result.stderr
-    assert {p.name: p.read_bytes() for p in (project_repo / "data/prepared").iterdir()} == prepared
+    assert tree_digest(project_repo / "data/prepared") == prepared
 
 
 def test_train_with_a_typo_fails_and_writes_nothing(project_repo: Path) -> None:

@@ -170,6 +170,8 @@ def atomic_directory(dest: Path | str) -> Iterator[Path]:
     except OSError as err:  # name the output the user knows, not the scratch folder it was being written in
         if err.filename is not None and str(err.filename).startswith(str(tmp)):
             raise OSError(err.errno, err.strerror, str(dest) + str(err.filename)[len(str(tmp)) :]) from err
+        if err.filename is None:  # a write to an open file (a shard filled chunk by chunk) names no file
+            raise OSError(err.errno, err.strerror, str(dest)) from err
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
