@@ -60,9 +60,9 @@ def training_loss(model, y_true, probabilities) -> float:
     return float(np.mean(keras.ops.convert_to_numpy(loss(y_true, probabilities))))
 
 
-def test_metrics(model, x_test, y_test, probabilities, *, val_probabilities, val_labels, class_names, summary) -> tuple:
+def test_metrics(model, test, probabilities, *, val_probabilities, val_labels, class_names, summary) -> tuple:
     """metrics.json's content, and what the reports draw: the per-class curves' rows, the scaled probabilities."""
-    true_labels, predicted_labels = y_test.argmax(axis=1), probabilities.argmax(axis=1)
+    true_labels, predicted_labels = test.labels, probabilities.argmax(axis=1)
     counts = confusion_matrix(true_labels, predicted_labels, len(class_names))
     per_class = per_class_scores(counts, class_names)
     curve_scores, roc_rows, pr_rows = class_curves(probabilities, true_labels, class_names)
@@ -71,7 +71,7 @@ def test_metrics(model, x_test, y_test, probabilities, *, val_probabilities, val
     calibration, scaled = temperature_scaling(val_probabilities, val_labels, probabilities, true_labels)
     metrics = {
         "test": {
-            "loss": rounded_loss(training_loss(model, y_test, probabilities)),
+            "loss": rounded_loss(training_loss(model, test.y, probabilities)),
             "accuracy": accuracy(counts),
             "macro_f1": macro_f1(per_class),
             "top_k_accuracy": top_k_accuracy(probabilities, true_labels),
@@ -82,7 +82,7 @@ def test_metrics(model, x_test, y_test, probabilities, *, val_probabilities, val
         "calibration": calibration,
         "per_class": per_class,
         "model": {"params": summary["params_total"], "best_epoch": summary["best_epoch"]},
-        "test_split": split_digest(x_test, y_test),
+        "test_split": split_digest(test.x, test.y),
     }
     return metrics, roc_rows, pr_rows, scaled
 
@@ -134,7 +134,7 @@ def main(args: argparse.Namespace) -> None:
     probabilities = feeding.predict(model, test.x, params.batch_size)
     val_probabilities = feeding.predict(model, val.x, params.batch_size)
     metrics, roc_rows, pr_rows, scaled = test_metrics(
-        model, test.x, test.y, probabilities, val_probabilities=val_probabilities, val_labels=val.labels,
+        model, test, probabilities, val_probabilities=val_probabilities, val_labels=val.labels,
         class_names=meta.class_names, summary=summary,
     )  # fmt: skip
     write_json_atomic(paths.METRICS, metrics)
