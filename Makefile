@@ -23,8 +23,9 @@ $(VENV)/.installed: requirements.lock
 run: setup  ## run the pipeline (dvc repro): only the stages whose inputs changed
 	dvc repro
 
+# Two workers, each taking whole files (module fixtures are built once), longest file first (tests/conftest.py).
 test: setup  ## run the test suite (what CI runs)
-	python -m pytest -n 2 --dist loadfile  # two workers: most tests wait on TensorFlow start-up in subprocesses
+	python -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 # The slow tier (DVC, stages in subprocesses, training) left out: tests/conftest.py says how tests are marked.
 # One process: the fast tests are milliseconds each, and each xdist worker would import TensorFlow again.

@@ -101,12 +101,11 @@ def train_model(
     params: TrainParams, role: Role | None = None, *, callbacks: Callable[[], Sequence[Any]] = tuple
 ) -> tuple[Any, Any]:
     """Build and fit the model (this process's share of it, given the `role` of a distributed run)."""
+    meta = read_meta(paths.PREPARED_META)
+    check_augmentation(params, meta.input_shape)  # before TensorFlow loads: a wrong param is refused at once
     from pipeline import models, resume, training
 
     extra_callbacks = callbacks()  # TensorFlow has loaded now (see main)
-
-    meta = read_meta(paths.PREPARED_META)
-    check_augmentation(params, meta.input_shape)
     recipe = params.effective()  # fast_cnn's own batch size, epochs and optimizer
     train, val = (feed_split(split, params.feed, recipe.batch_size, meta) for split in ("train", "val"))
     if recipe is not params:

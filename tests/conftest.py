@@ -24,19 +24,28 @@ from tests.harness import dvc, git_commit, make_project_repo
 SLOW_FIXTURES = {"project_repo", "digits_run"}
 
 
-# The files that take longest, longest first. `make test` hands whole files to two xdist workers in
-# collection order (--dist loadfile): starting the long ones first keeps one worker from running the
-# longest file alone at the end. Measured with --durations; the order only moves time, it never skips.
+# The files that take longest, longest first. `make test` hands whole files to the xdist workers in
+# collection order (--dist loadfile --no-loadscope-reorder; xdist's default order is by number of tests, which
+# put the 5-minute queue file last): starting the long ones first keeps one worker from running the longest
+# file alone at the end. Measured with --durations; the order only moves time, it never skips.
 LONGEST_FIRST = (
     "test_resume.py",
     "test_experiments.py",
+    "test_backbones.py",
     "test_own_data_pipeline.py",
     "test_fast_recipe.py",
     "test_export.py",
-    "test_serving.py",
-    "test_predict.py",
-    "test_quality.py",
     "test_distributed.py",
+    "test_pipeline_e2e.py",
+    "test_streaming.py",
+    "test_serving.py",
+    "test_quality.py",
+    "test_hostile_state.py",
+    "test_faults.py",
+    "test_workflow.py",
+    "test_precision.py",
+    "test_docs.py",
+    "test_remotes.py",
 )
 
 

@@ -257,7 +257,8 @@ def test_registry_versions_and_stages_fetch_the_exact_model(digits_run: Path, tm
     gto(repo, "register", "classifier", "--version", "v1.0.0")
     first = tree_digest(repo / "models/export")
 
-    edit_params(repo, **{"train.seed": 7, "train.epochs": 3})  # a retrain: another model (3 epochs do)
+    # A retrain: another model (3 epochs do), exported in one format (v1's tflite is the one predict reads below).
+    edit_params(repo, **{"train.seed": 7, "train.epochs": 3, "export.formats": ["saved_model"]})
     assert "Running stage 'export'" in dvc(repo, "repro").stdout
     git_commit(repo, "retrain with seed 7")
     dvc(repo, "push", "-q")

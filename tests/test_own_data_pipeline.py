@@ -26,6 +26,7 @@ SHAPES_TRAINING = {
     "train.batch_size": 16,
     "train.learning_rate": 0.003,
     "train.early_stopping_patience": 10,
+    "export.formats": ["saved_model"],  # every format of an RGB folder's model: tests/test_serving.py
 }
 USE_SHAPES = [
     "-S", "data.dataset=image_folder", "-S", "data.source=data/own/shapes",
@@ -130,6 +131,7 @@ def test_iris_as_collected_with_ids_groups_dates_and_gaps(tmp_path: Path) -> Non
     dvc(repo, "add", "data/own/iris.csv")
     git_commit(repo, "my table")
     edit_params(repo, **{"data.dataset": "csv", "data.source": "data/own/iris.csv", "data.label_column": "species"})
+    edit_params(repo, **{"export.formats": ["saved_model"]})  # a table model in every format: tests/test_serving.py
     refused = one_error(stage(repo, "download"))
     assert "data/own/iris.csv has a column that cannot be features: 'plant' holds a different text in 150" in refused
     assert "drop it with data.drop_columns: [plant]" in refused

@@ -41,7 +41,7 @@ def test_evaluate_param_reruns_only_evaluate(digits_run: Path, tmp_path: Path) -
 
 def test_train_epochs_reruns_train_and_evaluate_only(digits_run: Path, tmp_path: Path) -> None:
     repo = copy_repo(digits_run, tmp_path / "repo")
-    edit_params(repo, **{"train.epochs": 3})
+    edit_params(repo, **{"train.epochs": 3, "export.formats": ["saved_model"]})  # one format: a shorter export
     assert ran_stages(dvc(repo, "repro").stdout) == ["train", "evaluate", "export"]
     assert read_metrics(repo)["model"]["best_epoch"] <= 3
 
@@ -53,6 +53,7 @@ def test_iris_tutorial_net_reaches_accuracy(project_repo: Path) -> None:
         "-S", "train.mlp.hidden_units=[50,40]",
         "-S", "train.batch_size=8",
         "-S", "train.learning_rate=0.01",
+        "-S", "export.formats=[saved_model]",  # the exports' parity: tests/test_export.py, tests/test_serving.py
     )  # fmt: skip
     assert ran_stages(result.stdout) == ["download", "preprocess", "train", "evaluate", "export"]
     metrics = read_metrics(project_repo)
