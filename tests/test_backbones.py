@@ -293,6 +293,8 @@ def test_a_backbone_run_trains_both_phases_exports_and_predicts(
         assert [row["epoch"] for row in csv.DictReader(handle)] == ["1", "2", "3"]
     parity = read_json(backbone_run / "reports/export_parity.json")
     assert {"saved_model", "tflite", "onnx"} <= set(parity), parity
+    with open(backbone_run / "reports/confusion.csv", newline="") as handle:  # one class for all: parity of nothing
+        assert len({row["predicted"] for row in csv.DictReader(handle)}) > 1, "the model tells no image apart"
     # The photos stay in colour in the report: the misclassified grid, and the page `dvc plots show` draws with it.
     dvc(backbone_run, "plots", "show", "-o", str(tmp_path / "report"))
     assert 'id="reports_misclassified_png"' in (tmp_path / "report/index.html").read_text()
