@@ -13,8 +13,8 @@ transfer: no machine here can download ImageNet weights, so the weights are made
   3. On B, for each seed: the train stage from that file (frozen, then fine-tuned) and from `weights: none`, with
      the same number of epochs; then the evaluate stage. Test accuracy and train-stage wall time of each.
 costs: for each backbone (from scratch) and the CNN at each image size, on a folder of drawn RGB shapes: the train
-  stage through bench/timed_train.py (the median epoch after the first, peak RSS), evaluate and export, then the
-  formats' sizes and latencies through bench/export_latency.py's `measure`.
+  stage through bench/timed_train.py (the median epoch after the first), evaluate and export, each stage's peak
+  RSS, then the formats' sizes and latencies through bench/export_latency.py's `measure`.
 """
 
 from __future__ import annotations
@@ -113,7 +113,8 @@ def draw_shapes(root: Path, per_class: int) -> None:
 
 
 def costs(args: argparse.Namespace, repo: Path) -> dict[str, Any]:
-    from pipeline.preprocessing import load_split, read_meta
+    from pipeline.prepared import open_split
+    from pipeline.preprocessing import read_meta
 
     draw_shapes(repo / "data/own/shapes", args.cost_images // 3)
     models = {name: {"train.model": name, "train.backbone.weights": "none", "train.backbone.frozen_epochs": 0}
@@ -128,15 +129,16 @@ def costs(args: argparse.Namespace, repo: Path) -> dict[str, Any]:
             edit_params(repo, **params | {"train.epochs": args.cost_epochs, "train.batch_size": 32})
             trained = common.run_timed([common.PYTHON, "-m", "bench.timed_train"], repo)  # the stage, epochs timed
             epochs = json.loads(trained.stdout.strip().splitlines()[-1])["epoch_seconds"]
-            for stage_name in ("evaluate", "export"):
-                common.stage(repo, stage_name)
+            stages = {stage_name: common.stage(repo, stage_name) for stage_name in ("evaluate", "export")}
             export_dir = repo / "models/export"
-            x_test, _ = load_split(repo / "data/prepared/test.npz", read_meta(export_dir / "serving.json").scaling)
+            x_test = open_split("test", read_meta(export_dir / "serving.json"), repo / "data/prepared").x.load()
             latency = measure(export_dir, x_test, rounds=args.rounds, single=10, batches=1)
             results[f"{name}@{side}"] = {
                 # The first epoch includes loading the data, building and tracing: the median of the others.
                 "epoch_seconds": common.median(epochs[1:]), "epochs_seconds": epochs,
-                "train_seconds": trained.seconds, "train_peak_rss_mb": trained.max_rss_mb,
+                "train_seconds": trained.seconds, "export_seconds": stages["export"].seconds,
+                # Each stage's own peak: bench/launch.py starts it, so this process's TensorFlow does not count.
+                "peak_rss_mb": {"train": trained.max_rss_mb} | {n: timed.max_rss_mb for n, timed in stages.items()},
                 "params": read_json(repo / "models/summary.json")["params_total"], "formats": latency,
             }  # fmt: skip
             print(name, side, epochs, flush=True)

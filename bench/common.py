@@ -17,7 +17,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -31,6 +30,7 @@ from tests.harness import DVC, ENV, PROJECT_ROOT, edit_params, stage_command
 PYTHON = sys.executable
 DEFAULT_FASHION = Path("/usr/share/datasets/fashion-mnist")
 RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
+LAUNCHER = Path(__file__).with_name("launch.py")
 
 
 # ----------------------------------------------------------------------------- machine
@@ -83,19 +83,20 @@ class Timed:
 
 
 def run_timed(args: list[str], cwd: Path, *, check: bool = True, env: dict[str, str] | None = None) -> Timed:
-    """Run a child process; wall time and its own peak RSS (from wait4, so no other process counts)."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        start = time.perf_counter()
-        child = subprocess.Popen(args, cwd=cwd, env=env or ENV, stdout=out, stderr=err)
-        _, status, usage = os.wait4(child.pid, 0)
-        seconds = time.perf_counter() - start
-        child.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        result = Timed(
-            seconds, usage.ru_maxrss / 1024, child.returncode, out.read().decode(errors="replace"),
-            err.read().decode(errors="replace"), usage.ru_utime + usage.ru_stime,
-        )  # fmt: skip
+    """Run a child process; its wall time, CPU time and own peak RSS, measured by bench/launch.py (from wait4, so no
+    other process counts, and started from a process without TensorFlow, so this one's memory does not either)."""
+    with tempfile.TemporaryDirectory(prefix="run-timed-") as scratch:
+        report = Path(scratch) / "figures.json"
+        out, err = Path(scratch) / "stdout", Path(scratch) / "stderr"
+        with out.open("wb") as stdout, err.open("wb") as stderr:
+            launcher = [PYTHON, "-I", str(LAUNCHER), str(report), *map(str, args)]
+            status = subprocess.run(launcher, cwd=cwd, env=env or ENV, stdout=stdout, stderr=stderr, check=False)
+        text = out.read_text(errors="replace"), err.read_text(errors="replace")
+        if not report.is_file():  # the command could not be started: the launcher's traceback says why
+            command = " ".join(map(str, args))
+            raise RuntimeError(f"{command} did not start (exit {status.returncode})\n{text[1][-3000:]}")
+        figures = json.loads(report.read_text())
+    result = Timed(figures["seconds"], figures["max_rss_mb"], figures["returncode"], *text, figures["cpu_seconds"])
     if check and result.returncode != 0:
         raise RuntimeError(
             f"{' '.join(map(str, args))} exited {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"

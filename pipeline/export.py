@@ -109,7 +109,8 @@ def float32_twin(model):
 
     A model trained under `mixed_bfloat16` keeps float32 weights but computes in bfloat16,
     and LiteRT has no bfloat16 kernels (the converter refuses Conv2D, MatMul, ... on bfloat16,
-    measured): every format is made from this twin, which any runtime runs.
+    measured): every format is made from this twin, which any runtime runs. A model inside the model (a
+    pretrained backbone, pipeline/backbones.py) is cloned layer by layer too: its layers carry their own policy.
     """
     import keras
 
@@ -117,9 +118,12 @@ def float32_twin(model):
         return model
 
     def in_float32(layer):
-        return layer.__class__.from_config(layer.get_config() | {"dtype": "float32"})
+        # Plain operations between layers (MobileNetV3's `x + 3`, `x * (1/6)`) have no policy: they compute in
+        # their inputs' dtype, float32 once the layers before them do.
+        dtype = {"dtype": "float32"} if isinstance(layer, keras.layers.Layer) else {}
+        return layer.__class__.from_config(layer.get_config() | dtype)
 
-    twin = keras.models.clone_model(model, clone_function=in_float32)
+    twin = keras.models.clone_model(model, clone_function=in_float32, recursive=True)
     twin.set_weights([np.asarray(weight, dtype=np.float32) for weight in model.get_weights()])
     return twin
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from test_own_data import draw_folder, draw_shape, one_error
+from PIL import Image
+from test_own_data import SHAPES, draw_folder, draw_shape, one_error
 from test_resume import start_and_kill
 
 from pipeline import backbones, models, paths
@@ -53,12 +54,34 @@ def trainable_count(model) -> int:
     return sum(int(np.prod(v.shape)) for v in model.trainable_weights)
 
 
+def with_live_statistics(model, x: np.ndarray) -> None:
+    """Set the moving statistics of every batch normalisation in `model` (and in a model inside it) to those `x`
+    gives it, as training leaves them. Keras starts them at 0 and 1, with which a backbone in inference mode turns
+    every image into nearly zero features (some 30 layers each shrink their input): every example would get the
+    same probabilities, and a parity check or a trained head would have nothing to go on."""
+    import keras
+
+    inner = [layer for outer in model.layers if isinstance(outer, keras.Model) for layer in outer.layers]
+    for layer in [*model.layers, *inner]:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.0  # the statistics of this one batch, whatever they were
+    model(x, training=True)
+
+
+def drawn_pixels(count: int, seed: int = 0) -> np.ndarray:
+    """`count` drawn shapes (test_own_data's), 32x32 RGB, as 0..255 floats: what MobileNetV3 takes."""
+    rng = np.random.default_rng(seed)
+    return np.stack([np.asarray(draw_shape(SHAPES[i % 3], rng, 32), np.float32) for i in range(count)])
+
+
 def backbone_file(tmp_path: Path, name: str = SMALL, seed: int = 1) -> tuple[Path, list[np.ndarray]]:
-    """A weights file of `name` without its top, as `model.get_layer('backbone').save_weights` writes one."""
+    """A weights file of `name` without its top, as `model.get_layer('backbone').save_weights` writes one: random
+    weights, and batch normalisation statistics of drawn shapes, as a pretrained backbone's are of its data."""
     import keras
 
     keras.utils.set_random_seed(seed)
     source = backbones.load_backbone(name, (32, 32), "none")
+    with_live_statistics(source, drawn_pixels(16, seed))
     path = tmp_path / f"{name}.weights.h5"
     source.save_weights(path)
     return path, source.get_weights()
@@ -181,20 +204,41 @@ def test_a_missing_corrupt_or_other_backbones_weights_file_is_one_sentence(tmp_p
         assert str(caught.value).startswith(f"train.backbone.weights: {path}") and "\n" not in str(caught.value)
 
 
-# ----------------------------------------------------------------------------- EfficientNetV2's exports
+# ----------------------------------------------------------------------------- exports of the other backbones
 
 
+# The run below exports mobilenet_v3_small through the export stage; EfficientNetV2-B0 and a bfloat16 backbone are
+# converted here, in process (bfloat16 to LiteRT only: the float32 twin is made for the format that needs it). Not
+# mobilenet_v3_large: a minute or more here, and its ops are Small's (docs/backbones.md, BENCHMARKS.md 10b).
 @pytest.mark.slow  # converts to three formats
-@pytest.mark.parametrize(("name", "channels"), [("efficientnetv2_b0", 1)])  # the run below exports MobileNetV3
-def test_the_swish_backbone_exports_with_parity(name: str, channels: int, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("name", "channels", "precision", "formats"),
+    [("efficientnetv2_b0", 1, "float32", ("saved_model", "tflite", "onnx")), (SMALL, 3, "mixed_bfloat16", ("tflite",))],
+)
+def test_each_backbone_exports_with_parity(
+    name: str, channels: int, precision: str, formats: tuple[str, ...], tmp_path: Path
+) -> None:
+    """EfficientNetV2's swish converts to every format; a backbone in bfloat16 trains a step and exports as its
+    float32 twin (pipeline/export.py), as every other model does. Within 1e-4, not export.tolerance's 1e-5: some
+    50 layers of float32 sums in another order move the deeper backbones' probabilities by up to 5e-5 once their
+    features are alive (measured: docs/backbones.md)."""
     import keras
 
     from pipeline.export import export_model
 
     keras.utils.set_random_seed(2)
-    model = models.build_model(train_params(name), (32, 32, channels), 3)
+    model = models.build_model(train_params(name).model_copy(update={"precision": precision}), (32, 32, channels), 3)
     head = model.get_layer(index=-1)
     head.set_weights([np.random.default_rng(2).normal(0, 0.5, w.shape).astype(np.float32) for w in head.get_weights()])
+    pixels = drawn_pixels(16, seed=2) / 255  # as preprocess stores them: random noise would move them further
+    x = pixels if channels == 3 else pixels.mean(axis=-1, keepdims=True)
+    with_live_statistics(model, x)
+    if precision != "float32":
+        inner = model.get_layer(backbones.BACKBONE_LAYER).layers
+        assert {layer.dtype_policy.name for layer in inner} == {precision} and head.dtype_policy.name == "float32"
+        model.train_on_batch(x, keras.utils.to_categorical(np.arange(16) % 3, 3))
+    probabilities = model.predict(x, verbose=0)
+    assert np.ptp(probabilities, axis=0).max() > 0.1, "every example gets the same probabilities: parity of nothing"
     model_file = tmp_path / "model.keras"
     models.save_model_atomic(model, model_file)
     meta = PreparedMeta(
@@ -203,13 +247,13 @@ def test_the_swish_backbone_exports_with_parity(name: str, channels: int, tmp_pa
         image={"color_mode": "grayscale" if channels == 1 else "rgb", "resize": "pillow-box"},
         sizes={"train": 0, "val": 0, "test": 16}, test_split="random", val_split="none",
     )  # fmt: skip
-    x = np.random.default_rng(2).random((16, 32, 32, channels), dtype=np.float32)
-    formats = ("saved_model", "tflite", "onnx")
     figures = export_model(
-        models.load_model(model_file), model_file, meta, x, formats=formats, tolerance=1e-5, dest=tmp_path / "export"
+        models.load_model(model_file), model_file, meta, x, formats=formats, tolerance=1e-4, dest=tmp_path / "export"
     )
-    for fmt in ("saved_model", "tflite", "onnx"):
-        assert figures[fmt]["max_abs_diff"] <= 1e-5 and figures[fmt]["top1_mismatches"] == 0, (fmt, figures[fmt])
+    for fmt in formats:
+        assert figures[fmt]["max_abs_diff"] <= 1e-4 and figures[fmt]["top1_mismatches"] == 0, (fmt, figures[fmt])
+    if precision != "float32":  # the twin computes otherwise than the bfloat16 model; how far, recorded
+        assert figures["float32_twin"]["max_abs_diff"] > 0, figures["float32_twin"]
 
 
 # ----------------------------------------------------------------------------- one real pipeline run
@@ -249,6 +293,16 @@ def test_a_backbone_run_trains_both_phases_exports_and_predicts(
         assert [row["epoch"] for row in csv.DictReader(handle)] == ["1", "2", "3"]
     parity = read_json(backbone_run / "reports/export_parity.json")
     assert {"saved_model", "tflite", "onnx"} <= set(parity), parity
+    with open(backbone_run / "reports/confusion.csv", newline="") as handle:  # one class for all: parity of nothing
+        assert len({row["predicted"] for row in csv.DictReader(handle)}) > 1, "the model tells no image apart"
+    # The photos stay in colour in the report: the misclassified grid, and the page `dvc plots show` draws with it.
+    dvc(backbone_run, "plots", "show", "-o", str(tmp_path / "report"))
+    assert 'id="reports_misclassified_png"' in (tmp_path / "report/index.html").read_text()
+    shown = list((tmp_path / "report/static").glob("*misclassified.png"))
+    for grid in (backbone_run / paths.MISCLASSIFIED, *shown):
+        pixels = np.asarray(Image.open(grid), dtype=np.int16)
+        assert pixels.ndim == 3 and np.ptp(pixels[..., :3], axis=2).max() > 100, f"{grid} is not in colour"
+    assert len(shown) == 1, shown
     image = tmp_path / "circle.png"
     draw_shape("circle", np.random.default_rng(3), 64, centred=True).save(image)
     monkeypatch.chdir(backbone_run)
@@ -276,7 +330,8 @@ def positions(within: list, wanted: list) -> list[int]:
 
 @pytest.mark.slow
 def test_killed_in_either_phase_the_run_resumes_to_the_same_bytes(backbone_run: Path, tmp_path: Path) -> None:
-    """Killed after the frozen epoch and inside fine-tuning; each state also shows what each phase trained."""
+    """Killed after the frozen epoch and inside fine-tuning; each state also shows what each phase trained. Every
+    epoch runs again here, in other processes, and ends in the fixture's bytes: a rerun gives the same bytes."""
     repo = copy_repo(backbone_run, tmp_path / "repo")
     for output in (paths.MODEL, paths.TRAIN_HISTORY):
         (repo / output).unlink()
