@@ -42,6 +42,7 @@ LOSSES = ("categorical_crossentropy", "categorical_focal_crossentropy", "kl_dive
 EXECUTION_ONLY = (
     "train.steps_per_execution",
     "train.feed",
+    "train.checkpoint_minutes",
     "train.distributed.launcher",
     "train.distributed.coordinator",
     "train.distributed.join_timeout",
@@ -282,6 +283,7 @@ class TrainParams(Section):
     jit_compile: bool
     steps_per_execution: Annotated[int, Field(ge=1, le=100_000)]
     feed: Literal["auto", "memory", "stream"]
+    checkpoint_minutes: Annotated[float, Field(ge=0.0, le=10_080.0)]
     onednn: bool
     precision: Literal["float32", "mixed_bfloat16"]
     distributed: DistributedParams
