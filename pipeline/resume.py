@@ -195,8 +195,9 @@ def load_state(
 def restore_metrics(model: keras.Model, values: list[np.ndarray], path: Path) -> None:
     """Put back the metrics' accumulators of a state saved within an epoch, once `fit` has built and reset them.
 
-    The rest of the state was checked when it was loaded; these only now that the metrics exist (Keras builds the
-    compiled ones in `fit`). A state of this very run (its fingerprint) always matches: only a hand-made one fails.
+    The rest of the state was checked when it was loaded; these only now that the metrics exist (their variables
+    are made on first use: fit_resumable uses them once before). A state of this very run (its fingerprint) always
+    matches: only a hand-made one fails.
     """
     variables = model.metrics_variables
     saved = [(value.shape, value.dtype) for value in values]
