@@ -70,6 +70,7 @@ $PY -m bench.fast_recipes --default-run f66bb7c  # the default digits run: this 
 # 9: data bigger than memory (issue #29): the 8.4 GB set in a 3 GB memory cgroup (root, cgroup v1), small data side by side
 $PY -m bench.streaming large --source "$SOURCE" --size 200 --limit-gb 3
 $PY -m bench.streaming small --source "$SOURCE" --model mlp --rounds 3 --epochs 3
+$PY -m bench.streaming small --source "$SOURCE" --model cnn --rounds 3 --epochs 2 --variants before,feed=auto,checkpoint=3s
 # 9: pretrained backbones (issue #28): a pretrained start against weights none on 100 images per class; costs per size
 $PY -m bench.backbones transfer --source "$SOURCE" --seeds 0,1,2
 $PY -m bench.backbones costs --sizes 96,128

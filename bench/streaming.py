@@ -3,7 +3,8 @@ trains no slower than before the prepared splits went to disk.
 
     .venv/bin/python -m bench.streaming large --size 200 --limit-gb 3      # root: it makes a cgroup v1
     .venv/bin/python -m bench.streaming small --model mlp --rounds 3
-    .venv/bin/python -m bench.streaming small --model cnn --rounds 3 --epochs 2 --variants before,feed=auto
+    .venv/bin/python -m bench.streaming small --model cnn --rounds 3 --epochs 2 \
+        --variants before,feed=auto,checkpoint=3s
 
 `large`: Fashion-MNIST's 70,000 images as 28x28 PNG files (train/ and test/ class folders), indexed by the
 download stage, then preprocess (to --size x --size RGB: 8.4 GB of uint8 shards at 200), one epoch of train
@@ -14,8 +15,9 @@ included). Then the code before #29 (--before) runs its preprocess on the same i
 
 `small`: full Fashion-MNIST 28x28 preprocessed in two scratch copies, this checkout and --before; then,
 alternately, --rounds times, the train stage (bench/timed_train.py) in the old copy, in the new one with
-train.feed=auto (held in memory, as before) and with train.feed=stream. Seconds per epoch are the median of the
-epochs after the first (which includes tracing).
+train.feed=auto (held in memory, as before) and with train.feed=stream; checkpoint=3s is feed=auto saving the resume
+state within the epoch every 3 s (train.checkpoint_minutes 0.05), which also times one save of that state directly
+(`SAVE_PROBE`). Seconds per epoch are the median of the epochs after the first (which includes tracing).
 """
 
 from __future__ import annotations
@@ -173,6 +175,28 @@ def large(args: argparse.Namespace) -> dict:
 
 # ----------------------------------------------------------------------------- small: side by side
 
+# Run in the new copy: the train stage's model for its params, one step trained (the optimizer's slots exist), then
+# its resume state saved as within an epoch, 7 times: the median seconds of one save and the file's size.
+SAVE_PROBE = """
+import json, pathlib, statistics, time
+import numpy as np
+from pipeline import models, resume, training
+from pipeline.params import TrainParams, load_params
+from pipeline.preprocessing import read_meta
+params, meta = load_params(TrainParams), read_meta(pathlib.Path("data/prepared/meta.json"))
+training.seed_everything(params.seed)
+model = models.build_model(params, meta.input_shape, len(meta.class_names), steps_per_epoch=1)
+x = np.zeros((params.batch_size, *meta.input_shape), np.float32)
+model.fit(x, np.eye(len(meta.class_names), dtype=np.float32)[np.zeros(len(x), int)], verbose=0)
+best, path, seconds = [w.numpy() for w in model.weights], pathlib.Path(".resume/probe/state.npz"), []
+path.parent.mkdir(parents=True, exist_ok=True)
+for _ in range(7):
+    start = time.perf_counter()
+    resume.save_state(path, model, best, resume.RunRecord("probe", steps_done=1))
+    seconds.append(time.perf_counter() - start)
+print(json.dumps({"save_s": statistics.median(seconds), "each_s": seconds, "state_mb": path.stat().st_size / 1e6}))
+"""
+
 
 def small(args: argparse.Namespace) -> dict:
     params = {
@@ -181,7 +205,11 @@ def small(args: argparse.Namespace) -> dict:
     }  # fmt: skip
     if args.model == "mlp":
         params |= {"train.mlp.hidden_units": [784, 100], "train.mlp.dropout": 0.0}
-    known = {"before": {}, "feed=auto": {"train.feed": "auto"}, "feed=stream": {"train.feed": "stream"}}
+    known = {
+        "before": {}, "feed=auto": {"train.feed": "auto", "train.checkpoint_minutes": 10},
+        "feed=stream": {"train.feed": "stream", "train.checkpoint_minutes": 10},
+        "checkpoint=3s": {"train.feed": "auto", "train.checkpoint_minutes": 0.05},
+    }  # fmt: skip
     if unknown := set(args.variants) - set(known):
         raise SystemExit(f"--variants: unknown {sorted(unknown)}; choose from {', '.join(known)} (before first).")
     variants = {name: known[name] for name in args.variants}
@@ -202,8 +230,12 @@ def small(args: argparse.Namespace) -> dict:
                 result["max_rss_mb"] = timed.max_rss_mb
                 runs[name].append(result)
                 print(name, f"{result['epoch_s']:.2f} s/epoch", result["weights_sha256"][:12], flush=True)
-    summary = {name: {"epoch_s": common.median([r["epoch_s"] for r in results]), "runs": results}
-               for name, results in runs.items()}  # fmt: skip
+        if "checkpoint=3s" in variants:
+            probe = run([common.PYTHON, "-c", SAVE_PROBE], new).stdout.strip().splitlines()[-1]
+            save = json.loads(probe) | {"uptime": os.getloadavg()}
+            print("one save of the resume state:", save, flush=True)
+    summary: dict = {name: {"epoch_s": common.median([r["epoch_s"] for r in results]), "runs": results}
+                     for name, results in runs.items()}  # fmt: skip
     base = summary["before"]["epoch_s"]
     print(f"| variant | s/epoch (median of {args.rounds}) | ratio to before | runs | weights |")
     print("| --- | --- | --- | --- | --- |")
@@ -211,6 +243,8 @@ def small(args: argparse.Namespace) -> dict:
         each = ", ".join(f"{r['epoch_s']:.2f}" for r in row["runs"])
         hashes = {r["weights_sha256"][:12] for r in row["runs"]}
         print(f"| {name} | {row['epoch_s']:.2f} | {row['epoch_s'] / base:.3f} | {each} | {', '.join(hashes)} |")
+    if "checkpoint=3s" in variants:
+        summary["save"] = save
     return summary
 
 
@@ -227,7 +261,7 @@ def main() -> None:
     parser.add_argument("--model", choices=("mlp", "cnn"), default="mlp", help="small: the tutorial's dense net or CNN")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--variants", type=lambda text: text.split(","), default=["before", "feed=auto", "feed=stream"],
-                        help="small: which to run, comma-separated (before, feed=auto, feed=stream)")  # fmt: skip
+                        help="small: comma-separated, of before, feed=auto, feed=stream, checkpoint=3s")  # fmt: skip
     parser.add_argument("--epochs", type=int, default=3, help="small: per run; the first is not timed")
     args = parser.parse_args()
     info = common.machine_info()

@@ -33,15 +33,16 @@ LR_SCHEDULES = ("constant", "cosine", "one_cycle")
 LOSSES = ("categorical_crossentropy", "categorical_focal_crossentropy", "kl_divergence", "mean_squared_error",
           "categorical_hinge")  # fmt: skip
 
-# Keys that decide how fast the train stage runs, or how its processes find each other, but never the model it
-# trains (steps_per_execution only groups the same steps into fewer backend calls: bit-identical weights for any
-# value, tests/test_training.py, on TensorFlow and JAX, with XLA and without). They are deliberately not in the
-# train stage's `params:` in dvc.yaml, nor in the resume fingerprint, so that changing only them retrains nothing
-# (tests/test_dvc_yaml.py checks it with DVC, tests/test_training.py the fingerprint); `dvc params diff` and
-# `dvc exp show` still show them, as they show every key of params.yaml.
+# Keys that decide how fast the train stage runs, how its processes find each other, or how often it saves its
+# resume state, but never the model it trains (steps_per_execution only groups the same steps into fewer backend
+# calls: bit-identical weights for any value, tests/test_training.py, on TensorFlow and JAX, with XLA and without).
+# They are deliberately not in the train stage's `params:` in dvc.yaml, nor in the resume fingerprint, so that
+# changing only them retrains nothing (tests/test_dvc_yaml.py checks it with DVC, tests/test_training.py the
+# fingerprint); `dvc params diff` and `dvc exp show` still show them, as they show every key of params.yaml.
 EXECUTION_ONLY = (
     "train.steps_per_execution",
     "train.feed",
+    "train.checkpoint_minutes",
     "train.distributed.launcher",
     "train.distributed.coordinator",
     "train.distributed.join_timeout",
@@ -282,6 +283,7 @@ class TrainParams(Section):
     jit_compile: bool
     steps_per_execution: Annotated[int, Field(ge=1, le=100_000)]
     feed: Literal["auto", "memory", "stream"]
+    checkpoint_minutes: Annotated[float, Field(ge=0.0, le=10_080.0)]
     onednn: bool
     precision: Literal["float32", "mixed_bfloat16"]
     distributed: DistributedParams

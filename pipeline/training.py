@@ -4,8 +4,9 @@ Why not Keras's BackupAndRestore + ModelCheckpoint + EarlyStopping: they do not
 save the dropout generators' state, EarlyStopping's counters or the best
 metric so far, and they write files in place (see docs/resume-and-determinism.md). Here one
 callback keeps all of it in one state file, rewritten atomically after every
-epoch; pipeline/resume.py holds that file's format and the rule for resuming from it.
-Longer than most modules on purpose: the epoch order, the callback and the fit loop are one bit-exact contract.
+epoch and within long ones (`train.checkpoint_minutes`); pipeline/resume.py holds that file's format, the
+callbacks that write it and the rule for resuming from it. The epoch order and the fit loop here, and those
+callbacks, are one bit-exact contract.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pipeline.augment import augment_batch, epoch_augmentation
 from pipeline.io.atomic import write_csv_atomic, write_json_atomic
 from pipeline.params import AugmentParams, TrainParams
 from pipeline.prepared import StoredRows
-from pipeline.resume import STATE_FILE, RunRecord, load_state, save_state
+from pipeline.resume import STATE_FILE, EpochEnd, MidEpochSave, Report, RunRecord, load_state
 
 if TYPE_CHECKING:  # a one-process run never imports pipeline.distributed
     from pipeline.distributed import Role
@@ -71,6 +72,7 @@ def epoch_dataset(
     drop_remainder: bool = False,
     augment: AugmentParams | None = None,
     role: Role | None = None,
+    skip: int = 0,
 ) -> tf.data.Dataset:
     """The batches of one epoch, in its `epoch_order`; the last one may be partial unless `drop_remainder`.
 
@@ -81,10 +83,12 @@ def epoch_dataset(
     `augment` (images only) changes each image by its own draw for (seed, epoch, example index)
     (pipeline/augment.py); None, or every augmentation off, leaves the batches as they are.
     A distributed run's `role` keeps this process's slice of every batch (`shard_batches`).
+    `skip` leaves out the epoch's first batches (those a run killed within the epoch had trained): only
+    indices are skipped, nothing is read for them, and the rest are the same batches with the same draws.
     """
     x, y = feeding.held(x, y)  # a no-op for what fit_resumable passes
     order = epoch_order(int(x.shape[0]), seed, epoch)
-    batches = tf.data.Dataset.from_tensor_slices(order).batch(batch_size, drop_remainder=drop_remainder)
+    batches = tf.data.Dataset.from_tensor_slices(order).batch(batch_size, drop_remainder=drop_remainder).skip(skip)
     if role is not None:
         batches = shard_batches(batches, batch_size=batch_size, role=role)
     if augment is None or not augment.enabled:
@@ -119,9 +123,6 @@ def shard_batches(batches: tf.data.Dataset, *, batch_size: int, role: Role) -> t
     return batches.map(lambda idx: idx[start:stop])
 
 
-Report = Callable[[RunRecord], None]
-
-
 def live_metrics(progress: RunRecord, epochs: int) -> dict[str, Any]:
     """The run so far, as reports/live.json shows it while training goes on: a function of the progress only,
     so a resumed or watched run ends with the same bytes as one nobody interrupted or watched."""
@@ -146,51 +147,6 @@ def publish_progress(progress: RunRecord, *, epochs: int, live_path: Path, histo
     write_json_atomic(live_path, live_metrics(progress, epochs))
 
 
-class _EpochEnd(keras.callbacks.Callback):
-    """Track the best epoch and early stopping, then save the whole state (and report it), after every epoch."""
-
-    def __init__(
-        self,
-        state_path: Path,
-        progress: RunRecord,
-        best: list[np.ndarray],
-        patience: int,
-        epochs: int,
-        *,
-        save: bool,
-        report: Report | None = None,
-    ):
-        super().__init__()
-        self.state_path, self.progress, self.best, self.patience, self.epochs, self.save = (
-            state_path, progress, best, patience, epochs, save,
-        )  # fmt: skip
-        self.report = report
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        logs = logs or {}
-        progress = self.progress
-        progress.history.append({"epoch": epoch + 1} | {k: float(v) for k, v in sorted(logs.items())})
-        val_accuracy, val_loss = float(logs["val_accuracy"]), float(logs["val_loss"])
-        # Accuracy on a small validation split ties often; the lower loss breaks the tie.
-        if (val_accuracy, -val_loss) > (progress.best_val_accuracy, -progress.best_val_loss):
-            progress.best_val_accuracy, progress.best_val_loss = val_accuracy, val_loss
-            progress.best_epoch, progress.wait = epoch + 1, 0
-            self.best[:] = [np.asarray(w.numpy()) for w in self.model.weights]
-        else:
-            progress.wait += 1
-        progress.epochs_done = epoch + 1
-        if self.patience and progress.wait >= self.patience:
-            log.info("early stopping: no better val_accuracy for %d epochs", self.patience)
-            progress.finished = True
-        if progress.epochs_done >= self.epochs:
-            progress.finished = True
-        self.model.stop_training = True  # this `fit` call is this one epoch; fit_resumable starts the next
-        if self.save:  # one writer: in a distributed run every process holds the same state
-            save_state(self.state_path, self.model, self.best, progress)
-            if self.report:  # after the save: what it shows is never ahead of what a resume restores
-                self.report(progress)
-
-
 def fit_resumable(
     model: keras.Model,
     train: tuple[np.ndarray | StoredRows, np.ndarray],
@@ -208,6 +164,7 @@ def fit_resumable(
     report: Report | None = None,
     augment: AugmentParams | None = None,
     before_epoch: Callable[[int], None] | None = None,
+    checkpoint_minutes: float = 0.0,
 ) -> RunRecord:
     """Fit `model` (compiled, seeded) and leave it holding its best epoch's weights.
 
@@ -225,22 +182,33 @@ def fit_resumable(
     epoch, and once after a resume restored it: DVC deletes a stage's outputs before it runs, so a
     resumed run rebuilds them from the state at once. `augment` changes the training images only
     (`epoch_dataset`); validation sees them as they are. `before_epoch` (e.g. a backbone's
-    `enter_phase`) is called with each epoch's index before it runs, and with the last saved
-    epoch's before a resume restores the optimizer built for it.
+    `enter_phase`) is called with each epoch's index before it runs, and with that of the epoch the
+    state was saved in before a resume restores the optimizer built for it. `checkpoint_minutes` (not 0)
+    also saves the state within an epoch, after the group of steps that ends that long after the last save;
+    a run resumed from there trains only that epoch's later batches, and ends with the same bytes.
     """
     state_path = state_dir / STATE_FILE
-    restore_phase = (lambda done: before_epoch(max(done - 1, 0))) if before_epoch else None
-    restored = load_state(state_path, model, fingerprint, restore_phase)
-    progress, best = restored if restored else (RunRecord(fingerprint=fingerprint), [])
+    batches = max(1, batches_per_epoch(len(train[0]), batch_size, role))
+    restored = load_state(state_path, model, fingerprint, before_epoch, batches_per_epoch=batches)
+    progress, best, metrics = restored if restored else (RunRecord(fingerprint=fingerprint), [], [])
     writer = role is None or role.writes_outputs
     if role is not None:
         role.agree(progress.epochs_done, "the number of epochs already done (the resume state)")
+        role.agree(progress.steps_done, "the step reached within the epoch (the resume state)")
     if restored and progress.finished:
         log.info("training had already finished (epoch %d); exporting the best model", progress.epochs_done)
+    elif restored and progress.steps_done:
+        log.info(
+            "resuming at epoch %d of %d, step %d of %d, from %s",
+            progress.epochs_done + 1, epochs, progress.steps_done + 1, batches, state_path,
+        )  # fmt: skip
     elif restored:
         log.info("resuming at epoch %d of %d from %s", progress.epochs_done + 1, epochs, state_path)
     x_train, y_train = feeding.held(*train)  # once: every epoch's batches gather from these
-    epoch_end = _EpochEnd(state_path, progress, best, patience, epochs, save=writer, report=report)
+    epoch_end = EpochEnd(state_path, progress, best, patience, epochs, save=writer, report=report, metrics=metrics)
+    ours: list[keras.callbacks.Callback] = [epoch_end]
+    if writer and checkpoint_minutes:
+        ours.append(MidEpochSave(epoch_end, checkpoint_minutes * 60, batches))
     if restored and writer and report:
         report(progress)
     # One `fit` call per epoch, each on that epoch's own finite dataset (see `epoch_dataset`); Keras keeps
@@ -250,6 +218,10 @@ def fit_resumable(
             break
         if before_epoch:
             before_epoch(epoch)
+        if epoch_end.metrics:  # a state saved within this epoch: its metrics' sums go back in on_epoch_begin
+            # TensorFlow builds the compiled metrics when it traces the first step, after on_epoch_begin; built
+            # here, on labels standing in for predictions (their values do not matter: every sum is assigned).
+            model.compute_metrics(None, y_train[:1], y_train[:1])
         dataset = epoch_dataset(
             x_train,
             y_train,
@@ -259,6 +231,7 @@ def fit_resumable(
             drop_remainder=full_batches_only(role),
             augment=augment,
             role=role,
+            skip=progress.steps_done,  # not 0 only in an epoch resumed from a state saved within it
         )
         model.fit(
             dataset,
@@ -267,7 +240,7 @@ def fit_resumable(
             validation_data=feeding.validation_data(*val),
             shuffle=False,  # the dataset is already in its epoch's order
             class_weight=class_weight,
-            callbacks=[epoch_end, *callbacks],
+            callbacks=[*ours, *callbacks],
             # A progress bar on a terminal; one line per epoch in CI logs; from process 0 only.
             verbose=(1 if sys.stdout.isatty() else 2) if writer else 0,
         )

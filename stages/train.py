@@ -3,7 +3,8 @@ reports/train_history.csv, reports/live.json (the last two rewritten after every
 
 Builds the model named by `train.model`, fits it with a per-epoch reshuffle,
 keeps the epoch with the best validation accuracy, stops early when asked, and
-resumes from its last completed epoch if it was killed (state in .resume/train/).
+resumes from its last saved state if it was killed (state in .resume/train/: after every epoch, and every
+train.checkpoint_minutes within one).
 """
 
 from __future__ import annotations
@@ -129,6 +130,7 @@ def train_model(
         seed=params.seed, state_dir=paths.RESUME_DIR,
         fingerprint=resume.run_fingerprint(resume.fingerprint_params(params), inputs + code),
         role=role, callbacks=extra_callbacks, augment=params.augment, before_epoch=phases,
+        checkpoint_minutes=params.checkpoint_minutes,
         class_weight=training.class_weights(train[1], params.class_weight),
         report=partial(
             training.publish_progress,

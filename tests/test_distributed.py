@@ -67,17 +67,20 @@ class KilledAndResumed:
     killed: subprocess.CompletedProcess  # the launcher that lost a process (stderr only)
     seconds_to_fail: float
     epochs_saved: int
+    steps_saved: int  # within the next epoch: the state was saved there (train.checkpoint_minutes, set tiny)
     survivor_outlived: bool
     left_behind: list[str]  # a model or scratch files after the failed run
     rerun: subprocess.CompletedProcess
 
 
-def epochs_saved(repo: Path) -> int:
+def saved_position(repo: Path) -> tuple[int, int]:
+    """(epochs done, steps done within the next) in the resume state."""
     state = repo / paths.RESUME_DIR / "state.npz"
     try:
-        return json.loads(str(load_npz(state)["meta"]))["epochs_done"]
+        meta = json.loads(str(load_npz(state)["meta"]))
     except (PipelineError, KeyError):  # not written yet
-        return 0
+        return 0, 0
+    return meta["epochs_done"], meta["steps_done"]
 
 
 def training_process(launcher_pid: int, index: int) -> int:
@@ -95,31 +98,45 @@ def training_process(launcher_pid: int, index: int) -> int:
 
 @pytest.fixture(scope="module")
 def two_processes(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> KilledAndResumed:
-    """One two-process run serves every test below: training processes are the slow part of this suite."""
+    """One two-process run serves every test below: training processes are the slow part of this suite.
+
+    Process 0 saves the state after every step; process 1 is killed once that state was saved within an epoch
+    (both are stopped while it is read), so the rerun resumes within an epoch."""
     repo = copy_repo(prepared, tmp_path_factory.mktemp("dist-two") / "repo")
-    edit_params(repo, **{"train.distributed.processes": 2})
+    edit_params(repo, **{
+        "train.distributed.processes": 2, "train.checkpoint_minutes": 1e-6, "train.steps_per_execution": 1,
+    })  # fmt: skip
     log = repo.parent / "stderr.txt"
     with open(log, "w") as stderr:
         launcher = subprocess.Popen(
             [sys.executable, "-m", "stages.train"], cwd=repo, env=ENV, stdout=subprocess.DEVNULL, stderr=stderr
         )
         deadline = time.monotonic() + 240
-        while epochs_saved(repo) < 2:
+        while True:
             assert launcher.poll() is None, f"finished before it could be killed:\n{log.read_text()[-3000:]}"
             assert time.monotonic() < deadline, "no epoch was saved within 240 s"
+            if saved_position(repo)[0] >= 2:
+                pids = [training_process(launcher.pid, index) for index in (0, 1)]
+                for pid in pids:
+                    os.kill(pid, signal.SIGSTOP)
+                if saved_position(repo)[1] > 0:
+                    break
+                for pid in pids:
+                    os.kill(pid, signal.SIGCONT)
             time.sleep(0.02)
-        survivor = training_process(launcher.pid, 0)
-        os.kill(training_process(launcher.pid, 1), signal.SIGKILL)
+        survivor = pids[0]
+        os.kill(pids[1], signal.SIGKILL)
         killed_at = time.monotonic()
+        os.kill(survivor, signal.SIGCONT)
         launcher.wait(timeout=60)
     seconds_to_fail = time.monotonic() - killed_at
     killed = subprocess.CompletedProcess(launcher.args, launcher.returncode, "", log.read_text())
     left_behind = [str(p.relative_to(repo)) for p in [*repo.glob("models/*"), *repo.rglob("*.tmp*")]]
-    saved = epochs_saved(repo)
+    saved = saved_position(repo)
     rerun = stage(repo, "train", timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     return KilledAndResumed(
-        repo, killed, seconds_to_fail, saved, Path(f"/proc/{survivor}").exists(), left_behind, rerun
+        repo, killed, seconds_to_fail, *saved, Path(f"/proc/{survivor}").exists(), left_behind, rerun
     )
 
 
@@ -144,9 +161,11 @@ def test_killed_process_fails_the_stage_within_seconds(two_processes: KilledAndR
     assert 2 <= run.epochs_saved < EPOCHS
 
 
-def test_rerun_resumes_at_the_next_epoch_and_finishes(two_processes: KilledAndResumed) -> None:
+def test_rerun_resumes_at_the_step_saved_and_finishes(two_processes: KilledAndResumed) -> None:
     run = two_processes
-    assert f"resuming at epoch {run.epochs_saved + 1} of {EPOCHS}" in run.rerun.stderr
+    batches = json.loads((run.repo / paths.split_manifest("train")).read_text())["count"] // 32  # full ones only
+    resumed_at = f"resuming at epoch {run.epochs_saved + 1} of {EPOCHS}, step {run.steps_saved + 1} of {batches}"
+    assert resumed_at in run.rerun.stderr
     assert "Epoch 1/" not in run.rerun.stdout  # epochs already done are not trained again
     assert run.rerun.stdout.count(f"Epoch {EPOCHS}/{EPOCHS}") == 1  # printed by process 0 only
     assert not (run.repo / paths.RESUME_DIR).exists(), "resume state must be cleared after a successful run"

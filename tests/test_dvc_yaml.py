@@ -92,6 +92,7 @@ def test_changing_only_execution_settings_retrains_nothing(digits_run: Path, tmp
     changes = {
         "train.steps_per_execution": 1,
         "train.feed": "stream",
+        "train.checkpoint_minutes": 0,
         "train.distributed.launcher": "external",
         "train.distributed.coordinator": "10.0.0.5:12355",
         "train.distributed.join_timeout": 60,

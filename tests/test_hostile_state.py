@@ -80,6 +80,9 @@ STATE_DAMAGE: dict[str, Callable[[Path], None]] = {
     "best-weights-missing": lambda p: _rewrite(p, _drop_best),
     "meta-not-json": lambda p: _rewrite(p, lambda a: a.update(meta=np.array("{not json"))),
     "meta-a-list": lambda p: _rewrite(p, lambda a: a.update(meta=np.array("[1, 2]"))),
+    "within-an-epoch-without-its-metrics": lambda p: _rewrite(p, _edit_meta(steps_done=2)),
+    "a-step-past-the-epoch": lambda p: _rewrite(p, _edit_meta(steps_done=5)),
+    "metrics-at-an-epoch-end": lambda p: _rewrite(p, lambda a: a.update(metrics_0=np.zeros((), np.float32))),
 }
 
 
@@ -94,11 +97,11 @@ def test_a_damaged_resume_state_is_set_aside_and_training_starts_fresh(
     save_state(path, model, best, RunRecord("run", epochs_done=2, best_epoch=1, history=[{"epoch": 1}, {"epoch": 2}]))
     fresh = tiny_model()
     before = [np.asarray(v.numpy()).copy() for v in fresh.variables]
-    assert load_state(path, tiny_model(), "run") is not None  # the undamaged state restores
+    assert load_state(path, tiny_model(), "run", batches_per_epoch=5) is not None  # the undamaged state restores
 
     damage(path)
     with caplog.at_level(logging.WARNING):
-        assert load_state(path, fresh, "run") is None
+        assert load_state(path, fresh, "run", batches_per_epoch=5) is None
     assert "set aside" in caplog.text and "training from scratch" in caplog.text
     assert not path.exists() and (tmp_path / "state.npz.corrupt").exists()
     # Nothing was half-assigned before the damage was found: the fresh model is as it was built.

@@ -66,20 +66,36 @@ def sigint_reaches_children() -> Iterator[None]:
     signal.signal(signal.SIGINT, previous)
 
 
-def epochs_saved(repo: Path) -> int:
+def saved_position(repo: Path) -> tuple[int, int]:
+    """(epochs done, steps done within the next) in the resume state; (0, 0) before it is written."""
     state = repo / paths.RESUME_DIR / "state.npz"
     if not state.exists():
-        return 0
+        return 0, 0
     # Only the small "meta" member: loading every array at each poll made the poll slower than an epoch of
     # digits, so on a loaded machine the run could finish between reaching `after_epochs` and the signal.
     with np.load(state, allow_pickle=False) as archive:
-        return json.loads(str(archive["meta"]))["epochs_done"]
+        meta = json.loads(str(archive["meta"]))
+    return meta["epochs_done"], meta["steps_done"]
+
+
+def epochs_saved(repo: Path) -> int:
+    return saved_position(repo)[0]
 
 
 def start_and_kill(
-    args: list[str], repo: Path, sig: signal.Signals, after_epochs: int = 3, epochs: int = EPOCHS
+    args: list[str],
+    repo: Path,
+    sig: signal.Signals,
+    after_epochs: int = 3,
+    epochs: int = EPOCHS,
+    *,
+    within_epoch: bool = False,
 ) -> int:
-    """Start `args`, send `sig` to its whole process group once `after_epochs` are saved; return epochs saved."""
+    """Start `args`, send `sig` to its whole process group once `after_epochs` are saved; return epochs saved.
+
+    `within_epoch`: only once the state was saved within an epoch (`train.checkpoint_minutes`, set tiny). The run
+    is stopped (SIGSTOP) while the state is read, so that the signal lands on a state saved there.
+    """
     process = subprocess.Popen(
         args,
         cwd=repo,
@@ -90,11 +106,20 @@ def start_and_kill(
         start_new_session=True,
     )
     deadline = time.monotonic() + 120
-    while epochs_saved(repo) < after_epochs:
+    while True:
         assert process.poll() is None, f"finished before it could be killed:\n{process.stderr.read()}"
         assert time.monotonic() < deadline, "no epoch was saved within 120 s"
+        if epochs_saved(repo) >= after_epochs:
+            if not within_epoch:
+                break
+            os.killpg(process.pid, signal.SIGSTOP)
+            if saved_position(repo)[1] > 0:
+                break
+            os.killpg(process.pid, signal.SIGCONT)
         time.sleep(0.02)
     os.killpg(process.pid, sig)
+    if within_epoch:
+        os.killpg(process.pid, signal.SIGCONT)  # a stopped process takes no signal but SIGKILL until continued
     process.wait(timeout=60)
     assert process.returncode != 0, "the run finished before the signal arrived"
     saved = epochs_saved(repo)

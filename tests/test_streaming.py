@@ -7,6 +7,7 @@ Real stages in subprocesses, real signals, real DVC remotes; the shard size is t
 from __future__ import annotations
 
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -31,7 +32,7 @@ from tests.harness import (
     stage,
     tree_digest,
 )
-from tests.test_resume import RUN_PARAMS, assert_same_result, start_and_kill, train_and_evaluate
+from tests.test_resume import EPOCHS, RUN_PARAMS, assert_same_result, saved_position, start_and_kill, train_and_evaluate
 
 pytestmark = pytest.mark.slow  # stages in subprocesses, killed, pushed and pulled
 
@@ -64,15 +65,23 @@ def test_streamed_training_gives_the_in_memory_bytes(streamed_base: Path, stream
     assert_same_result(repo, streamed)
 
 
-def test_a_streamed_run_killed_mid_epoch_resumes_to_the_same_bytes(
+def test_a_streamed_run_killed_mid_epoch_resumes_at_the_step_saved_to_the_same_bytes(
     streamed_base: Path, streamed: Path, tmp_path: Path
 ) -> None:
+    """Saved after every step (train.checkpoint_minutes tiny), killed on a state saved within an epoch: the rerun
+    trains the rest of that epoch only, and ends with the uninterrupted run's bytes, the epoch's logged train loss
+    and accuracy included (Keras's running sums, saved with the state). The execution-only keys changed on the
+    way (the feed, the saving interval, the steps per call) leave the state valid."""
     repo = copy_repo(streamed_base, tmp_path / "repo")
-    saved = start_and_kill([sys.executable, "-m", "stages.train"], repo, signal.SIGKILL)
-    edit_params(repo, **{"train.feed": "auto"})  # an execution-only key: the resume state stays valid
+    edit_params(repo, **{"train.checkpoint_minutes": 1e-6, "train.steps_per_execution": 1})
+    start_and_kill([sys.executable, "-m", "stages.train"], repo, signal.SIGKILL, within_epoch=True)
+    epochs, steps = saved_position(repo)
+    edit_params(repo, **{"train.feed": "auto", "train.checkpoint_minutes": 10, "train.steps_per_execution": 64})
     result = train_and_evaluate(repo)
-    assert f"resuming at epoch {saved + 1} of" in result.stderr
+    batches = math.ceil(json.loads((repo / paths.split_manifest("train")).read_text())["count"] / 32)  # batch_size 32
+    assert f"resuming at epoch {epochs + 1} of {EPOCHS}, step {steps + 1} of {batches}, from" in result.stderr
     assert_same_result(repo, streamed)
+    assert (repo / paths.LIVE_METRICS).read_bytes() == (streamed / paths.LIVE_METRICS).read_bytes()
 
 
 # ----------------------------------------------------------------------------- preprocess killed mid-write

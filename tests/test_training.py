@@ -6,7 +6,9 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
+import keras
 import numpy as np
 import pytest
 import yaml
@@ -73,6 +75,22 @@ def test_streamed_epochs_read_every_example_once_as_the_in_memory_epochs_do(tmp_
         np.testing.assert_array_equal(np.concatenate([first.numpy(), second.numpy()]), full.numpy())
 
 
+def test_an_epoch_resumed_within_feeds_exactly_its_remaining_batches(tmp_path: Path) -> None:
+    """`skip` (a state saved within an epoch): the batches after the step saved, with the augmentation draws they
+    had, read from disk or held in memory, whole or one process's slice."""
+    write_drawn(tmp_path)
+    split = open_split("train", image_meta(), tmp_path)
+    for x, role in ((split.x, None), (split.x.load(), Role(index=1, count=2))):
+        same = {"batch_size": 16, "seed": 3, "epoch": 2, "augment": ALL, "role": role,
+                "drop_remainder": training.full_batches_only(role)}  # fmt: skip
+        whole = list(training.epoch_dataset(x, split.y, **same))
+        rest = list(training.epoch_dataset(x, split.y, skip=4, **same))
+        assert len(rest) == len(whole) - 4 == training.batches_per_epoch(len(split.y), 16, role) - 4 > 0
+        for (rest_x, rest_y), (whole_x, whole_y) in zip(rest, whole[4:], strict=True):
+            np.testing.assert_array_equal(rest_x.numpy(), whole_x.numpy())
+            np.testing.assert_array_equal(rest_y.numpy(), whole_y.numpy())
+
+
 def tiny_problem() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     rng = np.random.default_rng(0)
     x = rng.random((64, 4)).astype(np.float32)
@@ -81,7 +99,7 @@ def tiny_problem() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.
     return (x[:48], y[:48]), (x[48:], y[48:])
 
 
-def fit(state_dir: Path, epochs: int, fingerprint: str = "run-1", steps_per_execution: int = 1):
+def fit(state_dir: Path, epochs: int, fingerprint: str = "run-1", steps_per_execution: int = 1, **more: Any):
     params = BASE.model_copy(
         update={
             "mlp": BASE.mlp.model_copy(update={"hidden_units": (8,), "dropout": 0.1}),
@@ -93,9 +111,48 @@ def fit(state_dir: Path, epochs: int, fingerprint: str = "run-1", steps_per_exec
     train, val = tiny_problem()
     progress = training.fit_resumable(
         model, train, val, epochs=epochs, batch_size=16, patience=0, seed=1, state_dir=state_dir,
-        fingerprint=fingerprint,
+        fingerprint=fingerprint, **more,
     )  # fmt: skip
     return model, progress
+
+
+class StopAfter(keras.callbacks.Callback):
+    """Stops training with an exception, as a kill would, after the group of steps ending at `step` of `epoch`:
+    after the state saved there (it runs after fit_resumable's own callbacks)."""
+
+    def __init__(self, epoch: int, step: int):
+        super().__init__()
+        self.stop_epoch, self.stop_step, self.epoch = epoch, step, -1
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if (self.epoch, batch) == (self.stop_epoch, self.stop_step):
+            raise KeyboardInterrupt
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("steps_per_execution", "resumes_at"), [(1, 2), (2, 3)])
+def test_a_run_stopped_within_an_epoch_resumes_at_the_step_saved_and_ends_the_same(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, steps_per_execution: int, resumes_at: int
+) -> None:
+    """3 steps an epoch, a state saved after every group of steps (1 or 2 of them), stopped after the second epoch's
+    first group. The rerun trains that epoch's remaining steps only, and ends as the uninterrupted run: weights,
+    step counter, and each epoch's logged train loss and accuracy (summed across the stop: Keras's metrics)."""
+    whole, whole_progress = fit(tmp_path / "whole", epochs=3)
+    every_group = {"checkpoint_minutes": 1e-9, "steps_per_execution": steps_per_execution}
+    with pytest.raises(KeyboardInterrupt):
+        fit(tmp_path / "stopped", epochs=3, callbacks=[StopAfter(epoch=1, step=steps_per_execution - 1)], **every_group)
+    meta = json.loads(str(load_npz(tmp_path / "stopped" / resume.STATE_FILE)["meta"]))
+    assert (meta["epochs_done"], meta["steps_done"]) == (1, resumes_at - 1)
+    with caplog.at_level(logging.INFO):
+        resumed, progress = fit(tmp_path / "stopped", epochs=3, **every_group)
+    assert f"resuming at epoch 2 of 3, step {resumes_at} of 3, from" in caplog.text
+    assert progress.history == whole_progress.history
+    assert int(resumed.optimizer.iterations.numpy()) == 3 * 3
+    for one, other in zip(whole.variables, resumed.variables, strict=True):
+        np.testing.assert_array_equal(one.numpy(), other.numpy())
 
 
 @pytest.mark.slow
@@ -206,6 +263,7 @@ def test_execution_only_params_leave_the_resume_fingerprint_alone() -> None:
     other = BASE.model_copy(
         update={
             "steps_per_execution": 1,
+            "checkpoint_minutes": 0.5,
             "distributed": BASE.distributed.model_copy(
                 update={"launcher": "external", "coordinator": "h:1", "join_timeout": 9}
             ),
