@@ -63,14 +63,19 @@ def timed_train(repo: Path, changes: dict[str, Any]) -> dict[str, Any]:
 
 
 def train_and_evaluate(repo: Path, changes: dict[str, Any]) -> dict[str, Any]:
+    """One seed's train stage (timed) and evaluation, with the accuracies by epoch on the training and validation
+    splits (their gap says whether a variant over- or underfits) and the load average before and after."""
+    load_before = os.getloadavg()[0]
     result = timed_train(repo, changes)
     common.stage(repo, "evaluate")
     with open(repo / "reports/train_history.csv", encoding="utf-8") as handle:
-        val_accuracy = [round(float(epoch["val_accuracy"]), 4) for epoch in csv.DictReader(handle)]
+        history = list(csv.DictReader(handle))
     return result | {
         "test_accuracy": read_json(repo / "metrics.json")["test"]["accuracy"],
         "best_epoch": read_json(repo / "models/summary.json")["best_epoch"],
-        "val_accuracy_by_epoch": val_accuracy,
+        "val_accuracy_by_epoch": [round(float(epoch["val_accuracy"]), 4) for epoch in history],
+        "train_accuracy_by_epoch": [round(float(epoch["accuracy"]), 4) for epoch in history],
+        "loadavg": [load_before, os.getloadavg()[0]],
     }
 
 

@@ -157,10 +157,16 @@ class FastCnnParams(Section):
     kernel_sizes: Annotated[
         tuple[Annotated[int, Field(ge=1, le=15)], ...],
         _LIST,
-        Field(min_length=1, description="a list of integers from 1 to 15, one per convolution"),
+        Field(min_length=1, description="a list of integers from 1 to 15, one per filter count"),
+    ]
+    convs_per_pool: Annotated[
+        tuple[Annotated[int, Field(ge=1, le=8)], ...],
+        _LIST,
+        Field(min_length=1, description="a list of integers from 1 to 8, one per filter count"),
     ]
     pool_size: Annotated[int, Field(ge=1, le=8)]
     batch_norm: bool
+    conv_dropout: Dropout
     global_pool: bool
     dense_units: Annotated[int, Field(ge=0)]
     dropout: Dropout
@@ -173,12 +179,13 @@ class FastCnnParams(Section):
     beta_2: Annotated[float, Field(ge=0.0, lt=1.0)]
 
     @model_validator(mode="after")
-    def one_kernel_per_convolution(self) -> "FastCnnParams":
-        if len(self.kernel_sizes) != len(self.filters):
-            raise _combination(
-                f"'train.fast_cnn.kernel_sizes' has {len(self.kernel_sizes)} sizes for {len(self.filters)} "
-                "convolutions ('train.fast_cnn.filters'); give one kernel size per convolution."
-            )
+    def one_kernel_and_count_per_block(self) -> "FastCnnParams":
+        for key, what in (("kernel_sizes", "kernel size"), ("convs_per_pool", "convolution count")):
+            if len(getattr(self, key)) != len(self.filters):
+                raise _combination(
+                    f"'train.fast_cnn.{key}' has {len(getattr(self, key))} values for {len(self.filters)} "
+                    f"filter counts ('train.fast_cnn.filters'); give one {what} per filter count."
+                )
         return self
 
 

@@ -152,6 +152,17 @@ def test_fast_cnn_with_global_pooling_and_batch_norm() -> None:
     assert model.count_params() == 25 * 24 + 4 * 24 + 9 * 24 * 32 + 4 * 32 + 32 * 10 + 10
 
 
+def test_fast_cnn_with_two_convolutions_before_the_second_pool_and_dropout_after_each() -> None:
+    """convs_per_pool [1, 2]: Conv24 5x5-Pool-Drop-Conv32 3x3-Conv32 3x3-Pool-Drop-Flatten-Dense256-softmax."""
+    fast = BASE.fast_cnn.model_copy(update={"convs_per_pool": (1, 2), "conv_dropout": 0.2})
+    model = models.build_model(BASE.model_copy(update={"model": "fast_cnn", "fast_cnn": fast}), (28, 28, 1), 10)
+    kinds = [type(layer).__name__ for layer in model.layers]
+    block1, block2 = ["Conv2D", "MaxPooling2D", "Dropout"], ["Conv2D", "Conv2D", "MaxPooling2D", "Dropout"]
+    assert kinds == ["InputLayer", *block1, *block2, "Flatten", "Dense", "Dense"]
+    # The second 3x3 convolution (32 -> 32 filters) adds its weights only: 'same' padding keeps 7 * 7 * 32 features.
+    assert model.count_params() == 411_802 + (9 * 32 * 32 + 32)
+
+
 def test_fast_cnn_recipe_replaces_trains_own_keys_only_for_fast_cnn() -> None:
     fast = BASE.model_copy(update={"model": "fast_cnn"}).effective()
     assert (fast.batch_size, fast.epochs, fast.learning_rate, fast.lr_schedule) == (256, 3, 0.01, "one_cycle")

@@ -113,6 +113,8 @@ BAD = [
     (TrainParams, "train", "mlp.hidden_units", 64, ["'train.mlp.hidden_units'", "a list"]),
     (TrainParams, "train", "cnn.filters", [], ["'train.cnn.filters'", "at least 1"]),
     (TrainParams, "train", "fast_cnn.kernel_sizes", [5], ["'train.fast_cnn.kernel_sizes'", "one kernel size per"]),
+    (TrainParams, "train", "fast_cnn.convs_per_pool", [1], ["fast_cnn.convs_per_pool'", "one convolution count per"]),
+    (TrainParams, "train", "fast_cnn.convs_per_pool", [1, 0], ["'train.fast_cnn.convs_per_pool'", "from 1 to 8"]),
     (TrainParams, "train", "label_smoothing", 1.0, ["'train.label_smoothing'", "[0.0, 1.0)"]),
     (TrainParams, "train", "augment.flip", "vertical", ["'train.augment.flip'", "one of none, horizontal"]),
     (TrainParams, "train", "lr_schedule", "step", ["'train.lr_schedule'", "one_cycle"]),
