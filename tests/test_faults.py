@@ -216,7 +216,9 @@ def _locked(path: Path) -> bool:
         return False
 
 
-def test_a_second_train_in_the_same_workspace_is_refused_and_a_killed_one_leaves_no_lock(project_repo: Path) -> None:
+def test_a_second_train_in_the_same_workspace_is_refused_and_a_killed_one_leaves_no_lock(tmp_path: Path) -> None:
+    # Prepared data and many epochs: the first run holds the lock while it trains, not only while it starts.
+    project_repo = make_prepared_repo(tmp_path / "repo", {"train.epochs": 500, "train.early_stopping_patience": 0})
     lock = project_repo / ".resume" / "train.lock"
     first = start_stage(project_repo, "train")
     try:
