@@ -239,12 +239,14 @@ def test_onednn_param_warns_when_tensorflow_is_already_loaded(
 
 
 def test_one_process_run_does_not_pass_through_the_distributed_modules(digits_run: Path, tmp_path: Path) -> None:
-    """Engine none: the train stage's params go stage -> training -> models -> files, never through distribution."""
+    """Engine none: the train stage's params go stage -> training -> models -> files, never through distribution.
+
+    Nor does it load the integrations pipeline/__init__.py hides (scikit-learn for Keras, JAX for TF Lite/Orbax)."""
     repo = copy_repo(digits_run, tmp_path / "repo")
     edit_params(repo, **{"train.epochs": 2})
     probe = (
         "import argparse, sys; from stages import train; train.main(argparse.Namespace(quiet=True)); "
-        "print(sorted(m for m in sys.modules if m in ('pipeline.distributed', 'pipeline.launcher')))"
+        "print(sorted(m for m in sys.modules if m in ('pipeline.distributed', 'pipeline.launcher', 'sklearn', 'jax')))"
     )
     result = run([sys.executable, "-c", probe], repo)
     assert result.stdout.strip().splitlines()[-1] == "[]"
