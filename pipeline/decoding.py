@@ -71,15 +71,15 @@ def first_shape(files: dict[str, np.ndarray], conversion: Conversion) -> tuple[i
 
 
 def decode_chunks(
-    files: dict[str, np.ndarray], conversion: Conversion, memory_limit_mb: int
+    files: dict[str, np.ndarray], conversion: Conversion, shape: tuple[int, ...], memory_limit_mb: int
 ) -> Iterator[tuple[str, np.ndarray]]:
     """Each split's (N, 2) [path, sha256] rows -> (split, uint8 pixels of a chunk), in file order, decoded by up to
-    one process per core; first the memory check (`resources.check_decoding`).
+    one process per core; first the memory check (`resources.check_decoding`). `shape`: `first_shape`'s, which
+    every image must have.
 
     At most `IN_FLIGHT` chunks per process are decoded or waiting at any time: memory does not grow with the number
     of images, and the order (hence the result) does not depend on how many processes decoded them.
     """
-    shape = first_shape(files, conversion)
     first_path = str(next(rows[0] for rows in files.values() if len(rows))[0])
     n_images = sum(len(rows) for rows in files.values())
     per_chunk = chunk_images(shape)
@@ -123,6 +123,6 @@ def decode_chunks(
 def decode_splits(files: dict[str, np.ndarray], conversion: Conversion, memory_limit_mb: int) -> dict[str, np.ndarray]:
     """`decode_chunks` gathered into one array per split, in memory: for sets known to be small."""
     parts: dict[str, list[np.ndarray]] = {name: [] for name in files}
-    for name, pixels in decode_chunks(files, conversion, memory_limit_mb):
+    for name, pixels in decode_chunks(files, conversion, first_shape(files, conversion), memory_limit_mb):
         parts[name].append(pixels)
     return {name: np.concatenate(chunks) for name, chunks in parts.items()}

@@ -102,7 +102,7 @@ def main(args: argparse.Namespace) -> None:
         log.info("%s: %s, each in one split", raw.origin, counted(len(np.unique(raw.groups)), "group"))
     splits, meta = scale_splits(raw, labelled, conversion.record() if raw.kind != "tabular" else None, shape)
     chunks = (
-        decode_chunks(labelled.x, conversion, params.memory_limit_mb) if files
+        decode_chunks(labelled.x, conversion, shape, params.memory_limit_mb) if files
         else ((name, split.x) for name, split in splits.items())
     )  # fmt: skip
     with atomic_directory(paths.PREPARED_DIR) as folder:
