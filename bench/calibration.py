@@ -75,13 +75,14 @@ SETTINGS["mnist-cnn-whole"] = recipe_setting("mnist-cnn")
 # of 300 values from 0.3 to 5): a bound on what temperature scaling can do for this model, never what evaluate
 # does (it fits on validation).
 ORACLE = """
-import json, numpy as np, keras
+import json, numpy as np
 from pathlib import Path
 from pipeline import calibration
+from pipeline.models import load_model
 from pipeline.prepared import open_split
 from pipeline.preprocessing import read_meta
 test = open_split("test", read_meta(Path("data/prepared/meta.json")), Path("data/prepared"))
-probabilities = keras.models.load_model("models/model.keras").predict(
+probabilities = load_model(Path("models/model.keras")).predict(
     test.x.scaled(test.x.stored(np.arange(len(test.x)))), batch_size=1000, verbose=0)
 ece, temperature = min((calibration.expected_calibration_error(calibration.apply_temperature(probabilities, t),
                        test.labels), t) for t in np.exp(np.linspace(np.log(0.3), np.log(5.0), 300)))

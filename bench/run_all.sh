@@ -32,6 +32,7 @@ $PY -m bench.train_speed --model cnn --source "$SOURCE" --rounds 3 --epochs 2 \
     --variants baseline,pipeline+spe1 --results train_speed_cnn_avx2  # AVX2-only CPU
 # 3a-3c: overhead; 4b: the prepared files' format; 5: scaling; 6: one against two processes
 $PY -m bench.overhead --source "$SOURCE" --rounds 5
+$PY -m bench.stage_start --rounds 7  # 3e: what a TensorFlow stage pays to load Keras
 $PY -m bench.npz_format --source "$SOURCE" --rounds 3
 $PY -m bench.scaling --source "$SOURCE" --epochs 1
 $PY -m bench.distributed --source "$SOURCE" --epochs 2
@@ -46,9 +47,14 @@ $PY -m bench.export_latency --rounds 10
 if [ -n "${MNIST_DIR:-}" ]; then
     $PY -m bench.accuracy --recipe mnist-mlp --recipe mnist-mlp-dropout --recipe mnist-cnn --recipe mnist-cnn-bf16 \
         --recipe mnist-cnn-adadelta --mnist-source "$MNIST_DIR"
-    # 8: ECE before and after temperature scaling; the evaluate stage's time and peak RSS (issue #30); all five
-    # settings, the fast recipes included (calibration_fast.json holds those two alone, one round)
-    $PY -m bench.calibration --mnist-source "$MNIST_DIR" --fashion-source "$SOURCE" --rounds 2
+    # 8: ECE before and after temperature scaling; the evaluate stage's time and peak RSS (issue #30); every
+    # setting, the fast recipes included (calibration_fast.json holds those two alone, one round). The evaluate
+    # stage before #30 reads data/prepared as it was before #29, so a rerun times today's stage alone.
+    $PY -m bench.calibration --mnist-source "$MNIST_DIR" --fashion-source "$SOURCE" --rounds 2 --no-before-30
+    $PY -m bench.calibration --mnist-source "$MNIST_DIR" --only mnist-cnn-whole --rounds 1 --no-before-30 \
+        --results calibration_mnist_cnn_whole
+    $PY -m bench.calibration --mnist-source "$MNIST_DIR" --only mnist-fast --rounds 1 --no-before-30 \
+        --results calibration_mnist_fast_oracle
 fi
 # 2d: the fast recipes (issue #27): fast_cnn on MNIST against the tutorial CNN's epochs, Fashion-MNIST, augmentation's cost
 if [ -n "${MNIST_DIR:-}" ]; then
@@ -65,6 +71,9 @@ $PY -m bench.fast_recipes --recipe fashion-fast --source "$SOURCE" --seeds 1 --s
     --results fast_fashion_try_bn
 $PY -m bench.fast_recipes --recipe fashion-fast --source "$SOURCE" --seeds 1 \
     --set train.fast_cnn.optimizer=adamw train.weight_decay=0.05 --results fast_fashion_try_adamw
+$PY -m bench.fast_recipes --recipe fashion-fast --source "$SOURCE" --seeds 1 \
+    --set 'train.fast_cnn.convs_per_pool=[1,2]' train.fast_cnn.batch_norm=true train.fast_cnn.conv_dropout=0.2 \
+    --results s27_c12_bn_cd02_zen4  # the best variant's time, on an idle AVX-512 CPU
 $PY -m bench.fast_recipes --recipe fashion-fast --source "$SOURCE" --augment-cost 3 --epochs 3
 $PY -m bench.fast_recipes --default-run f66bb7c  # the default digits run: this code against the code before #27
 # 9: data bigger than memory (issue #29): the 8.4 GB set in a 3 GB memory cgroup (root, cgroup v1), small data side by side

@@ -16,7 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # wrappers, and TensorFlow Lite and Keras's Orbax checkpoint callback import JAX, whenever they are installed (as
 # they are here: scikit-learn for evaluate's metrics, JAX for distributed training). No stage uses these
 # integrations, and loading them is about a third of `import keras` in every TensorFlow stage (BENCHMARKS.md,
-# section 3). The libraries guard these imports (`try: import ... except ImportError`), so the integrations are
+# section 3e). The libraries guard these imports (`try: import ... except ImportError`), so the integrations are
 # off and nothing else changes: our own `import sklearn` or `import jax` works as before.
 _HIDDEN_FROM = {
     "sklearn": ("keras.src.wrappers",),
