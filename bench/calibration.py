@@ -107,11 +107,12 @@ def measure(name: str, source: Path, scratch: Path, rounds: int, before_30: bool
         (repo / "train_seconds").write_text(str(common.stage(repo, "train").seconds))
     for code in ("stages/evaluate.py", *CALIBRATION_CODE):  # this checkout's, into a reused folder too
         shutil.copy2(PROJECT_ROOT / code, repo / code)
-    old = subprocess.run(
-        ["git", "show", f"{BEFORE_ISSUE_30}:stages/evaluate.py"], cwd=PROJECT_ROOT, capture_output=True,
-        text=True, check=True,
-    ).stdout  # fmt: skip
-    (repo / "stages" / "evaluate_before_30.py").write_text(old)
+    if before_30:
+        old = subprocess.run(
+            ["git", "show", f"{BEFORE_ISSUE_30}:stages/evaluate.py"], cwd=PROJECT_ROOT, capture_output=True,
+            text=True, check=True,
+        ).stdout  # fmt: skip
+        (repo / "stages" / "evaluate_before_30.py").write_text(old)
     evaluate, before = [], []
     for _ in range(rounds):  # the old stage first: the last metrics.json written is the new stage's
         if before_30:

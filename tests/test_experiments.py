@@ -118,7 +118,7 @@ def watch_queue(repo: Path, swept: Swept, timeout: float = 600) -> None:
                         swept.torn.append(workspace)
                     continue
                 read_whole.add(workspace)
-                swept.seen.add(f"{live.parent.parent.name}: epoch {content['epoch']} of {content['epochs']}")
+                swept.seen.add(f"{workspace}: epoch {content['epoch']} of {content['epochs']}")
                 if content["epochs"] == LIVE_EPOCHS and content["epoch"] not in swept.file_epochs[-1:]:
                     swept.file_epochs.append(content["epoch"])
             stop.wait(0.05)
