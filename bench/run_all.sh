@@ -17,6 +17,8 @@ $PY -m bench.train_speed --model cnn --source "$SOURCE" --rounds 3 --epochs 2 \
 # 1c: one training step per speed setting (the settings the recipes use and the stage warns about)
 $PY -m bench.step_time --rounds 3
 $PY -m bench.step_time --rounds 3 --settings "tf,tf spe64,tf onednn,tf onednn spe64" --results step_time_onednn
+$PY -m bench.step_time --rounds 5 --models cnn-pooled-bn,cnn-pooled-bn-keras-bn,fast-cnn-bn,fast-cnn-bn-keras-bn \
+    --settings "tf onednn,tf onednn spe64" --results step_time_fused_bn  # 1f
 # 1e: bfloat16 against float32, one training step
 $PY -m bench.bf16 --repeats 7
 $PY -m bench.bf16 --repeats 5 --onednn 1 --results bf16_avx2  # on a CPU without bf16 instructions
@@ -77,6 +79,9 @@ $PY -m bench.fast_recipes --recipe fashion-fast --source "$SOURCE" --seeds 1 \
 $PY -m bench.fast_recipes --recipe fashion-fast --source "$SOURCE" --seeds 1 2 3 --set 'train.fast_cnn.kernel_sizes=[3,3]' \
     'train.fast_cnn.convs_per_pool=[1,2]' train.fast_cnn.batch_norm=true train.fast_cnn.conv_dropout=0.2 \
     train.fast_cnn.epochs=14 --results fashion27_k33_c12_bn_cd02_e14_zen4
+$PY -m bench.fast_recipes --recipe fashion-fast --source "$SOURCE" --seeds 1 2 3 --set 'train.fast_cnn.kernel_sizes=[3,3]' \
+    'train.fast_cnn.convs_per_pool=[1,2]' train.fast_cnn.batch_norm=true train.fast_cnn.conv_dropout=0.2 \
+    train.fast_cnn.epochs=16 --results fashion27_fused_e16  # after the fused batch norm (1f)
 $PY -m bench.fast_recipes --recipe fashion-fast --source "$SOURCE" --augment-cost 3 --epochs 3
 $PY -m bench.fast_recipes --default-run f66bb7c  # the default digits run: this code against the code before #27
 # 9: data bigger than memory (issue #29): the 8.4 GB set in a 3 GB memory cgroup (root, cgroup v1), small data side by side

@@ -3,7 +3,9 @@
     .venv/bin/python -m bench.step_time --rounds 3
 
 For each model (the tutorial CNN, the pooled CNN of `train.cnn.pool_after_each_conv`, that with
-`train.cnn.batch_norm`, the tutorial dense net, the dense net of the fashion-mlp recipe) and each
+`train.cnn.batch_norm`, the tutorial dense net, the dense net of the fashion-mlp recipe, the normalised
+`fast_cnn` of BENCHMARKS.md 2e; the two normalised nets also with Keras's own BatchNormalization
+instead of pipeline/layers.py's fused one, `-keras-bn`) and each
 setting (TensorFlow with or without XLA, with or without its oneDNN kernels, with 1 or 64 steps
 per call; Keras's JAX backend), one fresh process builds the
 model with pipeline/models.py, seeds it as the train stage does (op determinism on unless XLA
@@ -37,11 +39,25 @@ TUTORIAL_CNN = {
     "conv_dropout": 0.25,
     "dense_dropout": 0.5,
 }
+FAST_CNN_BN = {
+    "filters": [24, 32],
+    "kernel_sizes": [3, 3],
+    "convs_per_pool": [1, 2],
+    "pool_size": 2,
+    "batch_norm": True,
+    "conv_dropout": 0.2,
+    "global_pool": False,
+    "dense_units": 256,
+    "dropout": 0.3,
+}
 MODELS = {
-    # name: (builder, keyword arguments, batch size of the tutorial, timed steps)
+    # name: (builder, keyword arguments, batch size of the tutorial or recipe, timed steps)
     "cnn": ("cnn", TUTORIAL_CNN, 128, 16),
     "cnn-pooled": ("cnn", TUTORIAL_CNN | {"pool_after_each_conv": True}, 128, 32),
     "cnn-pooled-bn": ("cnn", TUTORIAL_CNN | {"pool_after_each_conv": True, "batch_norm": True}, 128, 32),
+    "cnn-pooled-bn-keras-bn": ("cnn", TUTORIAL_CNN | {"pool_after_each_conv": True, "batch_norm": True}, 128, 32),
+    "fast-cnn-bn": ("fast_cnn", FAST_CNN_BN, 256, 64),
+    "fast-cnn-bn-keras-bn": ("fast_cnn", FAST_CNN_BN, 256, 64),
     "mlp": ("mlp", {"hidden_units": [784, 100], "activation": "relu", "dropout": 0.0}, 32, 256),
     "mlp-dropout": ("mlp", {"hidden_units": [512, 256], "activation": "relu", "dropout": 0.2}, 128, 128),
 }  # fmt: skip
@@ -62,14 +78,15 @@ def time_steps(model_name: str, setting: str) -> float:
     import keras
     import numpy as np
 
-    from pipeline.models import build_cnn, build_mlp
+    from pipeline import models
     from pipeline.training import seed_everything
 
     builder, kwargs, batch_size, steps = MODELS[model_name]
     _, jit_compile, steps_per_execution, _ = SETTINGS[setting]
     seed_everything(0, deterministic_ops=not jit_compile)
-    build = build_cnn if builder == "cnn" else build_mlp
-    model = build((28, 28, 1), 10, **kwargs)
+    if model_name.endswith("-keras-bn"):  # the same net with the layer pipeline/layers.py replaces
+        models.FusedBatchNormalization = keras.layers.BatchNormalization
+    model = getattr(models, f"build_{builder}")((28, 28, 1), 10, **kwargs)
     model.compile(
         optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"],
         jit_compile=jit_compile, steps_per_execution=steps_per_execution,
@@ -122,7 +139,8 @@ def main() -> None:
         rows.append({"model": model_name, "setting": setting, "ms_per_step": step * 1000, "epoch_s": epoch,
                      "speedup_vs_tf": reference / step, "runs_ms": [v * 1000 for v in values]})  # fmt: skip
         print(
-            f"| {model_name} ({batch_size}) | {setting} | {step * 1000:.1f} | {epoch:.1f} | {reference / step:.2f}x "
+            f"| {model_name} ({batch_size}) | {setting} | {step * 1000:.1f} | {epoch:.1f} | "
+            f"{'n/a (not run)' if math.isnan(reference) else f'{reference / step:.2f}x'} "
             f"| {', '.join(f'{v * 1000:.0f}' for v in values)} |"
         )
     common.save_results(args.results, {"machine": info, "command": common.command_line(), "rows": rows})

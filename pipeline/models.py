@@ -16,6 +16,7 @@ from keras import layers
 
 from pipeline.errors import PipelineError, error_detail
 from pipeline.io.atomic import atomic_path
+from pipeline.layers import FusedBatchNormalization, keras_classes
 from pipeline.params import ADAM_FAMILY, BACKBONES, RECIPE_KEYS, CnnParams, FastCnnParams, MlpParams, TrainParams
 
 
@@ -69,7 +70,7 @@ def build_cnn(
     for count in filters:
         if batch_norm:
             x = layers.Conv2D(count, kernel_size, use_bias=False)(x)
-            x = layers.Activation("relu")(layers.BatchNormalization()(x))
+            x = layers.Activation("relu")(FusedBatchNormalization()(x))
         else:
             x = layers.Conv2D(count, kernel_size, activation="relu")(x)
         if pool_after_each_conv and pool_size > 1:
@@ -114,7 +115,7 @@ def build_fast_cnn(
         for _ in range(convs):
             if batch_norm:  # no bias: the normalisation's offset takes its place
                 x = layers.Conv2D(count, kernel_size, padding="same", use_bias=False)(x)
-                x = layers.Activation("relu")(layers.BatchNormalization()(x))
+                x = layers.Activation("relu")(FusedBatchNormalization()(x))
             else:
                 x = layers.Conv2D(count, kernel_size, padding="same", activation="relu")(x)
         if pool_size > 1 and min(x.shape[1:3]) >= pool_size:  # small images (digits' 8x8) stop pooling at 1x1
@@ -241,8 +242,9 @@ def compile_model(model: keras.Model, params: TrainParams, steps_per_epoch: int)
 
 
 def save_model_atomic(model: keras.Model, dest: Path) -> None:
-    """Native `.keras` file, written beside `dest` and renamed onto it (Keras itself writes in place)."""
-    with atomic_path(dest) as tmp:
+    """Native `.keras` file, written beside `dest` and renamed onto it (Keras itself writes in place), naming only
+    Keras's classes (pipeline/layers.py)."""
+    with atomic_path(dest) as tmp, keras_classes(model):
         model.save(tmp)
 
 

@@ -18,7 +18,8 @@ from pipeline import paths
 from tests.harness import copy_repo, edit_params, make_prepared_repo, stage
 
 # Every augmentation on (a horizontal flip is wrong for digits, but here it only has to be exercised), a batch
-# that leaves a partial last batch (1,295 examples), and fast_cnn's own one-cycle recipe over EPOCHS epochs
+# that leaves a partial last batch (1,295 examples), batch normalisation (pipeline/layers.py's fused training step,
+# whose moving statistics the resume must restore), and fast_cnn's own one-cycle recipe over EPOCHS epochs
 # (enough for a kill after 3 to leave epochs to resume).
 EPOCHS = 8
 RUN_PARAMS = {
@@ -26,6 +27,7 @@ RUN_PARAMS = {
     "train.fast_cnn.epochs": EPOCHS,
     "train.fast_cnn.batch_size": 64,
     "train.fast_cnn.dropout": 0.2,  # a dropout generator whose state the resume must restore too
+    "train.fast_cnn.batch_norm": True,
     "train.early_stopping_patience": 0,
     "train.label_smoothing": 0.1,
     "train.augment.flip": "horizontal",
@@ -69,10 +71,12 @@ def test_killed_mid_epoch_resumes_to_the_same_bytes(prepared: Path, uninterrupte
 
 def test_the_model_and_its_exports_hold_no_augmentation(uninterrupted: Path, tmp_path: Path) -> None:
     """The augmentation lives in the input pipeline: the model file has no Random* layer, and every export
-    passes the export stage's parity check against model.keras."""
+    passes the export stage's parity check against model.keras. The file names Keras's own normalisation layer,
+    not the fused one that trained."""
     with zipfile.ZipFile(uninterrupted / paths.MODEL) as archive:
         config = archive.read("config.json").decode()
     assert '"class_name": "Random' not in config and "Augment" not in config
+    assert '"class_name": "BatchNormalization"' in config and "Fused" not in config
     repo = copy_repo(uninterrupted, tmp_path / "repo")
     result = stage(repo, "export")
     assert result.returncode == 0, result.stderr

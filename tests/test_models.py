@@ -59,7 +59,7 @@ def test_cnn_batch_norm_sits_between_each_conv_and_its_relu() -> None:
     cnn = BASE.cnn.model_copy(update={"pool_after_each_conv": True, "batch_norm": True})
     model = models.build_model(BASE.model_copy(update={"model": "cnn", "cnn": cnn}), (28, 28, 1), 10)
     kinds = [type(layer).__name__ for layer in model.layers]
-    conv = ["Conv2D", "BatchNormalization", "Activation", "MaxPooling2D"]
+    conv = ["Conv2D", "FusedBatchNormalization", "Activation", "MaxPooling2D"]
     assert kinds == ["InputLayer", *conv, *conv, "Dropout", "Flatten", "Dense", "Dropout", "Dense"]
     convs = [layer for layer in model.layers if type(layer).__name__ == "Conv2D"]
     assert all(not layer.use_bias and layer.activation.__name__ == "linear" for layer in convs)
@@ -147,7 +147,7 @@ def test_fast_cnn_with_global_pooling_and_batch_norm() -> None:
     fast = BASE.fast_cnn.model_copy(update={"global_pool": True, "batch_norm": True, "dense_units": 0})
     model = models.build_model(BASE.model_copy(update={"model": "fast_cnn", "fast_cnn": fast}), (28, 28, 1), 10)
     kinds = [type(layer).__name__ for layer in model.layers]
-    conv = ["Conv2D", "BatchNormalization", "Activation", "MaxPooling2D"]
+    conv = ["Conv2D", "FusedBatchNormalization", "Activation", "MaxPooling2D"]
     assert kinds == ["InputLayer", *conv, *conv, "GlobalAveragePooling2D", "Dense"]
     assert model.count_params() == 25 * 24 + 4 * 24 + 9 * 24 * 32 + 4 * 32 + 32 * 10 + 10
 
