@@ -17,6 +17,7 @@ import argparse
 import csv
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -61,9 +62,11 @@ def recipe_overrides(name: str, source: Path, mnist_source: str = "") -> list[st
     return overrides
 
 
-def data_overrides(overrides: list[str]) -> dict[str, str]:
+def data_overrides(overrides: list[str]) -> dict[str, Any]:
+    """The overrides the download and preprocess stages read (set before the data is prepared once), as YAML
+    values, as Hydra reads them."""
     pairs = (item.split("=", 1) for item in overrides[1::2])
-    return {key: value for key, value in pairs if key.startswith("data.")}
+    return {key: yaml.safe_load(value) for key, value in pairs if key.startswith(("data.", "preprocess."))}
 
 
 def main() -> None:

@@ -62,7 +62,7 @@ fi
 if [ -n "${MNIST_DIR:-}" ]; then
     $PY -m bench.fast_recipes --recipe mnist-fast --mnist-source "$MNIST_DIR" --seeds 1 2 3 --tutorial-epochs 2
 fi
-$PY -m bench.fast_recipes --recipe fashion-fast --source "$SOURCE" --seeds 1 2 3
+$PY -m bench.fast_recipes --recipe fashion-fast --source "$SOURCE" --seeds 1 2 3  # the recipe of the day (fast_fashion-fast.json holds the first one's)
 $PY -m bench.fast_recipes --recipe fashion-fast-augment --source "$SOURCE" --seeds 1
 $PY -m bench.fast_recipes --recipe fashion-fast --source "$SOURCE" --seeds 1 --set train.fast_cnn.epochs=10 --results fast_fashion_try1
 $PY -m bench.fast_recipes --recipe fashion-fast --source "$SOURCE" --seeds 1 --set 'train.fast_cnn.filters=[32,64]' \
@@ -82,6 +82,13 @@ $PY -m bench.fast_recipes --recipe fashion-fast --source "$SOURCE" --seeds 1 2 3
 $PY -m bench.fast_recipes --recipe fashion-fast --source "$SOURCE" --seeds 1 2 3 --set 'train.fast_cnn.kernel_sizes=[3,3]' \
     'train.fast_cnn.convs_per_pool=[1,2]' train.fast_cnn.batch_norm=true train.fast_cnn.conv_dropout=0.2 \
     train.fast_cnn.epochs=16 --results fashion27_fused_e16  # after the fused batch norm (1f)
+$PY -m bench.fast_recipes --recipe fashion-fast --source "$SOURCE" --seeds 1 2 3 --set 'train.fast_cnn.filters=[16,32]' \
+    'train.fast_cnn.kernel_sizes=[3,3]' 'train.fast_cnn.convs_per_pool=[1,2]' train.fast_cnn.batch_norm=true \
+    train.fast_cnn.conv_dropout=0.2 train.fast_cnn.epochs=20 --results fashion27_f16_k33_c12_bn_e20
+$PY -m bench.fast_recipes --recipe fashion-fast --source "$SOURCE" --seeds 1 2 3 --set preprocess.val_fraction=0.05 \
+    'train.fast_cnn.filters=[16,32]' 'train.fast_cnn.kernel_sizes=[3,3]' 'train.fast_cnn.convs_per_pool=[1,2]' \
+    train.fast_cnn.batch_norm=true train.fast_cnn.conv_dropout=0.2 train.fast_cnn.epochs=22 \
+    --results fashion27_f16_val05_e22  # the fashion-fast recipe since 2026-12-07
 $PY -m bench.fast_recipes --recipe fashion-fast --source "$SOURCE" --augment-cost 3 --epochs 3
 $PY -m bench.fast_recipes --default-run f66bb7c  # the default digits run: this code against the code before #27
 # 9: data bigger than memory (issue #29): the 8.4 GB set in a 3 GB memory cgroup (root, cgroup v1), small data side by side
