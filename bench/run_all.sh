@@ -89,6 +89,8 @@ $PY -m bench.fast_recipes --recipe fashion-fast --source "$SOURCE" --seeds 1 2 3
     'train.fast_cnn.filters=[16,32]' 'train.fast_cnn.kernel_sizes=[3,3]' 'train.fast_cnn.convs_per_pool=[1,2]' \
     train.fast_cnn.batch_norm=true train.fast_cnn.conv_dropout=0.2 train.fast_cnn.epochs=22 \
     --results fashion27_f16_val05_e22  # the fashion-fast recipe since 2026-12-07
+$PY -m bench.fast_recipes --recipe fashion-fast --source "$SOURCE" --seeds 1 --set train.fast_cnn.epochs=50 \
+    train.augment.flip=horizontal train.augment.translation=0.08 --results fashion27_f16_val05_e50_flip_shift  # stretch
 $PY -m bench.fast_recipes --recipe fashion-fast --source "$SOURCE" --augment-cost 3 --epochs 3
 $PY -m bench.fast_recipes --default-run f66bb7c  # the default digits run: this code against the code before #27
 # 9: data bigger than memory (issue #29): the 8.4 GB set in a 3 GB memory cgroup (root, cgroup v1), small data side by side
