@@ -2,7 +2,7 @@
 
 Keras 3 computes batch normalisation in training from separate ops (the batch's moments, then the normalisation),
 which on the CPU made it cost nearly as much as the convolutions it follows; TensorFlow's FusedBatchNormV3 does the
-same arithmetic in one kernel (BENCHMARKS.md, row 2f). Hand-written for that reason only: the layer is Keras's own
+same arithmetic in one kernel (BENCHMARKS.md, row 1f). Hand-written for that reason only: the layer is Keras's own
 in everything else (weights, config, inference, the moving statistics' rule), and model files name Keras's class
 (`keras_classes`), so a saved model loads in plain Keras and exports as before.
 """
