@@ -62,11 +62,16 @@ def recipe_overrides(name: str, source: Path, mnist_source: str = "") -> list[st
     return overrides
 
 
-def data_overrides(overrides: list[str]) -> dict[str, Any]:
-    """The overrides the download and preprocess stages read (set before the data is prepared once), as YAML
-    values, as Hydra reads them."""
+def overrides_as_params(overrides: list[str]) -> dict[str, Any]:
+    """The recipe's `-S key=value` words as params.yaml values (YAML, as Hydra reads them)."""
     pairs = (item.split("=", 1) for item in overrides[1::2])
-    return {key: yaml.safe_load(value) for key, value in pairs if key.startswith(("data.", "preprocess."))}
+    return {key: yaml.safe_load(value) for key, value in pairs}
+
+
+def data_overrides(overrides: list[str]) -> dict[str, Any]:
+    """The overrides the download and preprocess stages read (set before the data is prepared once)."""
+    params = overrides_as_params(overrides)
+    return {key: value for key, value in params.items() if key.startswith(("data.", "preprocess."))}
 
 
 def main() -> None:

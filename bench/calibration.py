@@ -23,8 +23,7 @@ import tempfile
 from pathlib import Path
 
 from bench import common
-from bench.accuracy import recipe_overrides
-from bench.fast_recipes import overrides_as_params
+from bench.accuracy import overrides_as_params, recipe_overrides
 from tests.harness import PROJECT_ROOT, edit_params, make_project_repo, read_json
 
 BEFORE_ISSUE_30 = "7d610ea"  # the last commit whose evaluate stage has no calibration metrics

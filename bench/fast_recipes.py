@@ -32,10 +32,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from bench import common
-from bench.accuracy import RECIPES, data_overrides, recipe_overrides
+from bench.accuracy import RECIPES, data_overrides, overrides_as_params, recipe_overrides
 from tests.harness import PROJECT_ROOT, edit_params, make_project_repo, read_json
 
 # Every augmentation at once, for the cost when a recipe has none: the transform op runs whenever any geometric
@@ -47,12 +45,6 @@ DEFAULT_AUGMENT = {
     "train.augment.zoom": 0.1,
     "train.augment.contrast": 0.2,
 }
-
-
-def overrides_as_params(overrides: list[str]) -> dict[str, Any]:
-    """The recipe's `-S key=value` words as params.yaml values (YAML, as Hydra reads them)."""
-    pairs = (item.split("=", 1) for item in overrides[1::2])
-    return {key: yaml.safe_load(value) for key, value in pairs}
 
 
 def timed_train(repo: Path, changes: dict[str, Any]) -> dict[str, Any]:
